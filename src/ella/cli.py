@@ -1,0 +1,157 @@
+"""The `ella` command. Each subcommand parses its flags and calls the library; errors a user can
+fix are printed as one line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, _, w = text.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from err
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Model options shared by `generate` and `bench dpg generate`."""
+    p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
+                   "default: the shipped ShapesWorld model")
+    p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder")
+    p.add_argument("--llm", default="google/flan-t5-xl", help="text encoder LLM (folder, hub id, or 'minilm')")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--size", type=_size, default=None, help="N or HxW in pixels")
+    p.add_argument("--negative", default=None, help="negative prompt (default: empty prompt)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ella", description="ELLA: LLM-conditioned diffusion.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="text to image")
+    g.add_argument("prompt")
+    g.add_argument("--out", default="ella.png", help="output PNG (a grid for several images)")
+    g.add_argument("--seed", type=int, default=1001)
+    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--compare", action="store_true", help="base model and ELLA side by side, same seeds")
+    add_model_args(g)
+
+    c = sub.add_parser("convert", help="official single file <-> save_pretrained folder")
+    c.add_argument("src", help="a .safetensors connector file or an ELLA folder")
+    c.add_argument("dst", help="a folder (from a file) or a .safetensors file (from a folder)")
+    c.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 for the output (default: as read)")
+
+    sub.add_parser("env", help="versions and devices, for bug reports")
+
+    t = sub.add_parser("train", help="train a connector (see configs/)")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="--key value overrides of config fields")
+
+    ca = sub.add_parser("cache", help="precompute LLM features and VAE latents for training")
+    ca.add_argument("config", help="YAML config file (its data and cache_dir are used)")
+    ca.add_argument("overrides", nargs="*", help="--key value overrides of config fields")
+
+    b = sub.add_parser("bench", help="benchmarks: DPG-Bench, ShapesWorld")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    from .bench.cli import add_bench_parsers
+
+    add_bench_parsers(bsub, add_model_args)
+    return parser
+
+
+def cmd_env(args) -> None:
+    import platform
+
+    import diffusers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    print(f"ella-diffusion {__version__}")
+    print(f"python {platform.python_version()} ({platform.platform()})")
+    for mod in (torch, diffusers, transformers):
+        print(f"{mod.__name__} {mod.__version__}")
+    try:
+        import accelerate
+
+        print(f"accelerate {accelerate.__version__}")
+    except ImportError:
+        print("accelerate not installed")
+    print(f"cpu threads {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"cuda:{i} {torch.cuda.get_device_name(i)}")
+    else:
+        print("cuda: not available (CPU only)")
+
+
+def cmd_convert(args) -> None:
+    from safetensors.torch import save_file
+
+    from .pipelines.loading import DTYPES, load_connector
+
+    dtype = DTYPES.get(args.dtype) if args.dtype else None
+    if args.dtype and dtype is None:
+        raise CLIError(f"unknown dtype {args.dtype!r}")
+    model = load_connector(args.src, dtype)
+    if os.path.isdir(args.src):
+        if not args.dst.endswith(".safetensors"):
+            raise CLIError("converting a folder writes a single file: DST must end in .safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.dst)
+    else:
+        model.save_pretrained(args.dst)
+    print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+def cmd_generate(args) -> None:
+    from .generate import generate_cli
+
+    for path in generate_cli(args):
+        print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    commands = {"env": cmd_env, "convert": cmd_convert, "generate": cmd_generate}
+    try:
+        if args.command in commands:
+            commands[args.command](args)
+        elif args.command in ("train", "cache"):
+            from .train.cli import run_train_command
+
+            run_train_command(args)
+        else:
+            from .bench.cli import run_bench_command
+
+            run_bench_command(args)
+    except KeyboardInterrupt:
+        print("ella: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"ella: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

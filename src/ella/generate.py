@@ -1,0 +1,69 @@
+"""`ella generate`: the main job, from the command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .images import make_grid, save_atomic, upscale
+
+logger = logging.getLogger(__name__)
+
+
+def _load(args):
+    """(pipeline, defaults) for the model the flags name; the shipped ShapesWorld model if none."""
+    if args.model is None:
+        from .shapes.models import SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
+
+        if shipped_model_dir() is None:
+            raise ValueError(
+                "no default model is installed: pass --model (an ELLA pipeline folder, or a Stable Diffusion"
+                " folder/hub id with --ella CONNECTOR and --llm LLM)"
+            )
+        return load_shapes_pipeline(device=args.device, dtype=args.dtype), SHAPES_DEFAULTS
+    from .pipelines.loading import load_pipeline
+
+    if not os.path.exists(args.model) and (os.path.sep in args.model or args.model.startswith(".")):
+        raise ValueError(f"model folder not found: {args.model}")
+    pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype)
+    # Published ELLA-SD1.5 defaults of the web demo (reference doc, Sec. 3).
+    return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None)  # size: the UNet's own
+
+
+def generate_cli(args) -> list[str]:
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty")
+    if args.num_images < 1:
+        raise ValueError("--num-images must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError("--steps must be at least 1")
+    pipe, defaults = _load(args)
+    steps = args.steps or defaults["steps"]
+    guidance = defaults["guidance"] if args.guidance is None else args.guidance
+    height, width = args.size or defaults["size"]
+    conditionings = ["clip", "ella"] if args.compare else ["ella"]
+    if args.compare and pipe.clip_text_encoder is None:
+        raise ValueError("--compare needs a model with a base (CLIP) text encoder, such as the ShapesWorld default")
+    rows = []
+    for conditioning in conditionings:
+        # One generator per image, seeded from --seed: image i is the same whatever --num-images is.
+        generators = [torch.Generator("cpu").manual_seed(args.seed + i) for i in range(args.num_images)]
+        images = pipe(
+            args.prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+            negative_prompt=args.negative, num_images_per_prompt=args.num_images, generator=generators,
+            conditioning=conditioning,
+        ).images
+        rows.append(images)
+    images = [im for row in rows for im in row]
+    out = make_grid(images, cols=args.num_images) if len(images) > 1 else images[0]
+    save_atomic(out, args.out)
+    written = [args.out]
+    if defaults.get("view_size"):
+        root, ext = os.path.splitext(args.out)
+        view_path = f"{root}.view{ext or '.png'}"
+        save_atomic(upscale(out, defaults["view_size"]), view_path)
+        written.append(view_path)
+    return written
+

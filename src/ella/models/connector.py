@@ -1,0 +1,277 @@
+"""The ELLA connector: a Timestep-aware Semantic Connector (TSC).
+
+Hu et al., "ELLA: Equip Diffusion Models with LLM for Enhanced Semantic Alignment",
+arXiv:2403.05135 (2024), Sec. 3.2. A perceiver resampler turns the frozen LLM's token features
+into a fixed number of latent tokens for the frozen UNet's cross-attention; every layer norm is
+modulated by the diffusion timestep (AdaLN), so the conditioning can change along the denoising
+trajectory. Parameter names match the released `ella-sd1.5-tsc-t5xl.safetensors` key for key.
+
+Reading order: AdaLayerNorm -> SquaredReLUMLP -> PerceiverBlock -> PerceiverResampler -> ELLA.
+Shapes: B batch, L text tokens, D LLM width, N latents, W connector width, O output width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+# Connector variants of the paper's ablation (Table 6): the same code, a different norm or none.
+CONNECTOR_TYPES = ("tsc", "adaln-zero", "resampler", "mlp")
+
+
+class AdaLayerNorm(nn.Module):
+    """LayerNorm whose shift and scale (and, for AdaLN-Zero, a residual gate) come from the
+    timestep embedding. With `time_dim=None` it is a plain affine LayerNorm (no timestep)."""
+
+    def __init__(self, width: int, time_dim: int | None, num_chunks: int = 2):
+        super().__init__()
+        self.num_chunks = num_chunks
+        if time_dim is None:
+            self.norm = nn.LayerNorm(width, eps=1e-6)
+            return
+        self.linear = nn.Linear(time_dim, num_chunks * width)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        # Zero-init so the time modulation starts as the identity (and an AdaLN-Zero gate as 0).
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, S, W), temb: (B, 1, T) -> (normalised x, gate (B, 1, W) or None)."""
+        if temb is None:
+            return self.norm(x), None
+        chunks = self.linear(F.silu(temb)).chunk(self.num_chunks, dim=-1)  # each (B, 1, W)
+        shift, scale = chunks[0], chunks[1]
+        gate = chunks[2] if self.num_chunks == 3 else None
+        return self.norm(x) * (1 + scale) + shift, gate
+
+
+class SquaredReLUMLP(nn.Module):
+    """c_proj(relu(c_fc(x))^2), the Primer-style MLP of the released connector."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width)
+        self.c_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class PerceiverBlock(nn.Module):
+    """Latents attend to [latents; text] (keys and values), then an MLP; both residual."""
+
+    def __init__(self, width: int, heads: int, time_dim: int | None, num_chunks: int = 2):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_1 = AdaLayerNorm(width, time_dim, num_chunks)  # latents before attention
+        self.ln_2 = AdaLayerNorm(width, time_dim, num_chunks)  # text features before attention
+        self.ln_ff = AdaLayerNorm(width, time_dim, num_chunks)  # latents before the MLP
+        self.mlp = SquaredReLUMLP(width)
+
+    def forward(
+        self,
+        latents: torch.Tensor,  # (B, N, W)
+        text: torch.Tensor,  # (B, L, W)
+        temb: torch.Tensor | None,  # (B, 1, T)
+        key_padding_mask: torch.Tensor | None,  # (B, N + L), True = ignore
+    ) -> torch.Tensor:
+        n, gate_attn = self.ln_1(latents, temb)
+        t, _ = self.ln_2(text, temb)
+        kv = torch.cat([n, t], dim=1)  # (B, N + L, W)
+        attn = self.attn(n, kv, kv, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        latents = latents + (attn if gate_attn is None else gate_attn * attn)
+        f, gate_ff = self.ln_ff(latents, temb)
+        ff = self.mlp(f)
+        return latents + (ff if gate_ff is None else gate_ff * ff)
+
+
+class PerceiverResampler(nn.Module):
+    """N learned latents read the projected text through `layers` perceiver blocks."""
+
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        num_latents: int,
+        input_dim: int,
+        output_dim: int,
+        time_dim: int | None,
+        num_chunks: int = 2,
+    ):
+        super().__init__()
+        self.latents = nn.Parameter(width**-0.5 * torch.randn(num_latents, width))
+        if time_dim is not None:
+            self.time_aware_linear = nn.Linear(time_dim, width)
+        self.proj_in = nn.Linear(input_dim, width)
+        self.perceiver_blocks = nn.ModuleList(
+            PerceiverBlock(width, heads, time_dim, num_chunks) for _ in range(layers)
+        )
+        if output_dim != width:
+            self.proj_out = nn.Sequential(nn.Linear(width, output_dim), nn.LayerNorm(output_dim))
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor | None, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x: (B, L, D), temb: (B, 1, T) or None, text_mask: (B, L) with 1 = real token."""
+        latents = self.latents.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, N, W)
+        if temb is not None:
+            latents = latents + self.time_aware_linear(F.silu(temb))  # (B, N, W)
+        h = self.proj_in(x)  # (B, L, W), computed once: blocks read it, never update it
+        key_padding_mask = None
+        if text_mask is not None:
+            # The latents' own keys are never masked; padded text positions always are.
+            latent_keys = torch.zeros(latents.shape[:2], dtype=torch.bool, device=x.device)
+            key_padding_mask = torch.cat([latent_keys, ~text_mask.bool()], dim=1)  # (B, N + L)
+        for block in self.perceiver_blocks:
+            latents = block(latents, h, temb, key_padding_mask)
+        if hasattr(self, "proj_out"):
+            latents = self.proj_out(latents)  # (B, N, O)
+        return latents
+
+
+class MLPConnector(nn.Module):
+    """The paper's weakest baseline: a per-token MLP from LLM width to cross-attention width.
+    Its output keeps the text length, so padded tokens must be masked in the UNet instead."""
+
+    def __init__(self, width: int, input_dim: int, output_dim: int):
+        super().__init__()
+        self.proj_in = nn.Linear(input_dim, width)
+        self.proj_out = nn.Linear(width, output_dim)
+
+    def forward(self, x: torch.Tensor, temb: None, text_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.proj_out(F.gelu(self.proj_in(x)))  # (B, L, O)
+
+
+class ELLA(ModelMixin, ConfigMixin):
+    """Timestep-aware Semantic Connector between a frozen LLM and a frozen diffusion UNet.
+
+    `ELLA.from_preset("sd15-t5xl")` is the architecture of the released SD1.5 checkpoint;
+    `ELLA.from_single_file(path)` loads that checkpoint. Call it at every denoising step:
+    `ella(text_hidden_states, timestep, text_attention_mask) -> encoder_hidden_states`.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        time_channel: int = 320,  # sinusoidal timestep features
+        time_embed_dim: int = 768,  # timestep embedding width
+        width: int = 768,  # connector width
+        layers: int = 6,  # perceiver blocks
+        heads: int = 8,  # attention heads (not recoverable from weight shapes)
+        num_latents: int = 64,  # output tokens
+        input_dim: int = 2048,  # LLM hidden size (FLAN-T5-XL: 2048)
+        output_dim: int | None = None,  # UNet cross-attention width; None = width
+        connector_type: str = "tsc",  # one of CONNECTOR_TYPES
+    ):
+        super().__init__()
+        if connector_type not in CONNECTOR_TYPES:
+            raise ValueError(f"connector_type must be one of {CONNECTOR_TYPES}, got {connector_type!r}")
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        output_dim = output_dim or width
+        uses_time = connector_type in ("tsc", "adaln-zero")
+        if uses_time:
+            self.time_proj = Timesteps(time_channel, flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.time_embedding = TimestepEmbedding(time_channel, time_embed_dim)
+        if connector_type == "mlp":
+            self.connector = MLPConnector(width, input_dim, output_dim)
+        else:
+            self.connector = PerceiverResampler(
+                width,
+                layers,
+                heads,
+                num_latents,
+                input_dim,
+                output_dim,
+                time_dim=time_embed_dim if uses_time else None,
+                num_chunks=3 if connector_type == "adaln-zero" else 2,
+            )
+
+    @property
+    def uses_timestep(self) -> bool:
+        return hasattr(self, "time_embedding")
+
+    @property
+    def keeps_text_length(self) -> bool:
+        """True when the output has one token per text token (MLP): the UNet must then mask
+        padded tokens itself (pass the text mask as `encoder_attention_mask`)."""
+        return self.config.connector_type == "mlp"
+
+    def embed_timestep(self, timestep: torch.Tensor | float | int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """Raw scheduler timestep (scalar or (B,)) -> (B, 1, T). Sinusoids in fp32, then `dtype`."""
+        t = torch.as_tensor(timestep, device=self.device)
+        t = t.reshape(-1).expand(batch_size) if t.numel() == 1 else t.reshape(-1)
+        if t.shape[0] != batch_size:
+            raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch_size}")
+        features = self.time_proj(t).to(dtype)  # (B, time_channel)
+        return self.time_embedding(features).unsqueeze(1)  # (B, 1, T)
+
+    def forward(
+        self,
+        text_hidden_states: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """text_hidden_states: (B, L, D); timestep: scalar or (B,); text_attention_mask: (B, L),
+        1 = real token, 0 = padding (None attends every position, as the reference does).
+        Returns (B, num_latents, output_dim), or (B, L, output_dim) for the MLP connector."""
+        x = text_hidden_states
+        if x.ndim != 3 or x.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"text_hidden_states must be (batch, tokens, {self.config.input_dim}), got {tuple(x.shape)}"
+            )
+        temb = self.embed_timestep(timestep, x.shape[0], x.dtype) if self.uses_timestep else None
+        return self.connector(x, temb, text_attention_mask)
+
+    # ---- presets and the official single-file checkpoint -------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ELLA":
+        """A named architecture with fresh weights (see `PRESETS`)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown ELLA preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_single_file(
+        cls, path: str, heads: int = 8, torch_dtype: torch.dtype | None = None
+    ) -> "ELLA":
+        """Load a bare state-dict file such as the official `ella-sd1.5-tsc-t5xl.safetensors`.
+
+        The file holds no config: every hyper-parameter but the number of heads is read from the
+        weight shapes (all released connectors use 8 heads). Missing, extra or mis-shaped keys are
+        refused with a message that names them.
+        """
+        from .checkpoint import config_from_state_dict, load_state_dict_file
+
+        state_dict = load_state_dict_file(path)
+        model = cls(**config_from_state_dict(state_dict, heads=heads))
+        model.load_strict(state_dict, source=str(path))
+        if torch_dtype is not None:
+            model.to(torch_dtype)
+        return model
+
+    def load_strict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """load_state_dict that names every missing, unexpected or mis-shaped key in its error."""
+        from .checkpoint import check_state_dict
+
+        check_state_dict(self.state_dict(), state_dict, source)
+        own_dtype = next(self.parameters()).dtype
+        self.load_state_dict({k: v.to(own_dtype) for k, v in state_dict.items()}, strict=True)
+
+
+PRESETS: dict[str, dict] = {
+    # The released SD1.5 connector (66.8M parameters) on FLAN-T5-XL features.
+    "sd15-t5xl": dict(time_channel=320, time_embed_dim=768, width=768, layers=6, heads=8, num_latents=64, input_dim=2048),
+    # The same connector projecting to SDXL's 2048-wide cross-attention (no weights released).
+    "sdxl-t5xl": dict(time_channel=320, time_embed_dim=768, width=768, layers=6, heads=8, num_latents=64, input_dim=2048, output_dim=2048),
+    # ShapesWorld: all-MiniLM-L6-v2 features (384) into a 32x32 pixel-space UNet (cross-attn 128).
+    "shapes-minilm": dict(time_channel=64, time_embed_dim=128, width=128, layers=2, heads=4, num_latents=16, input_dim=384, output_dim=128),
+    # For tests: a few thousand parameters.
+    "tiny": dict(time_channel=8, time_embed_dim=16, width=16, layers=2, heads=2, num_latents=4, input_dim=32, output_dim=16),
+}

@@ -1,0 +1,3 @@
+from .pipeline_ella import CONDITIONINGS, ELLAStableDiffusionPipeline
+
+__all__ = ["CONDITIONINGS", "ELLAStableDiffusionPipeline"]

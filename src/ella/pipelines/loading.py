@@ -1,0 +1,92 @@
+"""Assemble an ELLA pipeline from a saved pipeline folder, or from a Stable Diffusion model,
+an ELLA connector and an LLM (the published inference setup)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..models import ELLA
+from ..text_encoders import load_text_encoder
+from .pipeline_ella import ELLAStableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None`/"auto": the first CUDA device if there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}") from err
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """`None`/"auto": fp16 on an accelerator (as ELLA was trained and published), fp32 on the CPU."""
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_connector(path: str, torch_dtype: torch.dtype | None = None) -> ELLA:
+    """A connector from an official single file (`*.safetensors`) or a `save_pretrained` folder."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not an ELLA connector folder (no config.json)")
+        return ELLA.from_pretrained(path, torch_dtype=torch_dtype)
+    return ELLA.from_single_file(path, torch_dtype=torch_dtype)
+
+
+def is_ella_pipeline_folder(path: str) -> bool:
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return False
+    with open(index) as f:
+        return '"ELLAStableDiffusionPipeline"' in f.read()
+
+
+def load_pipeline(
+    model: str,
+    ella: str | None = None,
+    llm: str = "google/flan-t5-xl",
+    device: str | None = None,
+    dtype: str | None = None,
+    text_mode: str = "fixed",
+    text_max_length: int = 128,
+) -> ELLAStableDiffusionPipeline:
+    """`model` is a saved ELLA pipeline folder, or a Stable Diffusion 1.5 folder / hub id; in the
+    second case `ella` (connector file or folder) is required and `llm` is the text encoder.
+    The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if os.path.isdir(model) and is_ella_pipeline_folder(model):
+        pipe = ELLAStableDiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+        return pipe.to(dev)
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+
+    if ella is None:
+        raise ValueError(f"{model} is not an ELLA pipeline folder: pass the connector with --ella PATH")
+    if not os.path.isdir(model) and (os.path.sep in model or model.startswith(".")):
+        raise ValueError(f"model folder not found: {model}")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(model, subfolder="scheduler")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load Stable Diffusion model {model!r}: {str(err).splitlines()[0]}") from err
+    text_encoder, tokenizer = load_text_encoder(llm, dev, torch_dtype)
+    connector = load_connector(ella, torch_dtype)
+    pipe = ELLAStableDiffusionPipeline(
+        unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=connector,
+        text_max_length=text_max_length, text_mode=text_mode,
+    )
+    return pipe.to(dev)

@@ -1,0 +1,241 @@
+"""ELLAStableDiffusionPipeline: a frozen Stable-Diffusion-style UNet conditioned through ELLA.
+
+The UNet is untouched (LoRA and other UNet adapters loaded with the diffusers API keep working);
+only its `encoder_hidden_states` change. The LLM encodes each prompt once per call; the
+connector runs at every denoising step with that step's timestep, on both CFG branches in one
+batched call (reference doc, Sec. 3).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.connector import ELLA
+from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
+
+logger = logging.getLogger(__name__)
+
+CONDITIONINGS = ("ella", "ella+clip", "clip")
+
+
+class ELLAStableDiffusionPipeline(DiffusionPipeline):
+    """Text-to-image with an LLM + ELLA connector in place of (or beside) CLIP.
+
+    Components: `unet`, `scheduler` (any diffusers scheduler), `vae` (None for a pixel-space
+    UNet), `text_encoder` + `tokenizer` (the frozen LLM), `ella` (the connector), and optional
+    `clip_text_encoder` + `clip_tokenizer` for `conditioning="ella+clip"` (community checkpoints,
+    LoRA trigger words) or `"clip"` (the plain base model, for comparisons).
+    """
+
+    model_cpu_offload_seq = "text_encoder->clip_text_encoder->ella->unet->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer"]
+
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        ella: ELLA | None = None,
+        clip_text_encoder=None,
+        clip_tokenizer=None,
+        text_max_length: int = 128,
+        text_mode: str = "fixed",
+    ):
+        super().__init__()
+        if text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
+        self.register_modules(
+            unet=unet,
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            ella=ella,
+            clip_text_encoder=clip_text_encoder,
+            clip_tokenizer=clip_tokenizer,
+        )
+        self.register_to_config(text_max_length=text_max_length, text_mode=text_mode)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ---- checks -------------------------------------------------------------------------------
+
+    @property
+    def size_factor(self) -> int:
+        """Height and width must be multiples of this: the VAE's downsampling times the UNet's."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_inputs(self, prompts: list[str], negative: list[str], height: int, width: int, conditioning: str):
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        if not prompts:
+            raise ValueError("no prompt given: pass at least one prompt")
+        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("prompts must be non-empty strings")
+        if len(negative) != len(prompts):
+            raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        f = self.size_factor
+        if height <= 0 or width <= 0 or height % f or width % f:
+            raise ValueError(f"height and width must be positive multiples of {f} for this model, got {height}x{width}")
+        cross = self.unet.config.cross_attention_dim
+        if "ella" in conditioning:
+            if self.ella is None or self.text_encoder is None or self.tokenizer is None:
+                raise ValueError(f"conditioning={conditioning!r} needs the ella, text_encoder and tokenizer components")
+            out_dim = self.ella.config.output_dim or self.ella.config.width
+            if out_dim != cross:
+                raise ValueError(
+                    f"the ELLA connector outputs width {out_dim} but the UNet's cross-attention width is {cross}"
+                )
+        if "clip" in conditioning:
+            if self.clip_text_encoder is None or self.clip_tokenizer is None:
+                raise ValueError(f"conditioning={conditioning!r} needs clip_text_encoder and clip_tokenizer")
+            if self.clip_text_encoder.config.hidden_size != cross:
+                raise ValueError(
+                    f"the CLIP text encoder's width {self.clip_text_encoder.config.hidden_size} differs from the"
+                    f" UNet's cross-attention width {cross}"
+                )
+
+    # ---- prompt encoding (once per call) ------------------------------------------------------
+
+    def encode_llm(self, prompts: list[str]) -> TextFeatures:
+        """LLM features (B, L, D) and mask of the prompts, in the connector's dtype."""
+        encoder = LLMEncoder(self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode)
+        features = encoder(prompts)
+        features.hidden_states = features.hidden_states.to(self.ella.dtype)
+        return features
+
+    @torch.no_grad()
+    def encode_clip(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP-style last hidden state (B, max_length, C), padded like Stable Diffusion's."""
+        tok = self.clip_tokenizer(
+            prompts, padding="max_length", truncation=True,
+            max_length=self.clip_tokenizer.model_max_length, return_tensors="pt",
+        )
+        ids = tok.input_ids.to(self.clip_text_encoder.device)
+        return self.clip_text_encoder(ids)[0].to(self.unet.dtype)
+
+    def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        return None if x is None else x.repeat_interleave(n, dim=0)
+
+    # ---- the denoising loop -------------------------------------------------------------------
+
+    def conditioning_at(
+        self,
+        t: torch.Tensor,
+        text: TextFeatures | None,
+        clip_embeds: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """encoder_hidden_states (and a mask, for token-length connectors) for timestep t."""
+        parts, masks = [], []
+        if clip_embeds is not None:
+            parts.append(clip_embeds)
+            masks.append(torch.ones(clip_embeds.shape[:2], dtype=torch.long, device=clip_embeds.device))
+        mask = None
+        if text is not None:
+            parts.append(self.ella(text.hidden_states, t, text.attention_mask).to(self.unet.dtype))
+            if self.ella.keeps_text_length and text.attention_mask is not None:
+                masks.append(text.attention_mask)
+                mask = torch.cat(masks, dim=1)
+        return torch.cat(parts, dim=1), mask
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: TextFeatures | None = None,
+        negative_prompt_embeds: TextFeatures | None = None,
+        conditioning: str = "ella",
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Generate images.
+
+        1. Check inputs. 2. Encode prompts and negative prompts once (LLM; CLIP if used).
+        3. Set the scheduler's timesteps and draw the initial latents.
+        4. At each step: connector(text, t) for [negative; positive] in one call, UNet, CFG,
+           scheduler step. 5. Decode (VAE, or nothing for a pixel-space UNet) and post-process.
+
+        `prompt_embeds` / `negative_prompt_embeds` take precomputed LLM `TextFeatures`.
+        """
+        # 1. Inputs
+        if prompt_embeds is not None:
+            batch = prompt_embeds.hidden_states.shape[0]
+            prompts = list(prompt) if isinstance(prompt, list) else [prompt or "<embeds>"] * batch
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        negative = negative_prompt if negative_prompt is not None else ""
+        negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+        sample_size = self.unet.config.sample_size
+        sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
+        height = height or sample_size * self.vae_scale_factor
+        width = width or sample_size * self.vae_scale_factor
+        self.check_inputs(prompts, negatives, height, width, conditioning)
+        do_cfg = guidance_scale > 1.0
+        device = self._execution_device
+        n = num_images_per_prompt
+
+        # 2. Prompts, encoded once: rows are [negatives; positives] when CFG is on.
+        text = clip_embeds = None
+        if "ella" in conditioning:
+            pos = prompt_embeds if prompt_embeds is not None else self.encode_llm(prompts)
+            feats = [pos]
+            if do_cfg:
+                neg = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_llm(negatives)
+                feats = [neg, pos]
+            text = pad_features(feats)
+            text = TextFeatures(self._repeat(text.hidden_states, n), self._repeat(text.attention_mask, n))
+        if "clip" in conditioning:
+            clip_embeds = self.encode_clip(negatives + prompts if do_cfg else prompts)
+            clip_embeds = self._repeat(clip_embeds, n)
+
+        # 3. Timesteps and initial noise
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = (len(prompts) * n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+
+        # 4. Denoising loop: the connector runs at every step, with that step's timestep.
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for t in timesteps:
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                cond, cond_mask = self.conditioning_at(t, text, clip_embeds)
+                noise_pred = self.unet(
+                    model_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask
+                ).sample
+                if do_cfg:
+                    uncond, cond_pred = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond_pred - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+                progress.update()
+
+        # 5. Decode
+        if output_type == "latent":
+            images = latents
+        elif self.vae is not None:
+            images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        else:
+            images = latents  # a pixel-space UNet denoises images in [-1, 1] directly
+        if output_type != "latent":
+            images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -1,0 +1,1 @@
+"""ShapesWorld: the ELLA setting in miniature (scenes, captions, questions, judge, models)."""

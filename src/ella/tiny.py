@@ -1,0 +1,106 @@
+"""Tiny random components built locally (no download): for tests, smoke runs and benchmarks.
+
+Tokenizers are word-level (`word_tokenizer`), so they can be built from a vocabulary on the spot;
+ShapesWorld's base text encoder uses the same kind.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+TINY_WORDS = (
+    "a an the of and to in on at with is are red green blue yellow white black gray large small big"
+    " circle square triangle cat dog car tree house left right above below top bottom middle two three"
+    " four one photo picture image background sky street"
+).split()
+
+
+def word_tokenizer(words, model_max_length: int = 128):
+    """A lower-casing word-level tokenizer that appends `</s>` (like T5's) and pads with `<pad>`."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        vocab.setdefault(w.lower(), len(vocab))
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_t5(d_model: int = 32, vocab_size: int | None = None, seed: int = 0):
+    """A 2-layer T5 encoder with random weights and its word-level tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = word_tokenizer(TINY_WORDS)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size or len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval(), tokenizer
+
+
+def tiny_clip(hidden_size: int = 16, max_length: int = 16, seed: int = 0):
+    """A 2-layer CLIP-style text encoder (random weights) with a short word-level tokenizer."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = word_tokenizer(TINY_WORDS, model_max_length=max_length)
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_length,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+    )
+    return CLIPTextModel(config).eval(), tokenizer
+
+
+def tiny_unet(cross_attention_dim: int = 16, in_channels: int = 4, sample_size: int = 8, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=2,
+    ).eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    ).eval()
+
+
+def tiny_components(pixel_space: bool = False, with_clip: bool = False, seed: int = 0) -> dict:
+    """Everything ELLAStableDiffusionPipeline takes, tiny and random, built locally."""
+    from diffusers import DDIMScheduler
+
+    from .models import ELLA
+
+    text_encoder, tokenizer = tiny_t5(seed=seed)
+    components = dict(
+        unet=tiny_unet(in_channels=3 if pixel_space else 4, sample_size=16 if pixel_space else 8, seed=seed),
+        scheduler=DDIMScheduler(num_train_timesteps=1000),
+        vae=None if pixel_space else tiny_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        ella=ELLA.from_preset("tiny"),
+    )
+    if with_clip:
+        components["clip_text_encoder"], components["clip_tokenizer"] = tiny_clip(seed=seed)
+    return components

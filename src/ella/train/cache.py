@@ -1,0 +1,90 @@
+"""`ella cache`: precompute LLM features (+ masks) and VAE latents once, into sharded
+safetensors, so that training steps run only the connector and the UNet."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .components import FrozenParts
+from .config import TrainConfig
+from .data import ImageCaptionDataset, collate
+
+logger = logging.getLogger(__name__)
+
+INDEX = "index.json"
+
+
+def fingerprint(config: TrainConfig) -> dict:
+    """What the cached tensors depend on; a cache built otherwise is refused."""
+    return {"model": config.model, "llm": config.llm, "text_max_length": config.text_max_length,
+            "resolution": config.resolution}
+
+
+def read_index(cache_dir: str) -> dict:
+    path = os.path.join(cache_dir, INDEX)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no feature cache in {cache_dir} (run `ella cache` first)")
+    with open(path) as f:
+        return json.load(f)
+
+
+@torch.no_grad()
+def encode_images(parts: FrozenParts, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> what the UNet denoises: scaled VAE latents (the posterior mean, so
+    the cache and the uncached path agree), or the pixels themselves for a pixel-space UNet."""
+    if parts.vae is None:
+        return pixels
+    posterior = parts.vae.encode(pixels.to(parts.vae.dtype)).latent_dist
+    return posterior.mean * parts.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024, batch_size: int = 32) -> dict:
+    cache_dir = config.cache_dir
+    if not cache_dir:
+        raise ValueError("set cache_dir in the config (or --cache-dir) to build a cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    dataset = ImageCaptionDataset(config.train_data, config.resolution)
+    encoder = parts.encoder(config)
+    device = parts.unet.device
+    index = {"fingerprint": fingerprint(config), "shards": [], "keys": {}, "skipped": 0}
+    buffer: dict[str, list] = {"latents": [], "text_features": [], "text_mask": [], "key": []}
+
+    def flush():
+        if not buffer["key"]:
+            return
+        name = f"shard-{len(index['shards']):05d}.safetensors"
+        tensors = {k: torch.cat(buffer[k]).contiguous().cpu() for k in ("latents", "text_features", "text_mask")}
+        save_file(tensors, os.path.join(cache_dir, name))
+        index["shards"].append({"file": name, "count": len(buffer["key"])})
+        index["keys"][name] = list(buffer["key"])
+        for v in buffer.values():
+            v.clear()
+
+    for start in tqdm(range(0, len(dataset), batch_size), desc="caching", unit="batch"):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        index["skipped"] += batch["skipped"]
+        if not batch["key"]:
+            continue
+        text = encoder.encode_padded(batch["caption"])
+        buffer["latents"].append(encode_images(parts, batch["pixel_values"].to(device)))
+        buffer["text_features"].append(text.hidden_states)
+        buffer["text_mask"].append(text.attention_mask)
+        buffer["key"].extend(batch["key"])
+        if len(buffer["key"]) >= shard_size:
+            flush()
+    flush()
+    empty = encoder.encode_padded([""])  # caption dropout reads the empty prompt from here
+    save_file({"text_features": empty.hidden_states.cpu().contiguous(), "text_mask": empty.attention_mask.cpu().contiguous()},
+              os.path.join(cache_dir, "empty.safetensors"))
+    with open(os.path.join(cache_dir, INDEX), "w") as f:
+        json.dump(index, f)
+    n = sum(s["count"] for s in index["shards"])
+    logger.info("cached %d samples in %d shards to %s (%d skipped)", n, len(index["shards"]), cache_dir, index["skipped"])
+    return index

@@ -1,0 +1,72 @@
+"""The frozen parts of training: UNet, VAE (None for a pixel-space UNet), noise scheduler, LLM."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..models import ELLA, PRESETS
+from ..text_encoders import LLMEncoder, load_text_encoder
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrozenParts:
+    unet: torch.nn.Module
+    vae: torch.nn.Module | None
+    scheduler: object  # the training noise scheduler (DDPM), from the model's scheduler config
+    text_encoder: torch.nn.Module
+    tokenizer: object
+
+    def encoder(self, config: TrainConfig) -> LLMEncoder:
+        return LLMEncoder(self.text_encoder, self.tokenizer, config.text_max_length, config.text_mode)
+
+
+def _freeze(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    return module.requires_grad_(False).eval().to(device=device, dtype=dtype)
+
+
+def load_frozen_parts(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> FrozenParts:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from ..tiny import tiny_t5, tiny_unet, tiny_vae
+
+    if config.model in ("tiny", "tiny-pixel"):
+        pixel = config.model == "tiny-pixel"
+        unet = tiny_unet(in_channels=3 if pixel else 4, sample_size=config.resolution if pixel else config.resolution // 2)
+        vae = None if pixel else tiny_vae()
+        scheduler = DDPMScheduler(num_train_timesteps=1000)
+    else:
+        try:
+            unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet")
+            scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load the frozen UNet from {config.model!r}: {str(err).splitlines()[0]}") from err
+        has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
+        vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae") if has_vae else None
+    if config.llm == "tiny":
+        text_encoder, tokenizer = tiny_t5()
+    else:
+        text_encoder, tokenizer = load_text_encoder(config.llm)
+    return FrozenParts(
+        unet=_freeze(unet, device, dtype),
+        vae=_freeze(vae, device, dtype) if vae is not None else None,
+        scheduler=scheduler,
+        text_encoder=_freeze(text_encoder, device, dtype),
+        tokenizer=tokenizer,
+    )
+
+
+def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
+    """A fresh connector from the preset, fitted to the LLM width and the UNet's cross-attention."""
+    if config.connector not in PRESETS:
+        raise ValueError(f"unknown connector preset {config.connector!r}; known: {', '.join(sorted(PRESETS))}")
+    kwargs = {**PRESETS[config.connector], **config.connector_overrides, "connector_type": config.connector_type}
+    kwargs["input_dim"] = parts.text_encoder.config.hidden_size  # T5 maps hidden_size to d_model
+    kwargs["output_dim"] = parts.unet.config.cross_attention_dim
+    return ELLA(**kwargs)

@@ -1,0 +1,130 @@
+"""One typed training config: defaults here, overridden by a YAML file, then by `--key value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # --- frozen models
+    model: str = "runwayml/stable-diffusion-v1-5"  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny" = random tiny parts
+    llm: str = "google/flan-t5-xl"  # text encoder: folder, hub id, "minilm", or "tiny"
+    text_max_length: int = 128  # the paper's T5 length
+    text_mode: str = "fixed"  # fixed: padding attended (as the release); flexible: padding masked
+    # --- the connector (the only trained part)
+    connector: str = "sd15-t5xl"  # preset name (ella.PRESETS)
+    connector_type: str = "tsc"  # tsc | adaln-zero | resampler | mlp (the paper's ablations)
+    connector_overrides: dict = field(default_factory=dict)  # e.g. {layers: 2}
+    # --- data
+    train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
+    resolution: int = 512  # resize shorter side, then center-crop
+    caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
+    cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
+    num_workers: int = 0
+    # --- optimisation (paper: AdamW, lr 1e-4, weight decay 0.01)
+    max_steps: int = 10000
+    batch_size: int = 32  # per process
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.9999  # 0 disables EMA
+    mixed_precision: str = "no"  # no | fp16 | bf16 (frozen models in this dtype, connector in fp32)
+    seed: int = 0
+    # --- outputs
+    output_dir: str = "runs/ella"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    validate_every: int = 1000  # 0 disables validation images
+    validation_prompts: list = field(default_factory=lambda: ["a red apple on a wooden table"])
+    validation_steps: int = 25
+    validation_guidance: float = 7.5
+    tensorboard: bool = False
+    log_data_order: bool = False  # write the sample ids each process trained on (audits sharding)
+    resume: bool = False  # continue from the latest checkpoint in output_dir
+
+    def validate(self) -> "TrainConfig":
+        if self.text_mode not in ("fixed", "flexible"):
+            raise ValueError(f"text_mode must be fixed or flexible, got {self.text_mode!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "grad_accum", "resolution", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError("caption_dropout must be in [0, 1)")
+        if not self.train_data and not self.cache_dir:
+            raise ValueError("set train_data (or cache_dir to a built feature cache)")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def _convert(name: str, value: str, annotation) -> object:
+    """Turn a command-line string into the field's type (YAML syntax for lists and dicts)."""
+    text = str(annotation)
+    parsed = yaml.safe_load(value)
+    if text in ("int",) and isinstance(parsed, (int, float)):
+        return int(parsed)
+    if text == "float" and isinstance(parsed, (int, float)):
+        return float(parsed)
+    if text == "bool" and isinstance(parsed, bool):
+        return parsed
+    if text == "str" or text.startswith("str |"):
+        return None if parsed is None and "None" in text else str(value)
+    if text in ("list", "dict") and isinstance(parsed, (list, dict)):
+        return parsed
+    raise ValueError(f"--{name.replace('_', '-')}: cannot read {value!r} as {text}")
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """["--max-steps", "3", "--resume"] -> {"max_steps": "3", "resume": "true"}."""
+    out, i = {}, 0
+    while i < len(args):
+        key = args[i]
+        if not key.startswith("--"):
+            raise ValueError(f"expected --key value, got {key!r}")
+        name = key[2:].replace("-", "_")
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[name], i = args[i + 1], i + 2
+        else:
+            out[name], i = "true", i + 1  # a bare flag
+    return out
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- overrides (strings from the command line, or typed values)."""
+    hints = typing.get_type_hints(TrainConfig)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of field: value")
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ValueError(f"unknown config field {key!r}")
+        values[key] = _convert(key, value, _annotation_name(hints[key])) if isinstance(value, str) else value
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown config field(s) in {path}: {', '.join(sorted(unknown))}")
+    return TrainConfig(**values).validate()
+
+
+def _annotation_name(hint) -> str:
+    if hint in (int, float, bool, str, list, dict):
+        return hint.__name__
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return f"{args[0].__name__} | None" if args else str(hint)

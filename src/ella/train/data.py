@@ -1,0 +1,229 @@
+"""Training data: image folders with .txt captions, JSONL/CSV manifests, WebDataset-style tar
+shards (streamed), and the precomputed feature cache. Unreadable samples are skipped and counted.
+
+Order and sharding are ours, not a DataLoader's: epoch e visits a permutation seeded by
+(seed, e), and process r of w takes every w-th index from position r, so shards are disjoint and
+a run resumed at (epoch, position) sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_image(source, resolution: int) -> torch.Tensor:
+    """Resize the shorter side to `resolution`, center-crop, scale to [-1, 1]: (3, R, R)."""
+    image = Image.open(source)
+    image.load()
+    image = image.convert("RGB")
+    scale = resolution / min(image.size)
+    if scale != 1:
+        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+        image = image.resize(size, Image.BICUBIC)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class Record:
+    key: str  # a stable sample id
+    image: str  # a path
+    caption: str | None  # None: the caption is missing (the sample will be skipped)
+
+
+def scan_records(source: str) -> list[Record]:
+    """List the samples of an image folder, a .jsonl or a .csv manifest (`image`, `caption`)."""
+    if os.path.isdir(source):
+        records = []
+        for name in sorted(os.listdir(source)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in IMAGE_EXTS:
+                continue
+            txt = os.path.join(source, stem + ".txt")
+            caption = open(txt, encoding="utf-8").read().strip() if os.path.isfile(txt) else None
+            records.append(Record(stem, os.path.join(source, name), caption))
+        return records
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"training data not found: {source}")
+    root = os.path.dirname(os.path.abspath(source))
+    if source.endswith(".jsonl"):
+        with open(source, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    elif source.endswith(".csv"):
+        with open(source, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise ValueError(f"unknown training data format: {source} (folder, .jsonl, .csv or shards/*.tar)")
+    return [
+        Record(str(row.get("key", i)), os.path.join(root, row["image"]), (row.get("caption") or None))
+        for i, row in enumerate(rows)
+    ]
+
+
+class ImageCaptionDataset(torch.utils.data.Dataset):
+    """Map-style samples {key, pixel_values, caption}; None for a sample that cannot be used."""
+
+    def __init__(self, source: str, resolution: int):
+        self.records = scan_records(source)
+        self.resolution = resolution
+        if not self.records:
+            raise ValueError(f"no images found in {source}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict | None:
+        rec = self.records[index]
+        if not rec.caption:
+            logger.debug("skipping %s: no caption", rec.key)
+            return None
+        try:
+            pixels = load_image(rec.image, self.resolution)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            logger.debug("skipping %s: %s", rec.key, err)
+            return None
+        return {"key": rec.key, "pixel_values": pixels, "caption": rec.caption}
+
+
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Samples of a feature cache written by `ella.train.cache.build_cache`: {key, latents,
+    text_features, text_mask}. Shards are read lazily and the last one is kept in memory."""
+
+    def __init__(self, cache_dir: str):
+        from .cache import read_index
+
+        self.cache_dir = cache_dir
+        self.index = read_index(cache_dir)
+        self.locations = [(s["file"], i) for s in self.index["shards"] for i in range(s["count"])]
+        self._shard_name, self._shard = None, None
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __getitem__(self, index: int) -> dict:
+        from safetensors.torch import load_file
+
+        name, row = self.locations[index]
+        if name != self._shard_name:
+            self._shard, self._shard_name = load_file(os.path.join(self.cache_dir, name)), name
+        shard = self._shard
+        keys = self.index["keys"][name]
+        return {
+            "key": keys[row],
+            "latents": shard["latents"][row],
+            "text_features": shard["text_features"][row],
+            "text_mask": shard["text_mask"][row],
+        }
+
+
+def collate(samples: list[dict | None]) -> dict:
+    """Stack the usable samples; `skipped` counts the others."""
+    good = [s for s in samples if s is not None]
+    batch: dict = {"skipped": len(samples) - len(good), "key": [s["key"] for s in good]}
+    if good:
+        for name, value in good[0].items():
+            if isinstance(value, torch.Tensor):
+                batch[name] = torch.stack([s[name] for s in good])
+            elif name != "key":
+                batch[name] = [s[name] for s in good]
+    return batch
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    batch: int = 0  # batches already consumed in this epoch (by this process)
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This process's share of epoch `epoch`'s permutation (disjoint across processes)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)[rank::world].tolist()
+
+
+def iterate_batches(
+    dataset, batch_size: int, seed: int, position: DataPosition, rank: int = 0, world: int = 1, num_workers: int = 0
+) -> Iterator[dict]:
+    """Endless batches from `position` on; updates `position` in place as batches are yielded."""
+    while True:
+        indices = epoch_indices(len(dataset), seed, position.epoch, rank, world)
+        batches = [indices[i : i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+        if not batches:
+            raise ValueError(f"{len(dataset)} samples are too few for batch size {batch_size} x {world} processes")
+        todo = batches[position.batch :]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=todo, collate_fn=collate, num_workers=num_workers
+        )
+        for batch in loader:
+            position.batch += 1
+            yield batch
+        position.epoch, position.batch = position.epoch + 1, 0
+
+
+class TarShardStream:
+    """WebDataset-style shards (`key.jpg` + `key.txt` members), streamed without unpacking.
+
+    Shards are split over processes (shard i goes to process i % world); within a shard members
+    are read in order. `position.batch` counts batches already consumed, for resume.
+    """
+
+    def __init__(self, pattern: str, resolution: int):
+        self.shards = sorted(glob.glob(pattern))
+        if not self.shards:
+            raise FileNotFoundError(f"no tar shards match {pattern}")
+        self.resolution = resolution
+
+    def samples(self, rank: int, world: int) -> Iterator[dict | None]:
+        for shard in self.shards[rank::world]:
+            with tarfile.open(shard) as tar:
+                pending: dict[str, dict] = {}
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    key, ext = os.path.splitext(member.name)
+                    data = tar.extractfile(member).read()
+                    entry = pending.setdefault(key, {})
+                    entry["caption" if ext == ".txt" else "image" if ext.lower() in IMAGE_EXTS else ext] = data
+                    if "caption" in entry and "image" in entry:
+                        yield self._decode(key, pending.pop(key))
+                for key in pending:  # an image without caption, or the reverse
+                    yield None
+
+    def _decode(self, key: str, entry: dict) -> dict | None:
+        try:
+            pixels = load_image(io.BytesIO(entry["image"]), self.resolution)
+        except (OSError, UnidentifiedImageError, ValueError):
+            return None
+        caption = entry["caption"].decode("utf-8").strip()
+        return {"key": key, "pixel_values": pixels, "caption": caption} if caption else None
+
+    def batches(self, batch_size: int, position: DataPosition, rank: int = 0, world: int = 1) -> Iterator[dict]:
+        while True:
+            chunk, done = [], 0
+            for sample in self.samples(rank, world):
+                chunk.append(sample)
+                if len(chunk) == batch_size:
+                    done += 1
+                    if done > position.batch:
+                        position.batch += 1
+                        yield collate(chunk)
+                    chunk = []
+            position.epoch, position.batch = position.epoch + 1, 0

@@ -1,0 +1,67 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from ella import ELLA, ELLAStableDiffusionPipeline
+from ella.cli import main
+from ella.tiny import tiny_components
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe")
+    ELLAStableDiffusionPipeline(**tiny_components(with_clip=True), text_mode="flexible").save_pretrained(path)
+    return path
+
+
+def test_help_and_env_through_the_console_script():
+    for args in (["--help"], ["generate", "--help"], ["env"]):
+        out = subprocess.run([sys.executable, "-m", "ella.cli", *args], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    assert "torch" in out.stdout
+
+
+def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
+    out = tmp_path / "one.png"
+    assert main(["generate", "a red circle", "--model", str(pipe_dir), "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (16, 16)
+    grid = tmp_path / "grid.png"
+    args = ["generate", "two cats", "--model", str(pipe_dir), "--steps", "2", "--num-images", "3", "--out", str(grid),
+            "--compare", "--size", "32", "--negative", "blurry"]
+    assert main(args) == 0
+    assert Image.open(grid).size == (3 * 32, 2 * 32)  # base row, ELLA row
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "a cat", "--model", "/no/such/model"], "model folder not found"),
+        (["generate", "   ", "--model", "X"], "prompt is empty"),
+        (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
+        (["generate", "a cat", "--model", "PIPE", "--steps", "0"], "--steps"),
+        (["convert", "/no/such.safetensors", "out"], "not found"),
+        (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(pipe_dir, tmp_path, capsys, args, message):
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    args = [str(pipe_dir) if a == "PIPE" else str(bad) if a == "BAD" else a for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ella: error:") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_convert_round_trip(tmp_path):
+    model = ELLA.from_preset("tiny")
+    save_file(model.state_dict(), str(tmp_path / "c.safetensors"))
+    assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "folder"), "--dtype", "fp16"]) == 0
+    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "back.safetensors")]) == 0
+    back = ELLA.from_single_file(str(tmp_path / "back.safetensors"), heads=2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v.half().float()), k
