@@ -59,11 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a connector (see configs/)")
     t.add_argument("config", help="YAML config file")
-    t.add_argument("overrides", nargs="*", help="--key value overrides of config fields")
+    t.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
 
     ca = sub.add_parser("cache", help="precompute LLM features and VAE latents for training")
     ca.add_argument("config", help="YAML config file (its data and cache_dir are used)")
-    ca.add_argument("overrides", nargs="*", help="--key value overrides of config fields")
+    ca.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
+
+    s = sub.add_parser("shapes", help="ShapesWorld: train the base model")
+    ssub = s.add_subparsers(dest="shapes", required=True)
+    tb = ssub.add_parser("train-base", help="train the base UNet + text encoder on short captions")
+    tb.add_argument("config", help="YAML config (configs/shapes/base.yaml)")
+    tb.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
 
     b = sub.add_parser("bench", help="benchmarks: DPG-Bench, ShapesWorld")
     bsub = b.add_subparsers(dest="bench", required=True)
@@ -127,7 +133,11 @@ def cmd_generate(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):  # train, cache, shapes train-base: --key value config overrides
+        args.overrides = args.overrides + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -139,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             from .train.cli import run_train_command
 
             run_train_command(args)
+        elif args.command == "shapes":
+            from .shapes.base import BaseConfig, train_base
+            from .train.config import load_config, parse_overrides
+
+            print(f"wrote {train_base(load_config(args.config, parse_overrides(args.overrides), BaseConfig))}")
         else:
             from .bench.cli import run_bench_command
 

@@ -271,7 +271,7 @@ PRESETS: dict[str, dict] = {
     # The same connector projecting to SDXL's 2048-wide cross-attention (no weights released).
     "sdxl-t5xl": dict(time_channel=320, time_embed_dim=768, width=768, layers=6, heads=8, num_latents=64, input_dim=2048, output_dim=2048),
     # ShapesWorld: all-MiniLM-L6-v2 features (384) into a 32x32 pixel-space UNet (cross-attn 128).
-    "shapes-minilm": dict(time_channel=64, time_embed_dim=128, width=128, layers=2, heads=4, num_latents=16, input_dim=384, output_dim=128),
+    "shapes-minilm": dict(time_channel=64, time_embed_dim=128, width=128, layers=4, heads=4, num_latents=32, input_dim=384, output_dim=128),
     # For tests: a few thousand parameters.
     "tiny": dict(time_channel=8, time_embed_dim=16, width=16, layers=2, heads=2, num_latents=4, input_dim=32, output_dim=16),
 }

@@ -1,16 +1,56 @@
-"""The shipped ShapesWorld models."""
+"""The shipped ShapesWorld models: one folder with the base model's parts and the connectors.
+
+    unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
+    ella-tsc/  ella-resampler/  ella-mlp/                    connectors on all-MiniLM-L6-v2
+"""
 
 from __future__ import annotations
 
 import os
 
-SHAPES_DEFAULTS = dict(steps=25, guidance=4.0, size=(32, 32), view_size=256)
+from ..text_encoders import MINILM
+
+# `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
+SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
+CONNECTORS = ("tsc", "resampler", "mlp")
 
 
 def shipped_model_dir() -> str | None:
     return ASSETS if os.path.isfile(os.path.join(ASSETS, "unet", "config.json")) else None
 
 
-def load_shapes_pipeline(device=None, dtype=None):
-    raise NotImplementedError
+def load_shapes_pipeline(model_dir: str | None = None, connector: str = "tsc", device=None, dtype=None):
+    """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
+    frozen MiniLM + a connector (conditioning="ella"), sharing one UNet."""
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    from ..models import ELLA
+    from ..pipelines import ELLAStableDiffusionPipeline
+    from ..pipelines.loading import resolve_device, resolve_dtype
+    from ..text_encoders import load_text_encoder
+
+    model_dir = model_dir or shipped_model_dir()
+    if model_dir is None or not os.path.isdir(os.path.join(model_dir, "unet")):
+        raise ValueError(f"not a ShapesWorld model folder: {model_dir}")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev) if dtype not in (None, "auto") else resolve_dtype("fp32", dev)
+    connector_dir = os.path.join(model_dir, f"ella-{connector}")
+    ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype) if os.path.isdir(connector_dir) else None
+    if ella is None and connector != "none":
+        raise ValueError(f"no connector {connector!r} in {model_dir}")
+    text_encoder, tokenizer = load_text_encoder(MINILM, dev, torch_dtype)
+    pipe = ELLAStableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch_dtype),
+        scheduler=DPMSolverMultistepScheduler.from_pretrained(model_dir, subfolder="scheduler"),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        ella=ella,
+        clip_text_encoder=CLIPTextModel.from_pretrained(os.path.join(model_dir, "base_text_encoder"), dtype=torch_dtype),
+        clip_tokenizer=PreTrainedTokenizerFast.from_pretrained(os.path.join(model_dir, "base_tokenizer")),
+        text_max_length=128,
+        text_mode="flexible",
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)

@@ -13,17 +13,18 @@ from tqdm.auto import tqdm
 
 from .components import FrozenParts
 from .config import TrainConfig
-from .data import ImageCaptionDataset, collate
+from .data import collate, make_dataset
 
 logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
 
 
-def fingerprint(config: TrainConfig) -> dict:
-    """What the cached tensors depend on; a cache built otherwise is refused."""
-    return {"model": config.model, "llm": config.llm, "text_max_length": config.text_max_length,
-            "resolution": config.resolution}
+def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
+    """What the cached tensors depend on (a cache built otherwise is refused): the data, the
+    LLM and its length, and the VAE (pixel-space UNets share one cache: it holds pixels)."""
+    return {"train_data": config.train_data, "latents": config.model if parts.vae is not None else "pixels",
+            "llm": config.llm, "text_max_length": config.text_max_length, "resolution": config.resolution}
 
 
 def read_index(cache_dir: str) -> dict:
@@ -50,10 +51,11 @@ def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024,
     if not cache_dir:
         raise ValueError("set cache_dir in the config (or --cache-dir) to build a cache")
     os.makedirs(cache_dir, exist_ok=True)
-    dataset = ImageCaptionDataset(config.train_data, config.resolution)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed)
     encoder = parts.encoder(config)
-    device = parts.unet.device
-    index = {"fingerprint": fingerprint(config), "shards": [], "keys": {}, "skipped": 0}
+    device = parts.text_encoder.device
+    store_dtype = getattr(torch, config.cache_dtype) if config.cache_dtype else None
+    index = {"fingerprint": fingerprint(config, parts), "shards": [], "keys": {}, "skipped": 0}
     buffer: dict[str, list] = {"latents": [], "text_features": [], "text_mask": [], "key": []}
 
     def flush():
@@ -74,14 +76,15 @@ def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024,
             continue
         text = encoder.encode_padded(batch["caption"])
         buffer["latents"].append(encode_images(parts, batch["pixel_values"].to(device)))
-        buffer["text_features"].append(text.hidden_states)
+        buffer["text_features"].append(text.hidden_states.to(store_dtype or text.hidden_states.dtype))
         buffer["text_mask"].append(text.attention_mask)
         buffer["key"].extend(batch["key"])
         if len(buffer["key"]) >= shard_size:
             flush()
     flush()
     empty = encoder.encode_padded([""])  # caption dropout reads the empty prompt from here
-    save_file({"text_features": empty.hidden_states.cpu().contiguous(), "text_mask": empty.attention_mask.cpu().contiguous()},
+    empty_features = empty.hidden_states.to(store_dtype or empty.hidden_states.dtype)
+    save_file({"text_features": empty_features.cpu().contiguous(), "text_mask": empty.attention_mask.cpu().contiguous()},
               os.path.join(cache_dir, "empty.safetensors"))
     with open(os.path.join(cache_dir, INDEX), "w") as f:
         json.dump(index, f)

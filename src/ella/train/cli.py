@@ -14,7 +14,7 @@ def run_train_command(args) -> None:
         from .components import load_frozen_parts
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        index = build_cache(config, load_frozen_parts(config, device, torch.float32))
+        index = build_cache(config, load_frozen_parts(config, device, torch.float32, need_unet=False))
         print(f"cached {sum(s['count'] for s in index['shards'])} samples to {config.cache_dir} "
               f"({index['skipped']} skipped)")
         return

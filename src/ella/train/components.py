@@ -17,9 +17,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FrozenParts:
-    unet: torch.nn.Module
+    unet: torch.nn.Module | None  # None when only caching features
     vae: torch.nn.Module | None
-    scheduler: object  # the training noise scheduler (DDPM), from the model's scheduler config
+    scheduler: object | None  # the training noise scheduler (DDPM), from the model's scheduler config
     text_encoder: torch.nn.Module
     tokenizer: object
 
@@ -31,7 +31,9 @@ def _freeze(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
     return module.requires_grad_(False).eval().to(device=device, dtype=dtype)
 
 
-def load_frozen_parts(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> FrozenParts:
+def load_frozen_parts(
+    config: TrainConfig, device: torch.device, dtype: torch.dtype, need_unet: bool = True
+) -> FrozenParts:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from ..tiny import tiny_t5, tiny_unet, tiny_vae
@@ -43,8 +45,8 @@ def load_frozen_parts(config: TrainConfig, device: torch.device, dtype: torch.dt
         scheduler = DDPMScheduler(num_train_timesteps=1000)
     else:
         try:
-            unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet")
-            scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
+            unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet") if need_unet else None
+            scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler") if need_unet else None
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load the frozen UNet from {config.model!r}: {str(err).splitlines()[0]}") from err
         has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
@@ -54,7 +56,7 @@ def load_frozen_parts(config: TrainConfig, device: torch.device, dtype: torch.dt
     else:
         text_encoder, tokenizer = load_text_encoder(config.llm)
     return FrozenParts(
-        unet=_freeze(unet, device, dtype),
+        unet=_freeze(unet, device, dtype) if unet is not None else None,
         vae=_freeze(vae, device, dtype) if vae is not None else None,
         scheduler=scheduler,
         text_encoder=_freeze(text_encoder, device, dtype),

@@ -26,6 +26,7 @@ class TrainConfig:
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
     cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
+    cache_dtype: str | None = None  # float16 halves the cache; None keeps the encoder's dtype
     num_workers: int = 0
     # --- optimisation (paper: AdamW, lr 1e-4, weight decay 0.01)
     max_steps: int = 10000
@@ -101,10 +102,11 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- overrides (strings from the command line, or typed values)."""
-    hints = typing.get_type_hints(TrainConfig)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+def load_config(path: str | None = None, overrides: dict | None = None, cls: type = TrainConfig):
+    """Defaults <- YAML file <- overrides (strings from the command line, or typed values).
+    `cls` is any config dataclass with a `validate()` method."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
     values: dict = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -120,7 +122,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Train
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown config field(s) in {path}: {', '.join(sorted(unknown))}")
-    return TrainConfig(**values).validate()
+    return cls(**values).validate()
 
 
 def _annotation_name(hint) -> str:

@@ -105,7 +105,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
 class CachedFeatureDataset(torch.utils.data.Dataset):
     """Samples of a feature cache written by `ella.train.cache.build_cache`: {key, latents,
-    text_features, text_mask}. Shards are read lazily and the last one is kept in memory."""
+    text_features, text_mask}. Rows are read through memory maps, one row at a time, so random
+    access over a cache far larger than memory stays cheap."""
 
     def __init__(self, cache_dir: str):
         from .cache import read_index
@@ -113,25 +114,43 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         self.cache_dir = cache_dir
         self.index = read_index(cache_dir)
         self.locations = [(s["file"], i) for s in self.index["shards"] for i in range(s["count"])]
-        self._shard_name, self._shard = None, None
+        self._handles: dict = {}
 
     def __len__(self) -> int:
         return len(self.locations)
 
-    def __getitem__(self, index: int) -> dict:
-        from safetensors.torch import load_file
+    def _shard(self, name: str):
+        from safetensors import safe_open
 
+        if name not in self._handles:
+            self._handles[name] = safe_open(os.path.join(self.cache_dir, name), framework="pt")
+        return self._handles[name]
+
+    def __getitem__(self, index: int) -> dict:
         name, row = self.locations[index]
-        if name != self._shard_name:
-            self._shard, self._shard_name = load_file(os.path.join(self.cache_dir, name)), name
-        shard = self._shard
-        keys = self.index["keys"][name]
-        return {
-            "key": keys[row],
-            "latents": shard["latents"][row],
-            "text_features": shard["text_features"][row],
-            "text_mask": shard["text_mask"][row],
-        }
+        shard = self._shard(name)
+        sample = {"key": self.index["keys"][name][row]}
+        for field in ("latents", "text_features", "text_mask"):
+            sample[field] = shard.get_slice(field)[row : row + 1][0]
+        return sample
+
+    def __getstate__(self):  # DataLoader workers open their own memory maps
+        return {**self.__dict__, "_handles": {}}
+
+
+def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils.data.Dataset:
+    """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
+    `synthetic:N` (procedural squares) or `shapes:N[:seed]` (ShapesWorld dense captions)."""
+    if train_data.startswith("synthetic:"):
+        from .synthetic import SyntheticDataset
+
+        return SyntheticDataset(int(train_data.split(":", 1)[1]), resolution, seed)
+    if train_data.startswith("shapes:"):
+        from ..shapes.data import ShapesDenseDataset
+
+        n, *split_seed = train_data.split(":")[1:]
+        return ShapesDenseDataset(int(n), resolution, *map(int, split_seed))
+    return ImageCaptionDataset(train_data, resolution)
 
 
 def collate(samples: list[dict | None]) -> dict:

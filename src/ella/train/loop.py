@@ -24,7 +24,7 @@ from .cache import encode_images, fingerprint, read_index
 from .checkpoint import latest_checkpoint, load_training_state, save_training_state
 from .components import FrozenParts, build_connector, load_frozen_parts
 from .config import TrainConfig
-from .data import CachedFeatureDataset, DataPosition, ImageCaptionDataset, TarShardStream, iterate_batches
+from .data import CachedFeatureDataset, DataPosition, TarShardStream, iterate_batches, make_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -118,22 +118,17 @@ def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Gene
     return F.mse_loss(pred.float(), target.float())
 
 
-def open_data(config: TrainConfig, rank: int, world: int, position: DataPosition):
+def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, position: DataPosition):
     """An endless batch iterator over the cache (if built) or the raw data, from `position`."""
     if config.cache_dir and os.path.isfile(os.path.join(config.cache_dir, "index.json")):
         index = read_index(config.cache_dir)
-        if index["fingerprint"] != fingerprint(config):
+        if index["fingerprint"] != fingerprint(config, parts):
             raise ValueError(f"the cache in {config.cache_dir} was built for {index['fingerprint']}, not this config")
         logger.info("training from the feature cache in %s", config.cache_dir)
         return iterate_batches(CachedFeatureDataset(config.cache_dir), config.batch_size, config.seed, position, rank, world)
-    if config.train_data.startswith("synthetic:"):
-        from .synthetic import SyntheticDataset
-
-        dataset = SyntheticDataset(int(config.train_data.split(":", 1)[1]), config.resolution, config.seed)
-        return iterate_batches(dataset, config.batch_size, config.seed, position, rank, world)
     if config.train_data.endswith(".tar"):
         return TarShardStream(config.train_data, config.resolution).batches(config.batch_size, position, rank, world)
-    dataset = ImageCaptionDataset(config.train_data, config.resolution)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed)
     return iterate_batches(dataset, config.batch_size, config.seed, position, rank, world, config.num_workers)
 
 
@@ -224,7 +219,7 @@ def train(config: TrainConfig) -> TrainResult:
         logger.info("no checkpoint in %s: starting from scratch", config.output_dir)
 
     model, optimizer = accelerator.prepare(model, optimizer)
-    batches = open_data(config, rank, world, position)
+    batches = open_data(config, parts, rank, world, position)
     empty = _EmptyPrompt(config, parts)
     writer = _tensorboard(config) if main else None
     order_log = _order_log(config, rank)

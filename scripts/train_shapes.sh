@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Train every shipped ShapesWorld model from the recipes in configs/shapes/:
+#   1. the base model (and, on a GPU, a larger base); 2. the MiniLM feature cache;
+#   3. the three connectors (TSC, resampler without timestep, MLP) on the frozen base, in parallel
+#      (and, on a GPU, a TSC on the larger base).
+# Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1 for a two-minute check of the script)
+set -euo pipefail
+RUNS=${1:-runs/shapes}
+mkdir -p "$RUNS"
+BASE_ARGS=(--output-dir "$RUNS/base")
+LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --max-steps 8000 --batch-size 128)
+ELLA_ARGS=(--model "$RUNS/base" --cache-dir "$RUNS/cache")
+if [ "${SMOKE:-0}" = 1 ]; then
+  BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
+  LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
+  ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --checkpoint-every 10 --validate-every 20 --validation-steps 2)
+fi
+GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+
+log "stage 1: base model (and, on a GPU, the larger base in the background)"
+ella shapes train-base configs/shapes/base.yaml "${BASE_ARGS[@]}" > "$RUNS/base.log" 2>&1 &
+base=$!
+if [ "$GPU" = 1 ]; then
+  ella shapes train-base configs/shapes/base.yaml "${LARGE_ARGS[@]}" > "$RUNS/base-large.log" 2>&1 &
+  large=$!
+fi
+wait "$base"
+log "stage 2: MiniLM feature cache"
+ella cache configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" > "$RUNS/cache.log" 2>&1
+
+log "stage 3: connectors"
+pids=()
+for v in tsc resampler mlp; do
+  ella train "configs/shapes/ella-$v.yaml" "${ELLA_ARGS[@]}" --output-dir "$RUNS/ella-$v" > "$RUNS/ella-$v.log" 2>&1 &
+  pids+=($!)
+done
+if [ "$GPU" = 1 ]; then
+  wait "$large"
+  ella train configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
+  pids+=($!)
+fi
+for p in "${pids[@]}"; do wait "$p"; done
+log "done"

@@ -1,0 +1,55 @@
+"""ShapesWorld datasets: scene i of a split is drawn from its own seed, so any subset is
+reproducible and train / held-out splits never share a scene."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .world import make_item, render, sample_scene, short_caption
+
+# Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
+TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
+
+
+def scene_rng(seed: int, index: int) -> random.Random:
+    return random.Random(seed * 10_000_019 + index)
+
+
+def to_tensor(image) -> torch.Tensor:
+    """PIL (H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+
+
+class ShapesDenseDataset(torch.utils.data.Dataset):
+    """`train_data: shapes:N[:seed]`: rendered scenes with dense captions (for ELLA training)."""
+
+    def __init__(self, n: int, resolution: int = 32, seed: int = TRAIN_SEED):
+        self.n, self.resolution, self.seed = n, resolution, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def item(self, index: int):
+        rng = scene_rng(self.seed, index)
+        scene = sample_scene(rng)
+        text, rows = make_item(scene, rng, f"shapes{index}")
+        return scene, text, rows
+
+    def __getitem__(self, index: int) -> dict:
+        scene, text, _ = self.item(index)
+        return {"key": f"shapes{index}", "pixel_values": to_tensor(render(scene, self.resolution)), "caption": text}
+
+
+def render_short_caption_set(n: int, captions_per_scene: int, resolution: int = 32, seed: int = TRAIN_SEED):
+    """(images uint8 (n, H, W, 3), captions [n][k]): the base model's training set."""
+    images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
+    captions = []
+    for i in range(n):
+        rng = scene_rng(seed, i)
+        scene = sample_scene(rng)
+        images[i] = np.asarray(render(scene, resolution))
+        captions.append([short_caption(scene, rng) for _ in range(captions_per_scene)])
+    return images, captions
