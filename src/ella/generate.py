@@ -12,7 +12,7 @@ from .images import make_grid, save_atomic, upscale
 logger = logging.getLogger(__name__)
 
 
-def _load(args):
+def load_for_cli(args):
     """(pipeline, defaults) for the model the flags name; the shipped ShapesWorld model if none."""
     if args.model is None:
         from .shapes.models import SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
@@ -39,7 +39,7 @@ def generate_cli(args) -> list[str]:
         raise ValueError("--num-images must be at least 1")
     if args.steps is not None and args.steps < 1:
         raise ValueError("--steps must be at least 1")
-    pipe, defaults = _load(args)
+    pipe, defaults = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
     height, width = args.size or defaults["size"]

@@ -44,13 +44,15 @@ def load_frozen_parts(
         vae = None if pixel else tiny_vae()
         scheduler = DDPMScheduler(num_train_timesteps=1000)
     else:
+        if not os.path.isdir(config.model) and (os.path.sep in config.model or config.model.startswith(".")):
+            raise ValueError(f"model folder not found: {config.model}")
+        has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
         try:
             unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet") if need_unet else None
             scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler") if need_unet else None
+            vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae") if has_vae else None
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load the frozen UNet from {config.model!r}: {str(err).splitlines()[0]}") from err
-        has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
-        vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae") if has_vae else None
+            raise ValueError(f"cannot load the frozen models from {config.model!r}: {str(err).splitlines()[0]}") from err
     if config.llm == "tiny":
         text_encoder, tokenizer = tiny_t5()
     else:

@@ -49,7 +49,7 @@ class TrainConfig:
     validation_steps: int = 25
     validation_guidance: float = 7.5
     tensorboard: bool = False
-    log_data_order: bool = False  # write the sample ids each process trained on (audits sharding)
+    log_data_order: bool = False  # per process: the sample ids trained on and the final weights' digest
     resume: bool = False  # continue from the latest checkpoint in output_dir
 
     def validate(self) -> "TrainConfig":

@@ -223,8 +223,7 @@ class TarShardStream:
                     entry["caption" if ext == ".txt" else "image" if ext.lower() in IMAGE_EXTS else ext] = data
                     if "caption" in entry and "image" in entry:
                         yield self._decode(key, pending.pop(key))
-                for key in pending:  # an image without caption, or the reverse
-                    yield None
+                yield from [None] * len(pending)  # an image without caption, or the reverse
 
     def _decode(self, key: str, entry: dict) -> dict | None:
         try:

@@ -184,16 +184,19 @@ def plot_losses(losses: list, path: str) -> None:
     plt.close(fig)
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
+    """Train a connector as `config` says; `parts` may pass frozen models already loaded."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    # cpu=True without a GPU: then a multi-process launch (accelerate launch --multi_gpu, torchrun)
+    # runs as MULTI_CPU over gloo instead of silently running N independent copies.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     dtype = COMPUTE_DTYPES[config.mixed_precision] if device.type != "cpu" else torch.float32
 
     # 1. Frozen parts in the compute dtype; the connector in fp32, identical on every process.
-    parts = load_frozen_parts(config, device, dtype)
+    parts = parts or load_frozen_parts(config, device, dtype)
     torch.manual_seed(config.seed)
     ella = build_connector(config, parts).to(device).train()
     model = ConnectorTrainingModel(parts.unet, ella)
@@ -298,6 +301,7 @@ def train(config: TrainConfig) -> TrainResult:
     finally:
         progress.close()
         if order_log:
+            order_log.write(f"final connector sha256 {_digest(ella)}\n")
             order_log.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -320,6 +324,16 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _digest(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tensorboard(config: TrainConfig):

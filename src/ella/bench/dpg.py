@@ -1,0 +1,240 @@
+"""DPG-Bench data and scoring (Hu et al. 2024, arXiv:2403.05135, Sec. 5).
+
+Pure functions: load the official question CSV into items grouped by `item_id`, check its
+dependency graph, and score VQA answers in two modes:
+
+- `corrected` (default): the dependency rule per crop; categories from the same dependency-applied
+  scores over all crops; missing or unreadable images counted (scored 0 unless skipped).
+- `reference`: the reference scorer's numbers, defects included: its first CSV row is skipped
+  (so that item's children lose their parent and the item fails), only the exact answer "yes"
+  counts, categories use the last crop's raw answers, and failed images are dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+MODES = ("corrected", "reference")
+CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad",
+               "category_detailed", "tuple", "question_natural_language")
+OFFICIAL_CSV_BLOB = "98457fc9901943f51ff9a30367250fc292533bed"
+
+
+class DPGDataError(ValueError):
+    """The question file is malformed: the message names the item and the CSV row."""
+
+
+@dataclass
+class Question:
+    proposition_id: str
+    parents: list[str]  # parent proposition ids ("0" = none is dropped)
+    tuple: str
+    question: str
+    row: int  # 1-based data row in the CSV (the header is row 0)
+
+    @property
+    def l2(self) -> str:
+        """`entity - whole (cat)` -> `entity - whole`; `global - (x)` -> `global -`."""
+        return self.tuple.split(" (")[0].strip()
+
+    @property
+    def l1(self) -> str:
+        return self.l2.split("-")[0].strip()
+
+
+@dataclass
+class Item:
+    item_id: str
+    prompt: str
+    questions: list[Question] = field(default_factory=list)
+
+
+def git_blob_id(path: str) -> str:
+    """What `git hash-object FILE` prints."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def load_csv(path: str) -> dict[str, Item]:
+    """Items keyed by item_id, questions in CSV order (rows of an item need not be adjacent)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"DPG-Bench question file not found: {path}")
+    items: dict[str, Item] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+        if missing:
+            raise DPGDataError(f"{path}: not a DPG-Bench CSV, missing columns {', '.join(sorted(missing))}")
+        for row_number, row in enumerate(reader, start=1):
+            item = items.setdefault(row["item_id"], Item(row["item_id"], row["text"]))
+            parents = [p.strip() for p in (row["dependency"] or "0").split(",") if p.strip() not in ("", "0")]
+            item.questions.append(Question(row["proposition_id"].strip(), parents, row["tuple"],
+                                           row["question_natural_language"], row_number))
+    return items
+
+
+def check_integrity(items: dict[str, Item]) -> list[str]:
+    """Problems as 'item X, row R: ...': unknown parents, parents after children, cycles,
+    duplicate proposition ids."""
+    problems = []
+    for item in items.values():
+        position = {}
+        for i, q in enumerate(item.questions):
+            if q.proposition_id in position:
+                problems.append(f"item {item.item_id}, row {q.row}: duplicate proposition id {q.proposition_id}")
+            position[q.proposition_id] = i
+        for i, q in enumerate(item.questions):
+            for p in q.parents:
+                if p not in position:
+                    problems.append(f"item {item.item_id}, row {q.row}: unknown parent proposition {p}")
+                elif position[p] > i:
+                    problems.append(f"item {item.item_id}, row {q.row}: parent {p} comes after its child")
+        problems += [f"item {item.item_id}, row {q.row}: dependency cycle through proposition {q.proposition_id}"
+                     for q in _cycle_members(item)]
+    return problems
+
+
+def _cycle_members(item: Item) -> list[Question]:
+    by_id = {q.proposition_id: q for q in item.questions}
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+    found: list[Question] = []
+
+    def visit(pid: str) -> None:
+        state[pid] = 1
+        for p in by_id[pid].parents:
+            if p not in by_id:
+                continue
+            if state.get(p) == 1:
+                found.append(by_id[p])
+            elif p not in state:
+                visit(p)
+        state[pid] = 2
+
+    for pid in by_id:
+        if pid not in state:
+            visit(pid)
+    return found
+
+
+def load_prompt_folder(folder: str) -> dict[str, str]:
+    """`prompts/<item_id>.txt` -> {item_id: prompt}, whitespace stripped (as SOURCE.md says)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"DPG-Bench prompt folder not found: {folder}")
+    prompts = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".txt"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                prompts[name[:-4]] = f.read().strip()
+    return prompts
+
+
+# ---- scoring ---------------------------------------------------------------------------------
+
+
+def is_yes(answer: str, mode: str) -> int:
+    """The reference counts only the exact string 'yes'; corrected mode ignores case and spaces."""
+    return int(answer == "yes") if mode == "reference" else int(answer.strip().lower() == "yes")
+
+
+def apply_dependencies(item: Item, raw: dict[str, int]) -> dict[str, int]:
+    """A question whose parent scored 0 scores 0; in CSV order, so it cascades down chains
+    (parents precede children in a valid file). A missing parent raises KeyError."""
+    out = {}
+    for q in item.questions:
+        score = raw[q.proposition_id]
+        if any(out[p] == 0 for p in q.parents):
+            score = 0
+        out[q.proposition_id] = score
+    return out
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    score: float | None  # mean over crops of the crop score; None = dropped
+    crop_scores: list[float]
+    failure: str | None = None  # why the image could not be scored
+
+
+def score_item(item: Item, crop_answers: list[dict[str, str]], mode: str = "corrected") -> tuple[ItemResult, list[list[dict[str, int]]]]:
+    """crop_answers: per crop, {proposition_id: answer}. Returns the item's result and, per crop,
+    (raw, dependency-applied) scores for the category tallies."""
+    crop_scores, per_crop = [], []
+    for answers in crop_answers:
+        raw = {q.proposition_id: is_yes(answers[q.proposition_id], mode) for q in item.questions}
+        applied = apply_dependencies(item, raw)
+        crop_scores.append(sum(applied.values()) / len(applied))
+        per_crop.append([raw, applied])
+    return ItemResult(item.item_id, sum(crop_scores) / len(crop_scores), crop_scores), per_crop
+
+
+@dataclass
+class Tally:
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    @property
+    def mean(self) -> float:
+        return 100.0 * self.total / self.count if self.count else float("nan")
+
+
+def reference_view(items: dict[str, Item]) -> dict[str, Item]:
+    """The items as the reference scorer sees them: without the CSV's first data row."""
+    view = {}
+    for item in items.values():
+        kept = [q for q in item.questions if q.row != 1]
+        if kept:
+            view[item.item_id] = Item(item.item_id, item.prompt, kept)
+    return view
+
+
+def summarize(
+    items: dict[str, Item],
+    answers: dict[str, list[dict[str, str]] | str],
+    mode: str = "corrected",
+    skip_missing: bool = False,
+) -> tuple[dict, list[ItemResult]]:
+    """answers: item_id -> per-crop {proposition_id: answer}, or a failure reason (str).
+    Returns (summary, per-item results). Scores are percentages."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "reference":
+        items = reference_view(items)
+    results, l1, l2 = [], {}, {}
+    for item in items.values():
+        got = answers.get(item.item_id, "no image")
+        if isinstance(got, str):
+            failed = ItemResult(item.item_id, None if (mode == "reference" or skip_missing) else 0.0, [], got)
+            results.append(failed)
+            continue
+        try:
+            result, per_crop = score_item(item, got, mode)
+        except KeyError as err:  # the reference loses a parent row: its scorer fails on the item
+            results.append(ItemResult(item.item_id, None if mode == "reference" else 0.0, [], f"missing answer or parent {err}"))
+            continue
+        results.append(result)
+        crops = per_crop[-1:] if mode == "reference" else per_crop
+        for raw, applied in crops:
+            used = raw if mode == "reference" else applied
+            for q in item.questions:
+                l1.setdefault(q.l1, Tally()).add(used[q.proposition_id])
+                l2.setdefault(q.l2, Tally()).add(used[q.proposition_id])
+    scored = [r.score for r in results if r.score is not None]
+    summary = {
+        "mode": mode,
+        "overall": 100.0 * sum(scored) / len(scored) if scored else float("nan"),
+        "l1": {k: v.mean for k, v in sorted(l1.items())},
+        "l2": {k: v.mean for k, v in sorted(l2.items())},
+        "n_items": len(scored),
+        "n_failed": sum(r.failure is not None for r in results),
+        "failures": {r.item_id: r.failure for r in results if r.failure is not None},
+    }
+    return summary, results

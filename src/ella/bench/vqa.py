@@ -1,0 +1,126 @@
+"""VQA judges behind one small interface; heavy backends are imported only when chosen.
+
+    backend = get_backend("shapes" | "mplug" | "blip" | "hf:<model id>" | "replay:<answers.jsonl>")
+    backend.answer(image, questions, item_id=..., crop=...) -> ["yes", "no", ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+class VQABackend:
+    name = "base"
+
+    def answer(self, image: Image.Image, questions: list[str], *, item_id: str, crop: int) -> list[str]:
+        raise NotImplementedError
+
+
+class ShapesBackend(VQABackend):
+    """The exact ShapesWorld judge (`ella.shapes.judge`)."""
+
+    name = "shapes"
+
+    def __init__(self):
+        from ..shapes.judge import ShapesJudge
+
+        self.judge = ShapesJudge()
+
+    def answer(self, image, questions, *, item_id, crop):
+        return self.judge.answer(image, questions)
+
+
+class MPLUGBackend(VQABackend):
+    """The reference judge: mPLUG-large VQA through ModelScope (`pip install ella-diffusion[mplug]`).
+    As the reference does, the question is lower-cased and truncated to 25 tokens."""
+
+    name = "mplug"
+    MODEL_ID = "iic/mplug_visual-question-answering_coco_large_en"
+
+    def __init__(self, model_id: str | None = None):
+        try:
+            from modelscope.pipelines import pipeline
+            from modelscope.utils.constant import Tasks
+        except ImportError as err:
+            raise ValueError("the mplug judge needs ModelScope: pip install 'ella-diffusion[mplug]'") from err
+        self.pipe = pipeline(Tasks.visual_question_answering, model=model_id or self.MODEL_ID)
+
+    def answer(self, image, questions, *, item_id, crop):
+        out = []
+        for q in questions:
+            q = " ".join(q.lower().split()[:25])
+            out.append(self.pipe({"image": image, "question": q})["text"].strip())
+        return out
+
+
+class TransformersVQABackend(VQABackend):
+    """A transformers VQA model (default BLIP VQA), questions of one crop in one batch."""
+
+    name = "hf"
+
+    def __init__(self, model_id: str = "Salesforce/blip-vqa-base", device: str | None = None):
+        import torch
+        from transformers import AutoProcessor, BlipForQuestionAnswering
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(model_id)
+        self.model = BlipForQuestionAnswering.from_pretrained(model_id).to(self.device).eval()
+
+    def answer(self, image, questions, *, item_id, crop):
+        import torch
+
+        inputs = self.processor(images=[image] * len(questions), text=questions, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ids = self.model.generate(**inputs.to(self.device), max_new_tokens=5)
+        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+class ReplayBackend(VQABackend):
+    """Answers from a previous run's answers.jsonl: re-score without a GPU or a model."""
+
+    name = "replay"
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"replay answers not found: {path}")
+        self.answers = {}
+        for record in read_jsonl(path):
+            self.answers[(record["item_id"], int(record["crop"]), record["question"])] = record["answer"]
+
+    def answer(self, image, questions, *, item_id, crop):
+        try:
+            return [self.answers[(item_id, crop, q)] for q in questions]
+        except KeyError as err:
+            raise ValueError(f"no recorded answer for item {item_id}, crop {crop}: {err}") from err
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Records of a JSONL file; a truncated last line (a killed writer) is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("ignoring a malformed line in %s (an interrupted write)", path)
+    return records
+
+
+def get_backend(name: str) -> VQABackend:
+    if name == "shapes":
+        return ShapesBackend()
+    if name == "mplug":
+        return MPLUGBackend()
+    if name == "blip":
+        return TransformersVQABackend()
+    if name.startswith("hf:"):
+        return TransformersVQABackend(name[3:])
+    if name.startswith("replay:"):
+        return ReplayBackend(name[len("replay:"):])
+    raise ValueError(f"unknown VQA backend {name!r}: use shapes, mplug, blip, hf:MODEL_ID or replay:ANSWERS.jsonl")

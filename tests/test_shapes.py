@@ -1,0 +1,104 @@
+import random
+import re
+
+import numpy as np
+import pytest
+
+from ella.bench.dpg import check_integrity, load_csv
+from ella.shapes.judge import ShapesJudge
+from ella.shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    NUMBERS,
+    SHAPES,
+    make_item,
+    place_phrase,
+    render,
+    sample_scene,
+    short_caption,
+)
+
+
+def falsify(question: str, rng: random.Random) -> str | None:
+    """The question with one attribute changed (so its true answer is no)."""
+    q = question
+    if m := re.fullmatch(r"Is the background (\w+)\?", q):
+        return f"Is the background {rng.choice([b for b in BACKGROUNDS if b != m.group(1)])}?"
+    if m := re.fullmatch(r"(Is the object .+) (large|small)\?", q):
+        return f"{m.group(1)} {'small' if m.group(2) == 'large' else 'large'}?"
+    if m := re.fullmatch(r"(Is the object .+) a (\w+)\?", q):
+        return f"{m.group(1)} a {rng.choice([s for s in SHAPES if s != m.group(2)])}?"
+    if m := re.fullmatch(r"(Is the object .+) (\w+)\?", q):
+        return f"{m.group(1)} {rng.choice([c for c in COLORS if c != m.group(2)])}?"
+    for a, b in (("to the left of", "to the right of"), ("to the right of", "to the left of"), ("above", "below"),
+                 ("below", "above")):
+        if f" {a} " in q:
+            return q.replace(f" {a} ", f" {b} ")
+    if m := re.fullmatch(r"(?:Is|Are) there (\w+) (\w+?)s?\?", q):
+        k = NUMBERS.index(m.group(1))
+        k2 = k + 1 if k < 4 else k - 1
+        return f"{'Is' if k2 == 1 else 'Are'} there {NUMBERS[k2]} {m.group(2)}{'' if k2 == 1 else 's'}?"
+    return None
+
+
+def test_judge_is_exact_on_ground_truth_renders():
+    rng = random.Random(123)
+    judge = ShapesJudge()
+    true_yes = true_n = false_no = false_n = 0
+    for i in range(300):
+        scene = sample_scene(rng)
+        _, rows = make_item(scene, rng, str(i))
+        questions = [r["question_natural_language"] for r in rows]
+        false = [f for f in (falsify(q, rng) for q in questions) if f]
+        empty = [c for c in range(9) if c not in {o.cell for o in scene.objects}]
+        if empty:
+            false.append(f"Is there an object {place_phrase(rng.choice(empty))}?")
+        answers = judge.answer(render(scene), questions + false)
+        true_yes += sum(a == "yes" for a in answers[: len(questions)])
+        false_no += sum(a == "no" for a in answers[len(questions):])
+        true_n, false_n = true_n + len(questions), false_n + len(false)
+    assert true_yes / true_n >= 0.995
+    assert false_no / false_n >= 0.99
+    assert false_n > 2000
+
+
+def test_judge_refuses_questions_it_cannot_parse():
+    with pytest.raises(ValueError, match="cannot parse"):
+        ShapesJudge().answer(render(sample_scene(random.Random(0))), ["What colour is the sky?"])
+
+
+def test_dense_captions_mention_every_object_and_short_ones_fit_16_tokens():
+    from ella.shapes.base import vocabulary
+    from ella.tiny import word_tokenizer
+
+    tok = word_tokenizer(vocabulary(), model_max_length=16)
+    words = set(vocabulary())
+    rng = random.Random(7)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        text, _ = make_item(scene, rng, "x")
+        for o in scene.objects:
+            assert f"{o.size} {o.color} {o.shape} {place_phrase(o.cell)}" in text or (
+                f"{o.size} one {place_phrase(o.cell)}" in text and f"{o.color} {o.shape}s" in text)
+        assert scene.background in text and 20 <= len(text.split()) <= 100
+        short = short_caption(scene, rng)
+        assert len(short.split()) <= 10
+        assert len(tok(short)["input_ids"]) <= 16
+        assert set(re.findall(r"[a-z]+", text.lower())) <= words  # dense prompts' words too
+
+
+def test_questions_load_with_the_dpg_loader(tmp_path):
+    from ella.shapes.bench import write_heldout
+
+    path, prompts, _ = write_heldout(20, str(tmp_path))
+    items = load_csv(path)
+    assert set(items) == set(prompts) and not check_integrity(items)
+    cats = {q.l1 for item in items.values() for q in item.questions}
+    assert cats == {"global", "entity", "attribute", "relation", "other"}
+
+
+def test_rendering_is_deterministic_and_antialiased():
+    scene = sample_scene(random.Random(3))
+    a, b = np.asarray(render(scene)), np.asarray(render(scene))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+    assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
