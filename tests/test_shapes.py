@@ -102,3 +102,29 @@ def test_rendering_is_deterministic_and_antialiased():
     a, b = np.asarray(render(scene)), np.asarray(render(scene))
     assert a.shape == (32, 32, 3) and np.array_equal(a, b)
     assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
+
+
+@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp"])
+def test_shipped_models_load_and_generate(connector):
+    import torch
+
+    from ella.shapes.models import load_shapes_pipeline, shipped_model_dir
+
+    assert shipped_model_dir() is not None, "the ShapesWorld weights are not in src/ella/assets/shapes"
+    pipe = load_shapes_pipeline(connector=connector)
+    prompt = "A simple picture of one flat shape over a white background. It shows a large red circle at the top left."
+    for conditioning in ("ella", "clip"):
+        image = pipe(prompt, num_inference_steps=2, conditioning=conditioning, output_type="np",
+                     generator=torch.Generator().manual_seed(0)).images
+        assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
+    from PIL import Image
+
+    from ella.cli import main
+
+    out = tmp_path / "x.png"
+    assert main(["generate", "a large red circle at the top left", "--out", str(out), "--steps", "2", "--compare"]) == 0
+    assert Image.open(out).size == (32, 64)  # base above, ELLA below
+    assert Image.open(tmp_path / "x.view.png").size[0] >= 256

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
 
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 
 def make_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
@@ -51,3 +54,16 @@ def save_atomic(image: Image.Image, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def pyplot(what: str):
+    """matplotlib.pyplot on the headless Agg backend, or None (logged) when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed: no %s (pip install ella-diffusion[plot])", what)
+        return None
+    return plt

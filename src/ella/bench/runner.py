@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..images import make_grid, save_atomic, split_grid
+from ..images import make_grid, pyplot, save_atomic, split_grid
 from .dpg import Item, summarize
 from .vqa import VQABackend, read_jsonl
 
@@ -221,13 +221,8 @@ def markdown_table(summaries: dict[str, dict], reference: dict[str, dict] | None
 
 def plot_l1(summary: dict, path: str) -> None:
     """L1 category bars of this run beside the paper's published rows."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: no chart (pip install ella-diffusion[plot])")
+    plt = pyplot("category chart")
+    if plt is None:
         return
     rows = {"this run": [summary["l1"].get(k, float("nan")) for k in L1_ORDER]}
     rows.update({k: [v[c] for c in L1_ORDER] for k, v in PAPER_ROWS.items()})

@@ -163,13 +163,10 @@ def export(config: TrainConfig, ella: ELLA) -> str:
 
 
 def plot_losses(losses: list, path: str) -> None:
-    try:
-        import matplotlib
+    from ..images import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed: no loss-curve PNG (pip install ella-diffusion[plot])")
+    plt = pyplot("loss-curve PNG")
+    if plt is None:
         return
     steps, values = zip(*losses)
     fig, ax = plt.subplots(figsize=(6, 3.5))

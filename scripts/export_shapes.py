@@ -1,0 +1,42 @@
+"""Copy trained ShapesWorld runs into the package's shipped model folder, in fp16 safetensors.
+
+    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def copy_fp16(src: str, dst: str) -> None:
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        path = os.path.join(src, name)
+        if name.endswith(".safetensors"):
+            tensors = load_file(path)
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
+                      os.path.join(dst, name), metadata={"format": "pt"})
+        elif os.path.isfile(path) and name.endswith((".json", ".yaml", ".txt")):
+            shutil.copy(path, dst)
+
+
+def main(runs: str, out: str) -> None:
+    for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
+        copy_fp16(os.path.join(runs, "base", part), os.path.join(out, part))
+    shutil.copy(os.path.join(runs, "base", "base_config.yaml"), out)
+    for variant in ("tsc", "resampler", "mlp"):
+        export = os.path.join(runs, f"ella-{variant}", "export")
+        if os.path.isdir(export):
+            copy_fp16(export, os.path.join(out, f"ella-{variant}"))
+    total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    print(f"wrote {out}: {total / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main(*sys.argv[1:3])
