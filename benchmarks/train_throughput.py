@@ -2,7 +2,8 @@
 
 The raw path encodes every caption with the LLM and every image with the VAE at each step; the
 cached path reads both from `ella cache` shards, so a step runs only the connector and the UNet.
-Tiny random SD-style components (latent UNet + VAE + T5) on synthetic data, CPU:
+A real LLM (all-MiniLM-L6-v2, 22M parameters; FLAN-T5-XL is 50x larger) with tiny random
+SD-style parts (latent UNet + VAE) on synthetic data, CPU:
 
     python benchmarks/train_throughput.py [--steps 30]
 """
@@ -31,7 +32,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         common = dict(max_steps=args.steps, batch_size=args.batch_size, validate_every=0, log_every=1000,
-                      checkpoint_every=10**6, train_data="synthetic:256", resolution=32, text_max_length=32)
+                      checkpoint_every=10**6, train_data="synthetic:256", resolution=32, text_max_length=64,
+                      llm="minilm")
         raw = train(load_config(CONFIG, {**common, "output_dir": f"{tmp}/raw"}))
         config = load_config(CONFIG, {**common, "output_dir": f"{tmp}/cached", "cache_dir": f"{tmp}/cache"})
         build_cache(config, load_frozen_parts(config, torch.device("cpu"), torch.float32, need_unet=False))

@@ -76,7 +76,7 @@ def run_shapes_bench(
 
     for name in models:
         connector, conditioning = MODELS[name]
-        pipe = load_shapes_pipeline(model_dir, connector=connector or "tsc", device=device)
+        pipe = load_shapes_pipeline(model_dir, connector=connector, device=device)
         images_dir = os.path.join(out_dir, "images", name)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,
                         resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__)

@@ -20,9 +20,10 @@ def shipped_model_dir() -> str | None:
     return ASSETS if os.path.isfile(os.path.join(ASSETS, "unet", "config.json")) else None
 
 
-def load_shapes_pipeline(model_dir: str | None = None, connector: str = "tsc", device=None, dtype=None):
+def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "tsc", device=None, dtype=None):
     """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
-    frozen MiniLM + a connector (conditioning="ella"), sharing one UNet."""
+    frozen MiniLM + a connector (conditioning="ella"), sharing one UNet. `connector=None` loads
+    the base model alone."""
     from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -36,10 +37,12 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str = "tsc", d
         raise ValueError(f"not a ShapesWorld model folder: {model_dir}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev) if dtype not in (None, "auto") else resolve_dtype("fp32", dev)
-    connector_dir = os.path.join(model_dir, f"ella-{connector}")
-    ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype) if os.path.isdir(connector_dir) else None
-    if ella is None and connector != "none":
-        raise ValueError(f"no connector {connector!r} in {model_dir}")
+    ella = None
+    if connector is not None:
+        connector_dir = os.path.join(model_dir, f"ella-{connector}")
+        if not os.path.isdir(connector_dir):
+            raise ValueError(f"no connector {connector!r} in {model_dir}")
+        ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
     text_encoder, tokenizer = load_text_encoder(MINILM, dev, torch_dtype)
     pipe = ELLAStableDiffusionPipeline(
         unet=UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch_dtype),
