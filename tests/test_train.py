@@ -82,6 +82,11 @@ def test_training_from_the_cache_matches_raw_data(tmp_path):
     cached = train(config)
     for (_, a), (_, b) in zip(raw.losses, cached.losses):
         assert abs(a - b) <= 1e-5
+    from ella.train.data import CachedFeatureDataset
+
+    in_memory, mapped = CachedFeatureDataset(config.cache_dir), CachedFeatureDataset(config.cache_dir, preload_bytes=0)
+    for i in range(len(mapped)):  # preloaded shards and row-wise memory-map reads agree
+        assert all(torch.equal(in_memory[i][k], mapped[i][k]) for k in ("latents", "text_features", "text_mask"))
 
 
 def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
