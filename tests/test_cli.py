@@ -41,6 +41,7 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
     [
         (["generate", "a cat", "--model", "/no/such/model"], "model folder not found"),
         (["generate", "   ", "--model", "X"], "prompt is empty"),
+        (["generate", "a cat " * 3000, "--model", "X"], "characters long"),
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
         (["generate", "a cat", "--model", "PIPE", "--steps", "0"], "--steps"),
         (["convert", "/no/such.safetensors", "out"], "not found"),

@@ -11,6 +11,9 @@ from .images import make_grid, save_atomic, upscale
 
 logger = logging.getLogger(__name__)
 
+# Far beyond any text encoder's context (T5: 128 tokens as published): surely a wrong argument.
+MAX_PROMPT_CHARS = 10_000
+
 
 def load_for_cli(args):
     """(pipeline, defaults) for the model the flags name; the shipped ShapesWorld model if none."""
@@ -35,6 +38,9 @@ def load_for_cli(args):
 def generate_cli(args) -> list[str]:
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
+    if len(args.prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(args.prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
+                         " (text encoders read far less: longer prompts are truncated, with a warning)")
     if args.num_images < 1:
         raise ValueError("--num-images must be at least 1")
     if args.steps is not None and args.steps < 1:
