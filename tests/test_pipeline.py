@@ -108,3 +108,17 @@ def test_save_and_load_pipeline_folder(tiny_pipe, tmp_path):
     again.set_progress_bar_config(disable=True)
     assert again.config.text_mode == "flexible"
     np.testing.assert_allclose(run(again, PROMPTS[0], [3]), run(tiny_pipe, PROMPTS[0], [3]), atol=1e-5)
+
+
+def test_lora_on_the_unet_keeps_working(tiny_pipe, tmp_path):
+    """The UNet is untouched by ELLA, so a LoRA added or loaded with the diffusers API applies."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    plain = run(tiny_pipe, PROMPTS[0], [1])
+    tiny_pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                          init_lora_weights=False), adapter_name="style")
+    with_lora = run(tiny_pipe, PROMPTS[0], [1])
+    assert not np.allclose(plain, with_lora)
+    tiny_pipe.unet.disable_adapters()
+    np.testing.assert_allclose(run(tiny_pipe, PROMPTS[0], [1]), plain, atol=1e-6)
