@@ -107,24 +107,17 @@ def test_reference_mode_reproduces_the_defects(bench, tmp_path):
     assert summary["l1"] == pytest.approx({"global": 100.0, "other": 0.0, "entity": 100.0})
 
 
-def test_reference_counts_only_exact_yes():
-    items = load_csv_rows([("q", "1", "0", "entity - whole (a)", "a?"), ("q", "2", "0", "entity - whole (b)", "b?")])
+def test_reference_counts_only_exact_yes(tmp_path):
+    # A first item that the reference skips, so q keeps both of its rows.
+    write_csv(tmp_path / "x.csv", [("first", "1", "0", "entity - whole (z)", "z?"),
+                                   ("q", "1", "0", "entity - whole (a)", "a?"), ("q", "2", "0", "entity - whole (b)", "b?")])
+    items = load_csv(str(tmp_path / "x.csv"))
+    items.pop("first")
     ans = {"q": [{"1": "Yes", "2": "yes"}] * 4}
-    # Put a dummy first row so the reference skips that instead of q's rows.
     corrected, _ = summarize(items, ans, "corrected")
     assert corrected["overall"] == pytest.approx(100.0)
     reference, _ = summarize(items, ans, "reference")
     assert reference["overall"] == pytest.approx(50.0)
-
-
-def load_csv_rows(rows, tmp=[0]):  # noqa: B006 - a counter for file names
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(), "x.csv")
-    write_csv(path, [("first", "1", "0", "entity - whole (z)", "z?")] + rows)
-    items = load_csv(path)
-    items.pop("first")
-    return items
 
 
 def test_items_group_by_id_not_by_adjacency(tmp_path):

@@ -58,11 +58,12 @@ def _load_items(csv_path: str):
 
 def run_bench_command(args) -> None:
     if args.bench == "shapes":
-        from ..shapes.bench import format_table, run_shapes_bench
+        from ..shapes.bench import run_shapes_bench
+        from .runner import markdown_table
 
         summaries = run_shapes_bench(args.prompts, [m for m in args.models.split(",") if m], args.out,
                                      args.model_dir, args.steps, args.guidance)
-        print(json.dumps(summaries, indent=2) if args.json else format_table(summaries))
+        print(json.dumps(summaries, indent=2) if args.json else markdown_table(summaries))
         return
     if args.dpg == "fetch":
         fetch(args.out)

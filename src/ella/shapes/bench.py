@@ -11,12 +11,12 @@ import csv
 import logging
 import os
 
-from ..bench.dpg import load_csv
-from ..bench.runner import generate_images, markdown_table, score_run, write_manifest
+from ..bench.dpg import CSV_COLUMNS, load_csv
+from ..bench.runner import generate_images, score_run, write_manifest
 from ..bench.vqa import ShapesBackend
 from ..images import make_grid, save_atomic
 from .data import HELDOUT_SEED, ShapesDenseDataset
-from .world import CSV_COLUMNS, render
+from .world import render
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,3 @@ def run_shapes_bench(
         summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", name), settings=settings)
         logger.info("%s: overall %.2f", name, summaries[name]["overall"])
     return summaries
-
-
-def format_table(summaries: dict[str, dict]) -> str:
-    return markdown_table(summaries)

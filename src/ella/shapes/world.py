@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 RESOLUTION = 32
@@ -194,9 +193,6 @@ def short_caption(scene: Scene, rng: random.Random, max_words: int = 10) -> str:
 
 # ---- questions (DPG-Bench CSV rows) -----------------------------------------------------------
 
-CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad",
-               "category_detailed", "tuple", "question_natural_language")
-
 
 def questions(scene: Scene, item_id: str, text: str, relations: list[tuple[Obj, Obj, str]]) -> list[dict]:
     """The item's questions as official-format CSV rows: global (background), entity (an
@@ -240,5 +236,3 @@ def make_item(scene: Scene, rng: random.Random, item_id: str) -> tuple[str, list
     return text, questions(scene, item_id, text, relations)
 
 
-def scene_to_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import ELLA
+from ..text_encoders import LLMEncoder
 from .cache import encode_images, fingerprint, read_index
 from .checkpoint import latest_checkpoint, load_training_state, save_training_state
 from .components import FrozenParts, build_connector, load_frozen_parts
@@ -74,18 +75,21 @@ def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generat
 class _EmptyPrompt:
     """The empty prompt's features (caption dropout), from the cache or encoded once."""
 
-    def __init__(self, config: TrainConfig, parts: FrozenParts):
+    def __init__(self, config: TrainConfig, encoder: LLMEncoder):
         if config.cache_dir and os.path.isfile(os.path.join(config.cache_dir, "empty.safetensors")):
             from safetensors.torch import load_file
 
             empty = load_file(os.path.join(config.cache_dir, "empty.safetensors"))
             self.features, self.mask = empty["text_features"], empty["text_mask"]
         else:
-            enc = parts.encoder(config).encode_padded([""])
+            enc = encoder.encode_padded([""])
             self.features, self.mask = enc.hidden_states, enc.attention_mask
 
 
-def make_batch_tensors(batch: dict, config: TrainConfig, parts: FrozenParts, empty: _EmptyPrompt, g: torch.Generator, device):
+def make_batch_tensors(
+    batch: dict, config: TrainConfig, parts: FrozenParts, encoder: LLMEncoder, empty: _EmptyPrompt,
+    g: torch.Generator, device,
+):
     """(clean latents, text features, text mask) of a batch, with caption dropout applied."""
     n = len(batch["key"])
     drop = torch.rand(n, generator=g) < config.caption_dropout
@@ -97,7 +101,7 @@ def make_batch_tensors(batch: dict, config: TrainConfig, parts: FrozenParts, emp
     else:
         latents = encode_images(parts, batch["pixel_values"].to(device))
         captions = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"])]
-        enc = parts.encoder(config).encode_padded(captions)
+        enc = encoder.encode_padded(captions)
         text, mask = enc.hidden_states, enc.attention_mask
     return latents.float(), text, mask
 
@@ -220,7 +224,8 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
 
     model, optimizer = accelerator.prepare(model, optimizer)
     batches = open_data(config, parts, rank, world, position)
-    empty = _EmptyPrompt(config, parts)
+    encoder = parts.encoder(config)  # built once, used by every raw-data step
+    empty = _EmptyPrompt(config, encoder)
     writer = _tensorboard(config) if main else None
     order_log = _order_log(config, rank)
 
@@ -259,7 +264,7 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
                 if not batch["key"]:
                     continue
                 g = step_generator(config.seed, rank, result.step, micro)
-                latents, text, mask = make_batch_tensors(batch, config, parts, empty, g, device)
+                latents, text, mask = make_batch_tensors(batch, config, parts, encoder, empty, g, device)
                 sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
                     loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask) / config.grad_accum
