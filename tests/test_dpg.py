@@ -236,3 +236,15 @@ def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     for key in ("overall", "l1", "l2", "n_items", "n_failed"):
         assert second[key] == first[key]
     assert (tmp_path / "s2" / "summary.md").is_file() and (tmp_path / "s2" / "l1.png").is_file()
+
+
+def test_sharded_scoring_merges_to_the_single_process_summary(bench, tmp_path):
+    csv_path, images = bench
+    items = load_csv(str(csv_path))
+    single = score_run(items, str(images), FakeVQA(items), str(tmp_path / "one"))
+    # Two processes, run one after the other (the barrier is then a no-op): rank 1 first.
+    assert score_run(items, str(images), FakeVQA(items), str(tmp_path / "two"), rank=1, world=2) is None
+    merged = score_run(items, str(images), FakeVQA(items), str(tmp_path / "two"), rank=0, world=2)
+    for key in ("overall", "l1", "l2", "n_items", "n_failed", "failures"):
+        assert merged[key] == single[key]
+    assert not [n for n in os.listdir(tmp_path / "two") if ".rank" in n]  # parts merged and removed

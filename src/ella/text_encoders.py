@@ -85,9 +85,14 @@ class LLMEncoder:
         # Right padding: with a causal LLM, left padding would shift every real token's position.
         tokenizer.padding_side = "right"
 
-    def _warn_truncation(self, prompts: list[str]) -> None:
-        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
-        for i, n in enumerate(lengths):
+    def _warn_truncation(self, prompts: list[str], mask: torch.Tensor) -> None:
+        """Only prompts that fill all `max_length` positions can have been cut: only those are
+        tokenized again, untruncated, to count what was lost."""
+        full = [i for i, n in enumerate(mask.sum(1).tolist()) if n >= self.max_length]
+        if not full:
+            return
+        lengths = [len(ids) for ids in self.tokenizer([prompts[i] for i in full], truncation=False)["input_ids"]]
+        for i, n in zip(full, lengths):
             if n > self.max_length:
                 logger.warning(
                     "prompt %d is %d tokens long: %d tokens were cut (max_length=%d)",
@@ -96,10 +101,10 @@ class LLMEncoder:
 
     @torch.no_grad()
     def _encode(self, prompts: list[str], padding: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self._warn_truncation(prompts)
         tokens = self.tokenizer(
             prompts, padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+        self._warn_truncation(prompts, tokens["attention_mask"])
         device = self.model.device
         mask = tokens["attention_mask"].to(device)
         out = self.model(input_ids=tokens["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)

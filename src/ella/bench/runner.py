@@ -167,13 +167,21 @@ def score_run(items: dict[str, Item], images_dir: str, backend: VQABackend, out_
     started = time.perf_counter()
     failures = ask_all(items, images_dir, backend, log, rank=rank, world=world)
     log.close()
+    if world > 1:  # each process reports the images it could not use; the main one merges them
+        with open(os.path.join(out_dir, f"failures.rank{rank}.json"), "w") as f:
+            json.dump(failures, f)
     if barrier is not None:
         barrier()
     if rank != 0:
         return None
     if world > 1:
         log = merge_answer_logs(out_dir, world)
-        failures = {i: r for i in items if isinstance(r := load_crops(images_dir, i), str)}
+        failures = {}
+        for r in range(world):
+            path = os.path.join(out_dir, f"failures.rank{r}.json")
+            with open(path) as f:
+                failures.update(json.load(f))
+            os.remove(path)
     summary, results = summarize(items, collect(items, log, failures), mode, skip_missing)
     summary["settings"] = {**(settings or {}), "vqa": backend.name, "images": os.path.abspath(images_dir),
                            "seconds": round(time.perf_counter() - started, 1)}
