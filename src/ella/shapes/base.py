@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ class BaseConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    lr_final_fraction: float = 1.0  # < 1: cosine decay to this fraction of lr at max_steps
+    init_from: str | None = None  # a base model folder to continue training from (its EMA weights)
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     seed: int = 0
@@ -109,13 +112,32 @@ class BaseModel(torch.nn.Module):
         return self.unet(noisy, t, encoder_hidden_states=self.text_encoder(input_ids)[0]).sample
 
 
+def load_base_weights(unet, text_encoder, folder: str) -> None:
+    """Start from a trained base model (same architecture) instead of fresh weights."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not os.path.isdir(os.path.join(folder, "unet")):
+        raise ValueError(f"init_from: not a base model folder (no unet/): {folder}")
+    for module, trained in ((unet, UNet2DConditionModel.from_pretrained(folder, subfolder="unet")),
+                            (text_encoder, CLIPTextModel.from_pretrained(os.path.join(folder, "base_text_encoder")))):
+        try:
+            module.load_state_dict({k: v.float() for k, v in trained.state_dict().items()})
+        except RuntimeError as e:
+            raise ValueError(f"init_from {folder}: architecture differs from this config ({str(e).splitlines()[0]})") from None
+    logger.info("continuing from %s", folder)
+
+
 def train_base(config: BaseConfig) -> str:
-    """Train the base model; returns the output folder (a shapes model folder)."""
+    """Train the base model; returns the output folder (a shapes model folder). SIGTERM or Ctrl-C
+    stops after the current step and still exports the EMA weights trained so far."""
     from ..pipelines.loading import resolve_device
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     unet, text_encoder, tokenizer, scheduler = build_base_models(config)
+    if config.init_from:
+        load_base_weights(unet, text_encoder, config.init_from)
     model = BaseModel(unet, text_encoder).to(device).train()
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     logger.info("base UNet %.2fM parameters, text encoder %.2fM", sum(p.numel() for p in unet.parameters()) / 1e6,
@@ -130,32 +152,43 @@ def train_base(config: BaseConfig) -> str:
     empty_ids = tokenizer([""], padding="max_length", max_length=config.max_tokens, return_tensors="pt").input_ids.to(device)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     g = torch.Generator(device="cpu").manual_seed(config.seed)
     losses, window, start = [], [], time.perf_counter()
-    for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
-        idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
-        which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
-        x0 = pixels[idx.to(device)]
-        tokens = ids[idx.to(device), which.to(device)]
-        drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
-        tokens = torch.where(drop[:, None], empty_ids, tokens)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
-        pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
-        loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        lr_sched.step()
-        ema_update(ema, model, config.ema_decay)
-        window.append(loss.item())
-        if step % config.log_every == 0:
-            losses.append((step, sum(window) / len(window)))
-            logger.info("step %d loss %.4f samples/s %.0f", step, losses[-1][1],
-                        step * config.batch_size / (time.perf_counter() - start))
-            window = []
+    stop = {"requested": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    try:
+        for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
+            idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
+            which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
+            x0 = pixels[idx.to(device)]
+            tokens = ids[idx.to(device), which.to(device)]
+            drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
+            tokens = torch.where(drop[:, None], empty_ids, tokens)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
+            pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
+            loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_sched.step()
+            ema_update(ema, model, config.ema_decay)
+            window.append(loss.item())
+            if step % config.log_every == 0:
+                losses.append((step, sum(window) / len(window)))
+                logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
+                            step * config.batch_size / (time.perf_counter() - start))
+                window = []
+            if stop["requested"]:
+                logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
+                break
+    except KeyboardInterrupt:
+        logger.warning("interrupted: exporting the EMA weights trained so far")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return export_base(config, ema, tokenizer, scheduler, losses)
 
 

@@ -55,9 +55,19 @@ class TrainResult:
     samples_per_second: float = 0.0
 
 
-def lr_lambda(warmup_steps: int):
-    """Linear warmup to the base lr, then constant."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_lambda(warmup_steps: int, total_steps: int = 0, final_fraction: float = 1.0):
+    """Linear warmup to the base lr, then constant, or (with total_steps and final_fraction < 1)
+    a cosine decay to final_fraction x the base lr at total_steps."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps <= warmup_steps or final_fraction >= 1.0:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 @torch.no_grad()
