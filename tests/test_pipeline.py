@@ -122,3 +122,97 @@ def test_lora_on_the_unet_keeps_working(tiny_pipe, tmp_path):
     assert not np.allclose(plain, with_lora)
     tiny_pipe.unet.disable_adapters()
     np.testing.assert_allclose(run(tiny_pipe, PROMPTS[0], [1]), plain, atol=1e-6)
+
+
+def _controlnet_pipe():
+    from diffusers import ControlNetModel
+
+    components = tiny_components()
+    # the tiny VAE downsamples 2x: a one-level conditioning embedding matches the latents
+    components["controlnet"] = ControlNetModel.from_unet(components["unet"], conditioning_embedding_out_channels=(8, 8))
+    pipe = ELLAStableDiffusionPipeline(**components, text_mode="flexible")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_controlnet_steers_the_unet():
+    pipe = _controlnet_pipe()
+    for zero_init in (pipe.controlnet.controlnet_cond_embedding.conv_out, pipe.controlnet.controlnet_mid_block):
+        torch.nn.init.normal_(zero_init.weight, std=0.5)  # ControlNet's zero init would be a no-op
+    control = np.zeros((16, 16, 3), np.float32)
+    control[4:12, 4:12] = 1.0
+    seen = []
+    hook = pipe.controlnet.register_forward_pre_hook(lambda m, a, k: seen.append(k["controlnet_cond"].shape), with_kwargs=True)
+    on = run(pipe, PROMPTS[:2], [1, 2], image=control)
+    hook.remove()
+    assert seen[0] == (4, 3, 16, 16)  # one control image, both prompts, both CFG branches
+    off = run(pipe, PROMPTS[:2], [1, 2], image=control, controlnet_conditioning_scale=0.0)
+    other = run(pipe, PROMPTS[:2], [1, 2], image=1.0 - control)
+    assert not np.allclose(on, off) and not np.allclose(on, other)
+    plain = ELLAStableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "controlnet"},
+                                        text_mode="flexible")
+    plain.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(off, run(plain, PROMPTS[:2], [1, 2]), atol=1e-5)  # scale 0 = no ControlNet
+    with pytest.raises(ValueError, match="pass a control `image`"):
+        pipe("a cat", num_inference_steps=1)
+    with pytest.raises(ValueError, match="no controlnet"):
+        plain("a cat", image=control, num_inference_steps=1)
+    with pytest.raises(ValueError, match="3 control images for 2 prompts"):
+        pipe(PROMPTS[:2], image=[control] * 3, num_inference_steps=1)
+
+
+def test_sdxl_pipeline_ella_and_ella_plus_clip():
+    from ella import ELLAStableDiffusionXLPipeline
+    from ella.tiny import tiny_sdxl_components
+
+    pipe = ELLAStableDiffusionXLPipeline(**tiny_sdxl_components(), text_mode="flexible")
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a, k: seen.append(
+        (k["encoder_hidden_states"].shape, k["added_cond_kwargs"]["text_embeds"].shape,
+         k["added_cond_kwargs"]["time_ids"][0].tolist())), with_kwargs=True)
+    ella_only = run(pipe, PROMPTS[:2], [1, 2])
+    both = run(pipe, PROMPTS[:2], [1, 2], conditioning="ella+clip")
+    hook.remove()
+    assert seen[0] == ((4, 4, 32), (4, 16), [16, 16, 0, 0, 16, 16])
+    assert seen[-1][0] == (4, 16 + 4, 32)  # 16 CLIP tokens (two encoders side by side) + 4 latents
+    assert ella_only.shape == (2, 16, 16, 3) and not np.allclose(ella_only, both)
+    batch_alone = run(pipe, PROMPTS[1], [2])
+    np.testing.assert_allclose(ella_only[1], batch_alone[0], atol=1e-4)
+
+    # without the second CLIP encoder: pure ELLA with SDXL's zero pooled embedding
+    no_clip = ELLAStableDiffusionXLPipeline(**tiny_sdxl_components(with_clip=False), text_mode="flexible")
+    no_clip.set_progress_bar_config(disable=True)
+    assert np.isfinite(run(no_clip, PROMPTS[0], [1])).all()
+    with pytest.raises(ValueError, match="needs clip_text_encoder_2"):
+        no_clip("a cat", conditioning="ella+clip", num_inference_steps=1)
+    with pytest.raises(ValueError, match="use ELLAStableDiffusionXLPipeline"):
+        ELLAStableDiffusionPipeline(**tiny_sdxl_components(with_clip=False))("a cat", num_inference_steps=1)
+
+
+def test_load_pipeline_picks_the_sdxl_pipeline_and_round_trips(tmp_path):
+    """An SDXL-layout model folder + connector + LLM assemble into the XL pipeline (with SDXL's
+    CLIP encoders for the pooled embedding); its saved folder loads back as the XL pipeline."""
+    from ella import ELLAStableDiffusionXLPipeline
+    from ella.pipelines.loading import load_pipeline
+    from ella.tiny import tiny_sdxl_components
+
+    parts = tiny_sdxl_components()
+    sdxl = tmp_path / "sdxl"
+    for name, sub in (("unet", "unet"), ("vae", "vae"), ("scheduler", "scheduler"), ("clip_text_encoder", "text_encoder"),
+                      ("clip_tokenizer", "tokenizer"), ("clip_text_encoder_2", "text_encoder_2"),
+                      ("clip_tokenizer_2", "tokenizer_2")):
+        parts[name].save_pretrained(sdxl / sub)
+    parts["ella"].save_pretrained(tmp_path / "connector")
+    parts["text_encoder"].save_pretrained(tmp_path / "llm")
+    parts["tokenizer"].save_pretrained(tmp_path / "llm")
+    pipe = load_pipeline(str(sdxl), ella=str(tmp_path / "connector"), llm=str(tmp_path / "llm"), device="cpu",
+                         text_mode="flexible")
+    assert isinstance(pipe, ELLAStableDiffusionXLPipeline) and pipe.clip_text_encoder_2 is not None
+    pipe.set_progress_bar_config(disable=True)
+    first = run(pipe, PROMPTS[0], [1], conditioning="ella+clip")
+    pipe.save_pretrained(tmp_path / "saved")
+    again = load_pipeline(str(tmp_path / "saved"), device="cpu")
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again, ELLAStableDiffusionXLPipeline)
+    np.testing.assert_allclose(run(again, PROMPTS[0], [1], conditioning="ella+clip"), first, atol=1e-5)

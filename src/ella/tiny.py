@@ -48,30 +48,35 @@ def tiny_t5(d_model: int = 32, vocab_size: int | None = None, seed: int = 0):
     return T5EncoderModel(config).eval(), tokenizer
 
 
-def tiny_clip(hidden_size: int = 16, max_length: int = 16, seed: int = 0):
-    """A 2-layer CLIP-style text encoder (random weights) with a short word-level tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip(hidden_size: int = 16, max_length: int = 16, seed: int = 0, with_projection: bool = False):
+    """A 2-layer CLIP-style text encoder (random weights) with a short word-level tokenizer;
+    `with_projection` gives SDXL's second encoder kind (pooled `text_embeds`)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = word_tokenizer(TINY_WORDS, model_max_length=max_length)
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_length,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, projection_dim=hidden_size,
     )
-    return CLIPTextModel(config).eval(), tokenizer
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval(), tokenizer
 
 
-def tiny_unet(cross_attention_dim: int = 16, in_channels: int = 4, sample_size: int = 8, seed: int = 0):
+def tiny_unet(cross_attention_dim: int = 16, in_channels: int = 4, sample_size: int = 8, seed: int = 0,
+              pooled_dim: int | None = None):
+    """A 2-level UNet; with `pooled_dim`, SDXL-style (pooled text + size/crop ids as added conditions)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
+    sdxl = {} if pooled_dim is None else dict(
+        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=pooled_dim + 6 * 4)
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=2,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=2, **sdxl,
     ).eval()
 
 
@@ -103,4 +108,18 @@ def tiny_components(pixel_space: bool = False, with_clip: bool = False, seed: in
     )
     if with_clip:
         components["clip_text_encoder"], components["clip_tokenizer"] = tiny_clip(seed=seed)
+    return components
+
+
+def tiny_sdxl_components(with_clip: bool = True, seed: int = 0) -> dict:
+    """Everything ELLAStableDiffusionXLPipeline takes: two CLIP encoders of width 16 (tokens 32
+    wide side by side, pooled 16) and a connector projecting to 32."""
+    from .models import ELLA
+
+    components = tiny_components(seed=seed)
+    components["unet"] = tiny_unet(cross_attention_dim=32, pooled_dim=16, seed=seed)
+    components["ella"] = ELLA.from_preset("tiny", output_dim=32)
+    if with_clip:
+        components["clip_text_encoder"], components["clip_tokenizer"] = tiny_clip(seed=seed)
+        components["clip_text_encoder_2"], components["clip_tokenizer_2"] = tiny_clip(seed=seed + 1, with_projection=True)
     return components

@@ -3,6 +3,7 @@ an ELLA connector and an LLM (the published inference setup)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -11,6 +12,7 @@ import torch
 from ..models import ELLA
 from ..text_encoders import load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
+from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +48,34 @@ def load_connector(path: str, torch_dtype: torch.dtype | None = None) -> ELLA:
     return ELLA.from_single_file(path, torch_dtype=torch_dtype)
 
 
-def is_ella_pipeline_folder(path: str) -> bool:
+PIPELINES = {cls.__name__: cls for cls in (ELLAStableDiffusionPipeline, ELLAStableDiffusionXLPipeline)}
+
+
+def ella_pipeline_class(path: str) -> type | None:
+    """The ELLA pipeline class a saved folder holds, or None (not a saved ELLA pipeline)."""
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
-        return False
+        return None
     with open(index) as f:
-        return '"ELLAStableDiffusionPipeline"' in f.read()
+        return PIPELINES.get(json.load(f).get("_class_name"))
+
+
+def load_sdxl_clip(model: str, torch_dtype: torch.dtype) -> dict:
+    """SDXL's two CLIP encoders (ELLA+CLIP, and the pooled embedding the UNet takes); {} when the
+    model has none (the XL pipeline then uses SDXL's zero pooled embedding)."""
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    try:
+        return dict(
+            clip_text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=torch_dtype),
+            clip_tokenizer=AutoTokenizer.from_pretrained(model, subfolder="tokenizer"),
+            clip_text_encoder_2=CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=torch_dtype),
+            clip_tokenizer_2=AutoTokenizer.from_pretrained(model, subfolder="tokenizer_2"),
+        )
+    except OSError as err:
+        logger.warning("SDXL model %s without loadable CLIP encoders (%s): pooled text embedding = zeros",
+                       model, str(err).splitlines()[0])
+        return {}
 
 
 def load_pipeline(
@@ -63,14 +87,15 @@ def load_pipeline(
     text_mode: str = "fixed",
     text_max_length: int = 128,
 ) -> ELLAStableDiffusionPipeline:
-    """`model` is a saved ELLA pipeline folder, or a Stable Diffusion 1.5 folder / hub id; in the
-    second case `ella` (connector file or folder) is required and `llm` is the text encoder.
+    """`model` is a saved ELLA pipeline folder, or a Stable Diffusion 1.5 / SDXL folder or hub id;
+    in the second case `ella` (connector file or folder) is required and `llm` is the text encoder.
+    An SDXL UNet gets `ELLAStableDiffusionXLPipeline` with SDXL's CLIP encoders (pooled embedding).
     The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if os.path.isdir(model) and is_ella_pipeline_folder(model):
-        pipe = ELLAStableDiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
-        return pipe.to(dev)
+    saved = ella_pipeline_class(model) if os.path.isdir(model) else None
+    if saved is not None:
+        return saved.from_pretrained(model, torch_dtype=torch_dtype).to(dev)
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
 
     if ella is None:
@@ -85,8 +110,10 @@ def load_pipeline(
         raise ValueError(f"cannot load Stable Diffusion model {model!r}: {str(err).splitlines()[0]}") from err
     text_encoder, tokenizer = load_text_encoder(llm, dev, torch_dtype)
     connector = load_connector(ella, torch_dtype)
-    pipe = ELLAStableDiffusionPipeline(
+    sdxl = unet.config.addition_embed_type == "text_time"
+    cls, clip = (ELLAStableDiffusionXLPipeline, load_sdxl_clip(model, torch_dtype)) if sdxl else (ELLAStableDiffusionPipeline, {})
+    pipe = cls(
         unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=connector,
-        text_max_length=text_max_length, text_mode=text_mode,
+        text_max_length=text_max_length, text_mode=text_mode, **clip,
     )
     return pipe.to(dev)

@@ -1,7 +1,7 @@
 """ELLAStableDiffusionPipeline: a frozen Stable-Diffusion-style UNet conditioned through ELLA.
 
 The UNet is untouched (LoRA and other UNet adapters loaded with the diffusers API keep working);
-only its `encoder_hidden_states` change. The LLM encodes each prompt once per call; the
+only its `encoder_hidden_states` change, so a diffusers `ControlNetModel` plugs in as usual. The LLM encodes each prompt once per call; the
 connector runs at every denoising step with that step's timestep, on both CFG branches in one
 batched call (reference doc, Sec. 3).
 """
@@ -29,11 +29,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
     Components: `unet`, `scheduler` (any diffusers scheduler), `vae` (None for a pixel-space
     UNet), `text_encoder` + `tokenizer` (the frozen LLM), `ella` (the connector), and optional
     `clip_text_encoder` + `clip_tokenizer` for `conditioning="ella+clip"` (community checkpoints,
-    LoRA trigger words) or `"clip"` (the plain base model, for comparisons).
+    LoRA trigger words) or `"clip"` (the plain base model, for comparisons). An optional
+    `controlnet` (diffusers `ControlNetModel`) is steered by `image` and sees the same conditioning
+    tokens as the UNet.
     """
 
-    model_cpu_offload_seq = "text_encoder->clip_text_encoder->ella->unet->vae"
-    _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer"]
+    model_cpu_offload_seq = "text_encoder->clip_text_encoder->ella->controlnet->unet->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer",
+                             "controlnet"]
 
     def __init__(
         self,
@@ -45,6 +48,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         ella: ELLA | None = None,
         clip_text_encoder=None,
         clip_tokenizer=None,
+        controlnet=None,
         text_max_length: int = 128,
         text_mode: str = "fixed",
     ):
@@ -60,10 +64,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             ella=ella,
             clip_text_encoder=clip_text_encoder,
             clip_tokenizer=clip_tokenizer,
+            controlnet=controlnet,
         )
         self.register_to_config(text_max_length=text_max_length, text_mode=text_mode)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        # ControlNet inputs stay in [0, 1] (diffusers' convention), at the output resolution.
+        self.control_image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
 
     # ---- checks -------------------------------------------------------------------------------
 
@@ -72,7 +80,13 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         """Height and width must be multiples of this: the VAE's downsampling times the UNet's."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
-    def check_inputs(self, prompts: list[str], negative: list[str], height: int, width: int, conditioning: str):
+    @property
+    def clip_width(self) -> int:
+        """The width of the CLIP tokens this pipeline builds (SDXL concatenates two encoders)."""
+        return self.clip_text_encoder.config.hidden_size
+
+    def check_inputs(self, prompts: list[str], negative: list[str], height: int, width: int, conditioning: str,
+                     image=None):
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         if not prompts:
@@ -96,11 +110,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         if "clip" in conditioning:
             if self.clip_text_encoder is None or self.clip_tokenizer is None:
                 raise ValueError(f"conditioning={conditioning!r} needs clip_text_encoder and clip_tokenizer")
-            if self.clip_text_encoder.config.hidden_size != cross:
+            if self.clip_width != cross:
                 raise ValueError(
-                    f"the CLIP text encoder's width {self.clip_text_encoder.config.hidden_size} differs from the"
-                    f" UNet's cross-attention width {cross}"
+                    f"the CLIP text encoder's width {self.clip_width} differs from the UNet's cross-attention width {cross}"
                 )
+        if self.controlnet is not None and image is None:
+            raise ValueError("this pipeline has a controlnet: pass a control `image`")
+        if self.controlnet is None and image is not None:
+            raise ValueError("`image` was given but the pipeline has no controlnet")
 
     # ---- prompt encoding (once per call) ------------------------------------------------------
 
@@ -123,6 +140,21 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
     def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
         return None if x is None else x.repeat_interleave(n, dim=0)
+
+    def added_cond_kwargs(self, rows: list[str], height: int, width: int, conditioning: str) -> dict | None:
+        """Extra UNet inputs for the prompt rows (in CFG order); SD1.5-style UNets take none."""
+        if self.unet.config.addition_embed_type == "text_time":
+            raise ValueError("this UNet is SDXL-style (it needs pooled text and size ids): use ELLAStableDiffusionXLPipeline")
+        return None
+
+    def prepare_control_image(self, image, height: int, width: int, batch: int, n: int) -> torch.Tensor:
+        """The control image(s) as (batch * n, C, H, W) in [0, 1]: one image for every prompt,
+        or one per prompt."""
+        control = self.control_image_processor.preprocess(image, height=height, width=width)
+        if control.shape[0] not in (1, batch):
+            raise ValueError(f"got {control.shape[0]} control images for {batch} prompts: pass 1 or {batch}")
+        control = control.expand(batch, -1, -1, -1) if control.shape[0] == 1 else control
+        return control.repeat_interleave(n, dim=0).to(self._execution_device, self.controlnet.dtype)
 
     # ---- the denoising loop -------------------------------------------------------------------
 
@@ -160,6 +192,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         prompt_embeds: TextFeatures | None = None,
         negative_prompt_embeds: TextFeatures | None = None,
         conditioning: str = "ella",
+        image=None,
+        controlnet_conditioning_scale: float = 1.0,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
@@ -170,7 +204,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         4. At each step: connector(text, t) for [negative; positive] in one call, UNet, CFG,
            scheduler step. 5. Decode (VAE, or nothing for a pixel-space UNet) and post-process.
 
-        `prompt_embeds` / `negative_prompt_embeds` take precomputed LLM `TextFeatures`.
+        `prompt_embeds` / `negative_prompt_embeds` take precomputed LLM `TextFeatures`. With a
+        `controlnet`, `image` (PIL, array or tensor; one, or one per prompt) steers it, scaled by
+        `controlnet_conditioning_scale`.
         """
         # 1. Inputs
         if prompt_embeds is not None:
@@ -184,7 +220,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
         height = height or sample_size * self.vae_scale_factor
         width = width or sample_size * self.vae_scale_factor
-        self.check_inputs(prompts, negatives, height, width, conditioning)
+        self.check_inputs(prompts, negatives, height, width, conditioning, image)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
         n = num_images_per_prompt
@@ -199,9 +235,15 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 feats = [neg, pos]
             text = pad_features(feats)
             text = TextFeatures(self._repeat(text.hidden_states, n), self._repeat(text.attention_mask, n))
+        rows = negatives + prompts if do_cfg else prompts
         if "clip" in conditioning:
-            clip_embeds = self.encode_clip(negatives + prompts if do_cfg else prompts)
-            clip_embeds = self._repeat(clip_embeds, n)
+            clip_embeds = self._repeat(self.encode_clip(rows), n)
+        added = self.added_cond_kwargs(rows, height, width, conditioning)
+        added = None if added is None else {k: self._repeat(v, n) for k, v in added.items()}
+        control = None
+        if image is not None:
+            control = self.prepare_control_image(image, height, width, len(prompts), n)
+            control = torch.cat([control] * 2) if do_cfg else control
 
         # 3. Timesteps and initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -219,8 +261,16 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 cond, cond_mask = self.conditioning_at(t, text, clip_embeds)
+                residuals = {}
+                if control is not None:
+                    down, mid = self.controlnet(
+                        model_input, t, encoder_hidden_states=cond, controlnet_cond=control,
+                        conditioning_scale=controlnet_conditioning_scale, added_cond_kwargs=added, return_dict=False,
+                    )
+                    residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
                 noise_pred = self.unet(
-                    model_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask
+                    model_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
+                    added_cond_kwargs=added, **residuals,
                 ).sample
                 if do_cfg:
                     uncond, cond_pred = noise_pred.chunk(2)

@@ -1,0 +1,77 @@
+"""ELLAStableDiffusionXLPipeline: the ELLA pipeline for SDXL-style UNets.
+
+SDXL differs from SD1.5 in what its UNet takes besides the text tokens: a pooled text embedding
+and six size/crop numbers (`added_cond_kwargs`), and its CLIP tokens are two encoders'
+penultimate hidden states side by side (768 + 1280 = 2048). The connector needs an output width
+of 2048 (preset `sdxl-t5xl`: `proj_out` maps the 768-wide latents to 2048).
+
+Where the pooled embedding comes from:
+- `clip_text_encoder_2` (CLIPTextModelWithProjection, SDXL's OpenCLIP-G) when present, for both
+  `conditioning="ella"` and `"ella+clip"`: the UNet then sees the pooled prompt it was trained on;
+- otherwise zeros, which is SDXL's own unconditional pooled embedding
+  (`force_zeros_for_empty_prompt`): the prompt then reaches the UNet through ELLA alone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .pipeline_ella import ELLAStableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+
+class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
+    """SDXL + LLM + ELLA. Components as `ELLAStableDiffusionPipeline`, plus `clip_text_encoder_2`
+    and `clip_tokenizer_2` (both optional) for SDXL's second CLIP encoder. `conditioning="clip"`
+    and `"ella+clip"` need both CLIP encoders."""
+
+    model_cpu_offload_seq = "text_encoder->clip_text_encoder->clip_text_encoder_2->ella->controlnet->unet->vae"
+    _optional_components = ELLAStableDiffusionPipeline._optional_components + ["clip_text_encoder_2", "clip_tokenizer_2"]
+
+    def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None, ella=None,
+                 clip_text_encoder=None, clip_tokenizer=None, clip_text_encoder_2=None, clip_tokenizer_2=None,
+                 controlnet=None, text_max_length: int = 128, text_mode: str = "fixed"):
+        super().__init__(unet, scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=ella,
+                         clip_text_encoder=clip_text_encoder, clip_tokenizer=clip_tokenizer, controlnet=controlnet,
+                         text_max_length=text_max_length, text_mode=text_mode)
+        self.register_modules(clip_text_encoder_2=clip_text_encoder_2, clip_tokenizer_2=clip_tokenizer_2)
+        if unet.config.addition_embed_type != "text_time":
+            raise ValueError("ELLAStableDiffusionXLPipeline needs an SDXL-style UNet (addition_embed_type='text_time');"
+                             " use ELLAStableDiffusionPipeline for SD1.5-style UNets")
+
+    @property
+    def clip_width(self) -> int:
+        return self.clip_text_encoder.config.hidden_size + self.clip_text_encoder_2.config.hidden_size
+
+    def check_inputs(self, prompts, negative, height, width, conditioning, image=None):
+        if "clip" in conditioning and (self.clip_text_encoder_2 is None or self.clip_tokenizer_2 is None):
+            raise ValueError(f"conditioning={conditioning!r} on SDXL needs clip_text_encoder_2 and clip_tokenizer_2")
+        super().check_inputs(prompts, negative, height, width, conditioning, image)
+
+    @torch.no_grad()
+    def _clip_outputs(self, encoder, tokenizer, prompts: list[str]):
+        ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                        return_tensors="pt").input_ids.to(encoder.device)
+        return encoder(ids, output_hidden_states=True)
+
+    def encode_clip(self, prompts: list[str]) -> torch.Tensor:
+        """SDXL's text tokens: both encoders' penultimate hidden states, concatenated (B, 77, 2048)."""
+        hidden = [self._clip_outputs(enc, tok, prompts).hidden_states[-2]
+                  for enc, tok in ((self.clip_text_encoder, self.clip_tokenizer),
+                                   (self.clip_text_encoder_2, self.clip_tokenizer_2))]
+        return torch.cat(hidden, dim=-1).to(self.unet.dtype)
+
+    def added_cond_kwargs(self, rows: list[str], height: int, width: int, conditioning: str) -> dict:
+        """`text_embeds` (pooled, (B, P)) and `time_ids` (B, 6): original size, crop (0, 0), target size."""
+        device, dtype = self._execution_device, self.unet.dtype
+        if self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None:
+            pooled = self._clip_outputs(self.clip_text_encoder_2, self.clip_tokenizer_2, rows).text_embeds
+        else:
+            logger.info("no clip_text_encoder_2: using SDXL's unconditional (zero) pooled text embedding")
+            pooled_dim = self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
+            pooled = torch.zeros(len(rows), pooled_dim)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(len(rows), -1)
+        return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.to(device, dtype)}
