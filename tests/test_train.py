@@ -175,3 +175,13 @@ def test_webdataset_tar_shards_stream(tmp_path):
                     tar.addfile(info, io.BytesIO(data))
     result = train(tiny_config(tmp_path, train_data=str(shards / "*.tar"), max_steps=3, batch_size=3))
     assert result.step == 3 and result.skipped >= 1
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine():
+    from ella.train.loop import lr_lambda
+
+    constant = lr_lambda(10)
+    assert constant(0) == pytest.approx(0.1) and constant(9) == 1.0 and constant(500) == 1.0
+    cosine = lr_lambda(10, 110, 0.1)
+    assert cosine(4) == pytest.approx(0.5) and cosine(10) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1) and cosine(200) == pytest.approx(0.1)

@@ -35,6 +35,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 500
+    lr_final_fraction: float = 1.0  # < 1: cosine decay to this fraction of lr at max_steps
     max_grad_norm: float = 1.0
     ema_decay: float = 0.9999  # 0 disables EMA
     mixed_precision: str = "no"  # no | fp16 | bf16 (frozen models in this dtype, connector in fp32)

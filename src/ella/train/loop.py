@@ -212,7 +212,7 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
     ella = build_connector(config, parts).to(device).train()
     model = ConnectorTrainingModel(parts.unet, ella)
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     ema = copy.deepcopy(ella).requires_grad_(False).eval() if config.ema_decay > 0 else None
     use_mask = config.text_mode == "flexible" or ella.keeps_text_length
 
