@@ -1,13 +1,15 @@
 """Copy trained ShapesWorld runs into the package's shipped model folder, in fp16 safetensors.
 
-    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes
+    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-long]
+
+`--base` names the base model's run folder inside RUNS (the connectors were trained on it).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sys
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,10 +27,10 @@ def copy_fp16(src: str, dst: str) -> None:
             shutil.copy(path, dst)
 
 
-def main(runs: str, out: str) -> None:
+def main(runs: str, out: str, base: str = "base-long") -> None:
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
-        copy_fp16(os.path.join(runs, "base", part), os.path.join(out, part))
-    shutil.copy(os.path.join(runs, "base", "base_config.yaml"), out)
+        copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
+    shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
     for variant in ("tsc", "resampler", "mlp"):
         export = os.path.join(runs, f"ella-{variant}", "export")
         if os.path.isdir(export):
@@ -38,5 +40,10 @@ def main(runs: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs")
+    parser.add_argument("out")
+    parser.add_argument("--base", default="base-long")
+    args = parser.parse_args()
     torch.set_grad_enabled(False)
-    main(*sys.argv[1:3])
+    main(args.runs, args.out, args.base)
