@@ -128,3 +128,40 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     assert main(["generate", "a large red circle at the top left", "--out", str(out), "--steps", "2", "--compare"]) == 0
     assert Image.open(out).size == (32, 64)  # base above, ELLA below
     assert Image.open(tmp_path / "x.view.png").size[0] >= 256
+
+
+def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_path):
+    """The ShapesWorld UNet = a plain UNet + a zero-initialised position embedding: plain weights
+    load unchanged (same outputs), the embedding changes outputs position by position, and
+    save/load (alone, through `load_unet`, and inside a saved pipeline) keeps the class."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from ella import ELLAStableDiffusionPipeline, ShapesUNet2DConditionModel
+    from ella.pipelines.loading import load_pipeline, load_unet
+    from ella.shapes.base import BaseConfig, build_base_models, load_base_weights
+    from ella.tiny import tiny_components
+
+    config = BaseConfig(unet_channels=[16, 32], max_tokens=16)
+    unet, text_encoder, _, _ = build_base_models(config)
+    torch.manual_seed(1)
+    plain = UNet2DConditionModel(**unet.config)  # a base saved before the position embedding
+    base_dir = tmp_path / "base"
+    plain.save_pretrained(base_dir / "unet")
+    text_encoder.save_pretrained(base_dir / "base_text_encoder")
+    load_base_weights(unet, text_encoder, str(base_dir))
+    x, t, text = torch.randn(2, 3, 32, 32), torch.tensor([10, 500]), torch.randn(2, 16, 128)
+    with torch.no_grad():
+        np.testing.assert_allclose(unet(x, t, text).sample, plain(x, t, text).sample, atol=1e-5)
+        unet.conv_in.position.normal_()
+        assert not torch.allclose(unet(x, t, text).sample, plain(x, t, text).sample, atol=1e-3)
+
+    unet.save_pretrained(tmp_path / "shapes" / "unet")
+    again = load_unet(str(tmp_path / "shapes"), "unet")
+    assert type(again) is ShapesUNet2DConditionModel and torch.equal(again.conv_in.position, unet.conv_in.position)
+
+    components = tiny_components(pixel_space=True)
+    components["unet"] = ShapesUNet2DConditionModel(**components["unet"].config)
+    pipe = ELLAStableDiffusionPipeline(**components)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert type(load_pipeline(str(tmp_path / "pipe"), device="cpu").unet) is ShapesUNet2DConditionModel

@@ -39,6 +39,21 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_unet(model: str, subfolder: str | None = "unet", torch_dtype: torch.dtype | None = None):
+    """A UNet from a model folder or hub id, as the class its config names: diffusers'
+    `UNet2DConditionModel`, or ShapesWorld's subclass with a position embedding (loading that
+    one as the plain class would silently drop the embedding)."""
+    from diffusers import UNet2DConditionModel
+
+    config = os.path.join(model, subfolder or "", "config.json")
+    cls = UNet2DConditionModel
+    if os.path.isfile(config):
+        with open(config) as f:
+            if json.load(f).get("_class_name") == "ShapesUNet2DConditionModel":
+                from ..shapes.unet import ShapesUNet2DConditionModel as cls
+    return cls.from_pretrained(model, subfolder=subfolder, torch_dtype=torch_dtype)
+
+
 def load_connector(path: str, torch_dtype: torch.dtype | None = None) -> ELLA:
     """A connector from an official single file (`*.safetensors`) or a `save_pretrained` folder."""
     if os.path.isdir(path):
@@ -96,14 +111,14 @@ def load_pipeline(
     saved = ella_pipeline_class(model) if os.path.isdir(model) else None
     if saved is not None:
         return saved.from_pretrained(model, torch_dtype=torch_dtype).to(dev)
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 
     if ella is None:
         raise ValueError(f"{model} is not an ELLA pipeline folder: pass the connector with --ella PATH")
     if not os.path.isdir(model) and (os.path.sep in model or model.startswith(".")):
         raise ValueError(f"model folder not found: {model}")
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype)
+        unet = load_unet(model, "unet", torch_dtype)
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
         scheduler = DPMSolverMultistepScheduler.from_pretrained(model, subfolder="scheduler")
     except (OSError, ValueError) as err:

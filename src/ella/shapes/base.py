@@ -70,14 +70,15 @@ def vocabulary() -> list[str]:
 
 def build_base_models(config: BaseConfig):
     """(unet, text_encoder, tokenizer, noise scheduler) with fresh weights."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..tiny import word_tokenizer
+    from .unet import ShapesUNet2DConditionModel
 
     tokenizer = word_tokenizer(vocabulary(), model_max_length=config.max_tokens)
     n = len(config.unet_channels)
-    unet = UNet2DConditionModel(
+    unet = ShapesUNet2DConditionModel(
         sample_size=config.resolution, in_channels=3, out_channels=3,
         block_out_channels=tuple(config.unet_channels), layers_per_block=1, norm_num_groups=16,
         # attention only at the lower resolutions (16x16, 8x8): faster, and enough at 32x32
@@ -113,18 +114,24 @@ class BaseModel(torch.nn.Module):
 
 
 def load_base_weights(unet, text_encoder, folder: str) -> None:
-    """Start from a trained base model (same architecture) instead of fresh weights."""
-    from diffusers import UNet2DConditionModel
+    """Start from a trained base model (same architecture) instead of fresh weights. A base saved
+    before the UNet had its position embedding loads too: the embedding then starts at zero."""
     from transformers import CLIPTextModel
+
+    from ..pipelines.loading import load_unet
 
     if not os.path.isdir(os.path.join(folder, "unet")):
         raise ValueError(f"init_from: not a base model folder (no unet/): {folder}")
-    for module, trained in ((unet, UNet2DConditionModel.from_pretrained(folder, subfolder="unet")),
+    for module, trained in ((unet, load_unet(folder, "unet")),
                             (text_encoder, CLIPTextModel.from_pretrained(os.path.join(folder, "base_text_encoder")))):
         try:
-            module.load_state_dict({k: v.float() for k, v in trained.state_dict().items()})
+            missing, _ = module.load_state_dict({k: v.float() for k, v in trained.state_dict().items()}, strict=False)
         except RuntimeError as e:
             raise ValueError(f"init_from {folder}: architecture differs from this config ({str(e).splitlines()[0]})") from None
+        unexpected = set(trained.state_dict()) - set(module.state_dict())
+        if unexpected or set(missing) - {"conv_in.position"}:
+            raise ValueError(f"init_from {folder}: architecture differs from this config"
+                             f" (missing {sorted(set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
     logger.info("continuing from %s", folder)
 
 

@@ -24,12 +24,12 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "
     """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
     frozen MiniLM + a connector (conditioning="ella"), sharing one UNet. `connector=None` loads
     the base model alone."""
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import DPMSolverMultistepScheduler
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
     from ..models import ELLA
     from ..pipelines import ELLAStableDiffusionPipeline
-    from ..pipelines.loading import resolve_device, resolve_dtype
+    from ..pipelines.loading import load_unet, resolve_device, resolve_dtype
     from ..text_encoders import load_text_encoder
 
     model_dir = model_dir or shipped_model_dir()
@@ -45,7 +45,7 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "
         ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
     text_encoder, tokenizer = load_text_encoder(MINILM, dev, torch_dtype)
     pipe = ELLAStableDiffusionPipeline(
-        unet=UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch_dtype),
+        unet=load_unet(model_dir, "unet", torch_dtype),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_dir, subfolder="scheduler"),
         text_encoder=text_encoder,
         tokenizer=tokenizer,

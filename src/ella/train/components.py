@@ -34,8 +34,9 @@ def _freeze(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
 def load_frozen_parts(
     config: TrainConfig, device: torch.device, dtype: torch.dtype, need_unet: bool = True
 ) -> FrozenParts:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
 
+    from ..pipelines.loading import load_unet
     from ..tiny import tiny_t5, tiny_unet, tiny_vae
 
     if config.model in ("tiny", "tiny-pixel"):
@@ -48,7 +49,7 @@ def load_frozen_parts(
             raise ValueError(f"model folder not found: {config.model}")
         has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
         try:
-            unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet") if need_unet else None
+            unet = load_unet(config.model, "unet") if need_unet else None
             scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler") if need_unet else None
             vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae") if has_vae else None
         except (OSError, ValueError) as err:
