@@ -214,6 +214,10 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     ema = copy.deepcopy(ella).requires_grad_(False).eval() if config.ema_decay > 0 else None
+    if ema is not None and config.ema_decay ** config.max_steps > 0.05:
+        logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
+                       " lower ema_decay or set it to 0", config.ema_decay, config.max_steps,
+                       100 * config.ema_decay ** config.max_steps)
     use_mask = config.text_mode == "flexible" or ella.keeps_text_length
 
     # 2. Resume: weights, EMA, optimizer, lr schedule, step, data position, loss history.
