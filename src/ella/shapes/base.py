@@ -38,6 +38,7 @@ class BaseConfig:
     attention_heads: int = 4  # diffusers' attention_head_dim is the number of heads here
     cross_attention_dim: int = 128  # the text encoder width, and what connectors must output
     text_layers: int = 3
+    position_embedding: bool = True  # ShapesUNet2DConditionModel (False: diffusers' plain UNet)
     max_steps: int = 4000
     batch_size: int = 64
     lr: float = 1e-3
@@ -70,7 +71,7 @@ def vocabulary() -> list[str]:
 
 def build_base_models(config: BaseConfig):
     """(unet, text_encoder, tokenizer, noise scheduler) with fresh weights."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..tiny import word_tokenizer
@@ -78,7 +79,7 @@ def build_base_models(config: BaseConfig):
 
     tokenizer = word_tokenizer(vocabulary(), model_max_length=config.max_tokens)
     n = len(config.unet_channels)
-    unet = ShapesUNet2DConditionModel(
+    unet = (ShapesUNet2DConditionModel if config.position_embedding else UNet2DConditionModel)(
         sample_size=config.resolution, in_channels=3, out_channels=3,
         block_out_channels=tuple(config.unet_channels), layers_per_block=1, norm_num_groups=16,
         # attention only at the lower resolutions (16x16, 8x8): faster, and enough at 32x32

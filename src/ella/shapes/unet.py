@@ -27,7 +27,9 @@ class PositionalConv2d(nn.Conv2d):
     """conv_in + a learned (1, C, S, S) position embedding (resized for other sample sizes)."""
 
     def __init__(self, conv: nn.Conv2d, size: int):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.random.fork_rng():  # the weights are conv's: leave the caller's random stream as it was
+            super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        self.load_state_dict(conv.state_dict(), strict=False)
         self.position = nn.Parameter(torch.zeros(1, conv.out_channels, size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
