@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 class BaseConfig:
     n_scenes: int = 50_000  # rendered training scenes (4 short captions each)
     captions_per_scene: int = 4
+    place_probability: float = 0.6  # how often a short caption names an object's place
     resolution: int = 32
     max_tokens: int = 16  # the base text encoder's context
     unet_channels: list = field(default_factory=lambda: [32, 64, 128])
@@ -152,7 +153,8 @@ def train_base(config: BaseConfig) -> str:
                 sum(p.numel() for p in text_encoder.parameters()) / 1e6)
 
     logger.info("rendering %d training scenes", config.n_scenes)
-    images, captions = render_short_caption_set(config.n_scenes, config.captions_per_scene, config.resolution, TRAIN_SEED)
+    images, captions = render_short_caption_set(config.n_scenes, config.captions_per_scene, config.resolution, TRAIN_SEED,
+                                                config.place_probability)
     pixels = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (N, 3, H, W)
     flat = [c for per_scene in captions for c in per_scene] + [""]
     ids = tokenizer(flat, padding="max_length", truncation=True, max_length=config.max_tokens, return_tensors="pt").input_ids

@@ -43,7 +43,8 @@ class ShapesDenseDataset(torch.utils.data.Dataset):
         return {"key": f"shapes{index}", "pixel_values": to_tensor(render(scene, self.resolution)), "caption": text}
 
 
-def render_short_caption_set(n: int, captions_per_scene: int, resolution: int = 32, seed: int = TRAIN_SEED):
+def render_short_caption_set(n: int, captions_per_scene: int, resolution: int = 32, seed: int = TRAIN_SEED,
+                             place_probability: float = 0.6):
     """(images uint8 (n, H, W, 3), captions [n][k]): the base model's training set."""
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
     captions = []
@@ -51,5 +52,6 @@ def render_short_caption_set(n: int, captions_per_scene: int, resolution: int = 
         rng = scene_rng(seed, i)
         scene = sample_scene(rng)
         images[i] = np.asarray(render(scene, resolution))
-        captions.append([short_caption(scene, rng) for _ in range(captions_per_scene)])
+        captions.append([short_caption(scene, rng, place_probability=place_probability)
+                         for _ in range(captions_per_scene)])
     return images, captions

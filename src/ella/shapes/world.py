@@ -169,8 +169,9 @@ def dense_caption(scene: Scene, rng: random.Random, relations: list[tuple[Obj, O
     return " ".join(sentences)
 
 
-def short_caption(scene: Scene, rng: random.Random, max_words: int = 10) -> str:
-    """Alt-text style: one or two objects, a random subset of their attributes, <= max_words."""
+def short_caption(scene: Scene, rng: random.Random, max_words: int = 10, place_probability: float = 0.6) -> str:
+    """Alt-text style: one or two objects, a random subset of their attributes, <= max_words;
+    each object's place is named with `place_probability`."""
     objs = rng.sample(list(scene.objects), min(len(scene.objects), rng.choice([1, 1, 2])))
     phrases = []
     for o in objs:
@@ -180,7 +181,7 @@ def short_caption(scene: Scene, rng: random.Random, max_words: int = 10) -> str:
         if rng.random() < 0.8:
             words.append(o.color)
         words.append(o.shape if rng.random() < 0.9 else "shape")
-        if rng.random() < 0.6:
+        if rng.random() < place_probability:
             words.append(place_phrase(o.cell))
         phrases.append(" ".join(words))
     text = " and ".join(phrases)
