@@ -1,9 +1,9 @@
 """ELLAStableDiffusionPipeline: a frozen Stable-Diffusion-style UNet conditioned through ELLA.
 
 The UNet is untouched (LoRA and other UNet adapters loaded with the diffusers API keep working);
-only its `encoder_hidden_states` change, so a diffusers `ControlNetModel` plugs in as usual. The LLM encodes each prompt once per call; the
-connector runs at every denoising step with that step's timestep, on both CFG branches in one
-batched call (reference doc, Sec. 3).
+only its `encoder_hidden_states` change, so a diffusers `ControlNetModel` plugs in as usual. The
+LLM encodes each prompt once per call; the connector runs at every denoising step with that
+step's timestep, on both CFG branches in one batched call (reference doc, Sec. 3).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
     def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
         return None if x is None else x.repeat_interleave(n, dim=0)
 
-    def added_cond_kwargs(self, rows: list[str], height: int, width: int, conditioning: str) -> dict | None:
+    def added_cond_kwargs(self, rows: list[str], height: int, width: int) -> dict | None:
         """Extra UNet inputs for the prompt rows (in CFG order); SD1.5-style UNets take none."""
         if self.unet.config.addition_embed_type == "text_time":
             raise ValueError("this UNet is SDXL-style (it needs pooled text and size ids): use ELLAStableDiffusionXLPipeline")
@@ -238,7 +238,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         rows = negatives + prompts if do_cfg else prompts
         if "clip" in conditioning:
             clip_embeds = self._repeat(self.encode_clip(rows), n)
-        added = self.added_cond_kwargs(rows, height, width, conditioning)
+        added = self.added_cond_kwargs(rows, height, width)
         added = None if added is None else {k: self._repeat(v, n) for k, v in added.items()}
         control = None
         if image is not None:

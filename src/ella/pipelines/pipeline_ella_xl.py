@@ -64,7 +64,7 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
                                    (self.clip_text_encoder_2, self.clip_tokenizer_2))]
         return torch.cat(hidden, dim=-1).to(self.unet.dtype)
 
-    def added_cond_kwargs(self, rows: list[str], height: int, width: int, conditioning: str) -> dict:
+    def added_cond_kwargs(self, rows: list[str], height: int, width: int) -> dict:
         """`text_embeds` (pooled, (B, P)) and `time_ids` (B, 6): original size, crop (0, 0), target size."""
         device, dtype = self._execution_device, self.unet.dtype
         if self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None:

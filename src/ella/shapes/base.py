@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import random
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..train.loop import ema_update, lr_lambda, plot_losses
+from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stops
 from .data import TRAIN_SEED, render_short_caption_set
 from .world import BACKGROUNDS, COLORS, NUMBERS, SHAPES, make_item, sample_scene
 
@@ -166,39 +165,36 @@ def train_base(config: BaseConfig) -> str:
         optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     g = torch.Generator(device="cpu").manual_seed(config.seed)
     losses, window, start = [], [], time.perf_counter()
-    stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    try:
-        for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
-            idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
-            which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
-            x0 = pixels[idx.to(device)]
-            tokens = ids[idx.to(device), which.to(device)]
-            drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
-            tokens = torch.where(drop[:, None], empty_ids, tokens)
-            noise = torch.randn(x0.shape, generator=g).to(device)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
-            pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
-            loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            lr_sched.step()
-            ema_update(ema, model, config.ema_decay)
-            window.append(loss.item())
-            if step % config.log_every == 0:
-                losses.append((step, sum(window) / len(window)))
-                logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
-                            step * config.batch_size / (time.perf_counter() - start))
-                window = []
-            if stop["requested"]:
-                logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
-                break
-    except KeyboardInterrupt:
-        logger.warning("interrupted: exporting the EMA weights trained so far")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_stops() as stop:
+        try:
+            for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
+                idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
+                which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
+                x0 = pixels[idx.to(device)]
+                tokens = ids[idx.to(device), which.to(device)]
+                drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
+                tokens = torch.where(drop[:, None], empty_ids, tokens)
+                noise = torch.randn(x0.shape, generator=g).to(device)
+                t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
+                pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
+                loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_sched.step()
+                ema_update(ema, model, config.ema_decay)
+                window.append(loss.item())
+                if step % config.log_every == 0:
+                    losses.append((step, sum(window) / len(window)))
+                    logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
+                                step * config.batch_size / (time.perf_counter() - start))
+                    window = []
+                if stop["requested"]:
+                    logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
+                    break
+        except KeyboardInterrupt:
+            logger.warning("interrupted: exporting the EMA weights trained so far")
     return export_base(config, ema, tokenizer, scheduler, losses)
 
 
