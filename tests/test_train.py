@@ -128,6 +128,9 @@ def test_config_errors(tmp_path):
         load_config(CONFIG, {"nope": "1"})
     with pytest.raises(ValueError, match="cannot read"):
         load_config(CONFIG, {"max_steps": "many"})
+    with pytest.raises(ValueError, match="cannot read"):
+        load_config(CONFIG, {"lr": "fast"})
+    assert load_config(CONFIG, {"lr": "5e-4"}).lr == 5e-4  # YAML alone would read a string
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "absent.yaml"))
     assert main(["train", str(tmp_path / "absent.yaml")]) == 2

@@ -77,8 +77,11 @@ def _convert(name: str, value: str, annotation) -> object:
     parsed = yaml.safe_load(value)
     if text in ("int",) and isinstance(parsed, (int, float)):
         return int(parsed)
-    if text == "float" and isinstance(parsed, (int, float)):
-        return float(parsed)
+    if text == "float":
+        try:  # YAML reads "5e-4" (no decimal point) as a string; Python's float does not
+            return float(value)
+        except ValueError:
+            pass
     if text == "bool" and isinstance(parsed, bool):
         return parsed
     if text == "str" or text.startswith("str |"):
