@@ -188,3 +188,17 @@ def test_lr_schedule_warmup_then_constant_or_cosine():
     cosine = lr_lambda(10, 110, 0.1)
     assert cosine(4) == pytest.approx(0.5) and cosine(10) == pytest.approx(1.0)
     assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1) and cosine(200) == pytest.approx(0.1)
+
+
+def test_sigterm_sets_the_stop_flag_and_restore_puts_the_handler_back():
+    import os
+    import signal
+
+    from ella.train.loop import sigterm_stop_flag
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop, restore = sigterm_stop_flag()
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs instead of killing the test process
+    assert stop["requested"] is True
+    restore()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stops
+from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stop_flag
 from .data import TRAIN_SEED, render_short_caption_set
 from .world import BACKGROUNDS, COLORS, NUMBERS, SHAPES, make_item, sample_scene
 
@@ -125,14 +125,14 @@ def load_base_weights(unet, text_encoder, folder: str) -> None:
         raise ValueError(f"init_from: not a base model folder (no unet/): {folder}")
     for module, trained in ((unet, load_unet(folder, "unet")),
                             (text_encoder, CLIPTextModel.from_pretrained(os.path.join(folder, "base_text_encoder")))):
+        state = trained.state_dict()
         try:
-            missing, _ = module.load_state_dict({k: v.float() for k, v in trained.state_dict().items()}, strict=False)
+            missing, unexpected = module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         except RuntimeError as e:
             raise ValueError(f"init_from {folder}: architecture differs from this config ({str(e).splitlines()[0]})") from None
-        unexpected = set(trained.state_dict()) - set(module.state_dict())
         if unexpected or set(missing) - {"conv_in.position"}:
             raise ValueError(f"init_from {folder}: architecture differs from this config"
-                             f" (missing {sorted(set(missing))[:3]}, unexpected {sorted(unexpected)[:3]})")
+                             f" (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     logger.info("continuing from %s", folder)
 
 
@@ -165,36 +165,38 @@ def train_base(config: BaseConfig) -> str:
         optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     g = torch.Generator(device="cpu").manual_seed(config.seed)
     losses, window, start = [], [], time.perf_counter()
-    with sigterm_stops() as stop:
-        try:
-            for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
-                idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
-                which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
-                x0 = pixels[idx.to(device)]
-                tokens = ids[idx.to(device), which.to(device)]
-                drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
-                tokens = torch.where(drop[:, None], empty_ids, tokens)
-                noise = torch.randn(x0.shape, generator=g).to(device)
-                t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
-                pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
-                loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                lr_sched.step()
-                ema_update(ema, model, config.ema_decay)
-                window.append(loss.item())
-                if step % config.log_every == 0:
-                    losses.append((step, sum(window) / len(window)))
-                    logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
-                                step * config.batch_size / (time.perf_counter() - start))
-                    window = []
-                if stop["requested"]:
-                    logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
-                    break
-        except KeyboardInterrupt:
-            logger.warning("interrupted: exporting the EMA weights trained so far")
+    stop, restore_sigterm = sigterm_stop_flag()
+    try:
+        for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
+            idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
+            which = torch.randint(0, config.captions_per_scene, (config.batch_size,), generator=g)
+            x0 = pixels[idx.to(device)]
+            tokens = ids[idx.to(device), which.to(device)]
+            drop = (torch.rand(config.batch_size, generator=g) < config.caption_dropout).to(device)
+            tokens = torch.where(drop[:, None], empty_ids, tokens)
+            noise = torch.randn(x0.shape, generator=g).to(device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=g).to(device)
+            pred = model(scheduler.add_noise(x0, noise, t), t, tokens)
+            loss = F.mse_loss(pred, scheduler.get_velocity(x0, noise, t))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_sched.step()
+            ema_update(ema, model, config.ema_decay)
+            window.append(loss.item())
+            if step % config.log_every == 0:
+                losses.append((step, sum(window) / len(window)))
+                logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
+                            step * config.batch_size / (time.perf_counter() - start))
+                window = []
+            if stop["requested"]:
+                logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
+                break
+    except KeyboardInterrupt:
+        logger.warning("interrupted: exporting the EMA weights trained so far")
+    finally:
+        restore_sigterm()
     return export_base(config, ema, tokenizer, scheduler, losses)
 
 

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -214,10 +215,10 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     ema = copy.deepcopy(ella).requires_grad_(False).eval() if config.ema_decay > 0 else None
-    if ema is not None and config.ema_decay ** config.max_steps > 0.05:
+    init_share = config.ema_decay ** config.max_steps  # weight of the initial connector in the final EMA
+    if ema is not None and init_share > 0.05:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
-                       " lower ema_decay or set it to 0", config.ema_decay, config.max_steps,
-                       100 * config.ema_decay ** config.max_steps)
+                       " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
     use_mask = config.text_mode == "flexible" or ella.keeps_text_length
 
     # 2. Resume: weights, EMA, optimizer, lr schedule, step, data position, loss history.
@@ -260,62 +261,65 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
         }
         save_training_state(config.output_dir, result.step, state, config.to_yaml(), config.keep_checkpoints)
 
-    # 3. The loop. A SIGTERM (a scheduler pre-empting the job) finishes the current step, saves, and stops.
-    with sigterm_stops() as stop:
-        progress = tqdm(total=config.max_steps, initial=result.step, disable=not main, desc="training", unit="step")
-        seen, start, window_loss = 0, time.perf_counter(), []
-        try:
-            while result.step < config.max_steps and not stop["requested"]:
-                step_loss = 0.0
-                for micro in range(config.grad_accum):
-                    batch = next(batches)
-                    result.skipped += batch["skipped"]
-                    if order_log:
-                        order_log.write(" ".join(batch["key"]) + "\n")
-                    if not batch["key"]:
-                        continue
-                    g = step_generator(config.seed, rank, result.step, micro)
-                    latents, text, mask = make_batch_tensors(batch, config, parts, encoder, empty, g, device)
-                    sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(model)
-                    with sync, accelerator.autocast():
-                        loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask) / config.grad_accum
-                        accelerator.backward(loss)
-                    step_loss += loss.item()
-                    seen += len(batch["key"]) * world
-                if config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(ella.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema_update(ema, ella, config.ema_decay)
-                result.step += 1
-                step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), "mean").item()
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(f"loss is {step_loss} at step {result.step}: lower lr or use fp32/bf16")
-                result.losses.append((result.step, step_loss))
-                window_loss.append(step_loss)
-                result.samples_per_second = seen / (time.perf_counter() - start)
-                progress.update()
-                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
-                                     sps=f"{result.samples_per_second:.1f}")
-                if result.step % config.log_every == 0 and main:
-                    logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d", result.step,
-                                sum(window_loss) / len(window_loss), scheduler.get_last_lr()[0],
-                                result.samples_per_second, result.skipped)
-                    if writer:
-                        writer.add_scalar("loss", sum(window_loss) / len(window_loss), result.step)
-                        writer.add_scalar("lr", scheduler.get_last_lr()[0], result.step)
-                    window_loss = []
-                if result.step % config.checkpoint_every == 0 and result.step < config.max_steps:
-                    save_state()
-                if config.validate_every and result.step % config.validate_every == 0 and main:
-                    logger.info("validation images: %s", validate(config, parts, ema or ella, result.step))
-        finally:
-            progress.close()
-            if order_log:
-                order_log.write(f"final connector sha256 {_digest(ella)}\n")
-                order_log.close()
+    # A SIGTERM (a scheduler pre-empting the job) finishes the current step, saves, and stops.
+    stop, restore_sigterm = sigterm_stop_flag()
+
+    # 3. The loop.
+    progress = tqdm(total=config.max_steps, initial=result.step, disable=not main, desc="training", unit="step")
+    seen, start, window_loss = 0, time.perf_counter(), []
+    try:
+        while result.step < config.max_steps and not stop["requested"]:
+            step_loss = 0.0
+            for micro in range(config.grad_accum):
+                batch = next(batches)
+                result.skipped += batch["skipped"]
+                if order_log:
+                    order_log.write(" ".join(batch["key"]) + "\n")
+                if not batch["key"]:
+                    continue
+                g = step_generator(config.seed, rank, result.step, micro)
+                latents, text, mask = make_batch_tensors(batch, config, parts, encoder, empty, g, device)
+                sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask) / config.grad_accum
+                    accelerator.backward(loss)
+                step_loss += loss.item()
+                seen += len(batch["key"]) * world
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(ella.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema_update(ema, ella, config.ema_decay)
+            result.step += 1
+            step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), "mean").item()
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss is {step_loss} at step {result.step}: lower lr or use fp32/bf16")
+            result.losses.append((result.step, step_loss))
+            window_loss.append(step_loss)
+            result.samples_per_second = seen / (time.perf_counter() - start)
+            progress.update()
+            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
+                                 sps=f"{result.samples_per_second:.1f}")
+            if result.step % config.log_every == 0 and main:
+                logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d", result.step,
+                            sum(window_loss) / len(window_loss), scheduler.get_last_lr()[0],
+                            result.samples_per_second, result.skipped)
+                if writer:
+                    writer.add_scalar("loss", sum(window_loss) / len(window_loss), result.step)
+                    writer.add_scalar("lr", scheduler.get_last_lr()[0], result.step)
+                window_loss = []
+            if result.step % config.checkpoint_every == 0 and result.step < config.max_steps:
+                save_state()
+            if config.validate_every and result.step % config.validate_every == 0 and main:
+                logger.info("validation images: %s", validate(config, parts, ema or ella, result.step))
+    finally:
+        progress.close()
+        if order_log:
+            order_log.write(f"final connector sha256 {_digest(ella)}\n")
+            order_log.close()
+        restore_sigterm()
 
     # 4. At exit: the resume state, the slim export, the loss curve.
     save_state()
@@ -331,17 +335,15 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
     return result
 
 
-@contextlib.contextmanager
-def sigterm_stops():
-    """Yields {"requested": False}; a SIGTERM sets it to True, so a training loop can finish its
-    step, save and stop. (Handlers can only be installed from the main thread.)"""
+def sigterm_stop_flag() -> tuple[dict, Callable[[], None]]:
+    """({"requested": False}, restore): a SIGTERM sets "requested", so a training loop can finish
+    its step, save and stop; restore() puts the previous handler back. (Handlers can only be
+    installed from the main thread; elsewhere the flag simply never changes.)"""
     stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True)) if _in_main_thread() else None
-    try:
-        yield stop
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    if not _in_main_thread():
+        return stop, lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    return stop, lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _in_main_thread() -> bool:
