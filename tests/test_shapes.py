@@ -1,3 +1,4 @@
+import dataclasses
 import random
 import re
 
@@ -142,10 +143,10 @@ def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_
     from ella.shapes.base import BaseConfig, build_base_models, load_base_weights
     from ella.tiny import tiny_components
 
-    config = BaseConfig(unet_channels=[16, 32], max_tokens=16)
+    config = BaseConfig(unet_channels=[16, 32], max_tokens=16, position_embedding="input")
     unet, text_encoder, _, _ = build_base_models(config)
     torch.manual_seed(1)
-    plain = UNet2DConditionModel(**unet.config)  # a base saved before the position embedding
+    plain = UNet2DConditionModel(**{k: v for k, v in unet.config.items() if k != "attention_positions"})  # saved before
     base_dir = tmp_path / "base"
     plain.save_pretrained(base_dir / "unet")
     text_encoder.save_pretrained(base_dir / "base_text_encoder")
@@ -159,6 +160,16 @@ def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_
     unet.save_pretrained(tmp_path / "shapes" / "unet")
     again = load_unet(str(tmp_path / "shapes"), "unet")
     assert type(again) is ShapesUNet2DConditionModel and torch.equal(again.conv_in.position, unet.conv_in.position)
+
+    # "attention": plain weights load too; the transformers' position embeddings start as sinusoids
+    # (not zero: they must steer the queries from the first step) and survive save/load
+    attention_unet, attention_text, _, _ = build_base_models(dataclasses.replace(config, position_embedding="attention"))
+    load_base_weights(attention_unet, attention_text, str(base_dir))
+    positions = {n: p for n, p in attention_unet.named_parameters() if n.endswith("proj_in.position")}
+    assert len(positions) == 4 and all(p.std() > 0.1 for p in positions.values())  # down, mid, up (2 layers)
+    attention_unet.save_pretrained(tmp_path / "attention" / "unet")
+    again = load_unet(str(tmp_path / "attention"), "unet")
+    assert again.config.attention_positions and all(torch.equal(again.get_parameter(n), p) for n, p in positions.items())
 
     components = tiny_components(pixel_space=True)
     components["unet"] = ShapesUNet2DConditionModel(**components["unet"].config)

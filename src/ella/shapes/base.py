@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -27,6 +28,9 @@ from .world import BACKGROUNDS, COLORS, NUMBERS, SHAPES, make_item, sample_scene
 logger = logging.getLogger(__name__)
 
 
+POSITION_EMBEDDINGS = ("none", "input", "attention")
+
+
 @dataclass
 class BaseConfig:
     n_scenes: int = 50_000  # rendered training scenes (4 short captions each)
@@ -38,7 +42,9 @@ class BaseConfig:
     attention_heads: int = 4  # diffusers' attention_head_dim is the number of heads here
     cross_attention_dim: int = 128  # the text encoder width, and what connectors must output
     text_layers: int = 3
-    position_embedding: bool = True  # ShapesUNet2DConditionModel (False: diffusers' plain UNet)
+    # "none": diffusers' plain UNet; "input": ShapesUNet2DConditionModel with a position embedding
+    # after conv_in; "attention": also one at every transformer's input (see ella.shapes.unet)
+    position_embedding: str = "attention"
     max_steps: int = 4000
     batch_size: int = 64
     lr: float = 1e-3
@@ -51,10 +57,13 @@ class BaseConfig:
     device: str = "auto"
     output_dir: str = "runs/shapes-base"
     log_every: int = 100
+    snapshot_every: int = 0  # > 0: also export the EMA weights to output_dir/step-N every N steps
 
     def validate(self) -> "BaseConfig":
         if self.max_steps < 1 or self.batch_size < 1 or self.n_scenes < self.batch_size:
             raise ValueError("max_steps and batch_size must be >= 1, and n_scenes >= batch_size")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, not {self.position_embedding!r}")
         return self
 
 
@@ -79,7 +88,11 @@ def build_base_models(config: BaseConfig):
 
     tokenizer = word_tokenizer(vocabulary(), model_max_length=config.max_tokens)
     n = len(config.unet_channels)
-    unet = (ShapesUNet2DConditionModel if config.position_embedding else UNet2DConditionModel)(
+    if config.position_embedding == "none":
+        unet_class = UNet2DConditionModel
+    else:
+        unet_class = functools.partial(ShapesUNet2DConditionModel, attention_positions=config.position_embedding == "attention")
+    unet = unet_class(
         sample_size=config.resolution, in_channels=3, out_channels=3,
         block_out_channels=tuple(config.unet_channels), layers_per_block=1, norm_num_groups=16,
         # attention only at the lower resolutions (16x16, 8x8): faster, and enough at 32x32
@@ -116,21 +129,21 @@ class BaseModel(torch.nn.Module):
 
 def load_base_weights(unet, text_encoder, folder: str) -> None:
     """Start from a trained base model (same architecture) instead of fresh weights. A base saved
-    before the UNet had its position embedding loads too: the embedding then starts at zero."""
-    from transformers import CLIPTextModel
+    before the UNet had its position embeddings loads too: they then start at their init."""
+    from safetensors.torch import load_file
 
-    from ..pipelines.loading import load_unet
-
-    if not os.path.isdir(os.path.join(folder, "unet")):
-        raise ValueError(f"init_from: not a base model folder (no unet/): {folder}")
-    for module, trained in ((unet, load_unet(folder, "unet")),
-                            (text_encoder, CLIPTextModel.from_pretrained(os.path.join(folder, "base_text_encoder")))):
-        state = trained.state_dict()
+    unet_file = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
+    text_file = os.path.join(folder, "base_text_encoder", "model.safetensors")
+    if not (os.path.isfile(unet_file) and os.path.isfile(text_file)):
+        raise ValueError(f"init_from: not a base model folder (no unet/ and base_text_encoder/ weights): {folder}")
+    # the raw state dicts: a model class would fill missing position embeddings with placeholders
+    for module, file in ((unet, unet_file), (text_encoder, text_file)):
+        state = load_file(file)
         try:
             missing, unexpected = module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         except RuntimeError as e:
             raise ValueError(f"init_from {folder}: architecture differs from this config ({str(e).splitlines()[0]})") from None
-        if unexpected or set(missing) - {"conv_in.position"}:
+        if unexpected or [k for k in missing if not k.endswith(".position")]:
             raise ValueError(f"init_from {folder}: architecture differs from this config"
                              f" (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     logger.info("continuing from %s", folder)
@@ -190,6 +203,9 @@ def train_base(config: BaseConfig) -> str:
                 logger.info("step %d loss %.4f lr %.1e samples/s %.0f", step, losses[-1][1], lr_sched.get_last_lr()[0],
                             step * config.batch_size / (time.perf_counter() - start))
                 window = []
+            if config.snapshot_every and step % config.snapshot_every == 0 and step < config.max_steps:
+                export_base(dataclasses.replace(config, output_dir=os.path.join(config.output_dir, f"step-{step}")),
+                            ema, tokenizer, scheduler, losses)
             if stop["requested"]:
                 logger.warning("stopped at step %d: exporting the EMA weights trained so far", step)
                 break
@@ -207,8 +223,9 @@ def export_base(config: BaseConfig, ema: BaseModel, tokenizer, scheduler, losses
 
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
-    ema.unet.to("cpu", torch.float16).save_pretrained(os.path.join(out, "unet"))
-    ema.text_encoder.to("cpu", torch.float16).save_pretrained(os.path.join(out, "base_text_encoder"))
+    slim = copy.deepcopy(ema).to("cpu", torch.float16)  # a copy: mid-run snapshots leave the EMA as it is
+    slim.unet.save_pretrained(os.path.join(out, "unet"))
+    slim.text_encoder.save_pretrained(os.path.join(out, "base_text_encoder"))
     tokenizer.save_pretrained(os.path.join(out, "base_tokenizer"))
     DPMSolverMultistepScheduler.from_config(scheduler.config).save_pretrained(os.path.join(out, "scheduler"))
     with open(os.path.join(out, "base_config.yaml"), "w") as f:

@@ -23,14 +23,34 @@ from torch import nn
 # (`ModelMixin`) in the class's own module, so this module must expose ModelMixin.
 
 
-class PositionalConv2d(nn.Conv2d):
-    """conv_in + a learned (1, C, S, S) position embedding (resized for other sample sizes)."""
+def sinusoid_2d(channels: int, size: int, std: float) -> torch.Tensor:
+    """(1, C, S, S) fixed 2D sine/cosine features (a quarter of the channels each for sin y, cos y,
+    sin x, cos x, over geometric frequencies), scaled to standard deviation `std`."""
+    quarter = channels // 4
+    freqs = torch.pi * 2.0 ** torch.linspace(-1.0, 2.0, quarter)  # (C/4,) from half a period to 4 per image
+    coords = (torch.arange(size) + 0.5) / size  # (S,)
+    angle = freqs[:, None] * coords[None]  # (C/4, S)
+    y = torch.cat([angle.sin(), angle.cos()])[:, :, None].expand(-1, size, size)
+    x = torch.cat([angle.sin(), angle.cos()])[:, None, :].expand(-1, size, size)
+    out = torch.zeros(channels, size, size)
+    out[: 4 * quarter] = torch.cat([y, x])
+    return (out / out.std() * std)[None]
 
-    def __init__(self, conv: nn.Conv2d, size: int):
+
+# Transformer inputs after proj_in have a standard deviation of about 0.5-1 (measured on the trained
+# base): sinusoids of the same scale are a clear signal to the queries from the first step.
+ATTENTION_POSITION_STD = 1.0
+
+
+class PositionalConv2d(nn.Conv2d):
+    """A conv + a learned (1, C, S, S) position embedding added to its output (resized for other
+    sample sizes), starting at zero or at 2D sinusoids of standard deviation `init_std`."""
+
+    def __init__(self, conv: nn.Conv2d, size: int, init_std: float = 0.0):
         with torch.random.fork_rng():  # the weights are conv's: leave the caller's random stream as it was
             super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
         self.load_state_dict(conv.state_dict(), strict=False)
-        self.position = nn.Parameter(torch.zeros(1, conv.out_channels, size, size))
+        self.position = nn.Parameter(sinusoid_2d(conv.out_channels, size, init_std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = super().forward(x)  # (B, C, H, W)
@@ -41,12 +61,26 @@ class PositionalConv2d(nn.Conv2d):
 
 
 class ShapesUNet2DConditionModel(UNet2DConditionModel):
-    """`UNet2DConditionModel` (same config, same weights) with `conv_in.position` added."""
+    """`UNet2DConditionModel` (same config, same weights) with position embeddings: `conv_in.position`
+    (zero at the start) and, with `attention_positions=True`, `proj_in.position` in every transformer
+    (2D sinusoids at the start), so cross-attention queries know where they are from the first step."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, attention_positions: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.register_to_config(attention_positions=attention_positions)
         size = self.config.sample_size if isinstance(self.config.sample_size, int) else self.config.sample_size[0]
         self.conv_in = PositionalConv2d(self.conv_in, size)
+        if not attention_positions:
+            return
+        n = len(self.down_blocks)
+        levels = [(block, size // 2**i) for i, block in enumerate(self.down_blocks)] + [(self.mid_block, size // 2 ** (n - 1))]
+        levels += [(block, size // 2 ** (n - 1 - i)) for i, block in enumerate(self.up_blocks)]
+        for block, resolution in levels:
+            for transformer in getattr(block, "attentions", None) or []:
+                transformer.proj_in = PositionalConv2d(transformer.proj_in, resolution, ATTENTION_POSITION_STD)
 
-    # diffusers reads the config keys from the __init__ signature: keep the parent's.
-    __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__)
+    # diffusers reads the config keys from the __init__ signature: the parent's, plus ours.
+    __init__.__signature__ = inspect.signature(UNet2DConditionModel.__init__).replace(parameters=[
+        *inspect.signature(UNet2DConditionModel.__init__).parameters.values(),
+        inspect.Parameter("attention_positions", inspect.Parameter.KEYWORD_ONLY, default=False),
+    ])
