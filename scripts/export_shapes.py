@@ -1,6 +1,6 @@
 """Copy trained ShapesWorld runs into the package's shipped model folder, in fp16 safetensors.
 
-    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-long]
+    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-attention]
 
 `--base` names the base model's run folder inside RUNS (the connectors were trained on it).
 """
@@ -27,7 +27,7 @@ def copy_fp16(src: str, dst: str) -> None:
             shutil.copy(path, dst)
 
 
-def main(runs: str, out: str, base: str = "base-long") -> None:
+def main(runs: str, out: str, base: str = "base-attention") -> None:
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
@@ -43,7 +43,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs")
     parser.add_argument("out")
-    parser.add_argument("--base", default="base-long")
+    parser.add_argument("--base", default="base-attention")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     main(args.runs, args.out, args.base)

@@ -144,8 +144,11 @@ def test_connector_overfits_eight_pairs(tmp_path):
 
     base = BaseConfig(n_scenes=8, captions_per_scene=4, resolution=16, unet_channels=[16, 32], cross_attention_dim=32,
                       text_layers=1, max_steps=200, batch_size=8, lr=2e-3, warmup_steps=20, ema_decay=0.0,
-                      caption_dropout=0.0, output_dir=str(tmp_path / "base"), device="cpu", log_every=100)
+                      caption_dropout=0.0, output_dir=str(tmp_path / "base"), device="cpu", log_every=100,
+                      snapshot_every=150)
     train_base(base)
+    snapshot = tmp_path / "base" / "step-150"  # a mid-run export, loadable like the final one
+    assert (snapshot / "unet" / "config.json").is_file() and (snapshot / "base_text_encoder" / "config.json").is_file()
     config = load_config(CONFIG, dict(
         model=str(tmp_path / "base"), llm="minilm", connector="tiny", train_data="shapes:8", resolution=16,
         text_max_length=96, caption_dropout=0.0, cache_dir=str(tmp_path / "cache"), max_steps=80, batch_size=8,

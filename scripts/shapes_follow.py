@@ -1,0 +1,50 @@
+"""Does a ShapesWorld base model follow its own short captions? 64 one-object prompts ("a large red
+circle at the top left"), one image each (25 steps, CFG 5, base conditioning), judged per cell.
+
+    python scripts/shapes_follow.py [MODEL_DIR]       (default: the shipped models)
+
+Prints how often an object sits in the named cell (and with the named colour / shape / size
+there), how often the named colour appears anywhere, and the objects per image: with k objects
+scattered at random, the named cell holds one in about k/9 of the images (chance).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import torch
+
+from ella.shapes.judge import analyse
+from ella.shapes.models import load_shapes_pipeline
+from ella.shapes.world import COLORS, SHAPES, SIZES, place_phrase
+
+
+def main(model_dir: str | None = None, n: int = 64) -> None:
+    rng = random.Random(5)
+    objects = [(rng.choice(list(SIZES)), rng.choice(list(COLORS)), rng.choice(SHAPES), rng.randrange(9)) for _ in range(n)]
+    pipe = load_shapes_pipeline(model_dir, connector=None)
+    images = pipe([f"a {size} {color} {shape} {place_phrase(cell)}" for size, color, shape, cell in objects],
+                  num_inference_steps=25, guidance_scale=5.0, conditioning="clip",
+                  generator=torch.Generator().manual_seed(0)).images
+    at_cell = {"object": 0, "colour": 0, "shape": 0, "size": 0}
+    colour_anywhere = n_objects = 0
+    for (size, color, shape, cell), image in zip(objects, images):
+        _, cells = analyse(image)
+        present = [seen for seen in cells if seen is not None]
+        n_objects += len(present)
+        colour_anywhere += any(seen.color == color for seen in present)
+        seen = cells[cell]
+        if seen is not None:
+            at_cell["object"] += 1
+            at_cell["colour"] += seen.color == color
+            at_cell["shape"] += seen.shape == shape
+            at_cell["size"] += seen.size == size
+    per_image = n_objects / n
+    print("in the named cell: " + ", ".join(f"{k} {v}/{n}" for k, v in at_cell.items())
+          + f" (chance for 'object': about {per_image / 9 * n:.0f}/{n})")
+    print(f"named colour anywhere: {colour_anywhere}/{n}; objects per image: {per_image:.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
