@@ -147,8 +147,13 @@ def test_connector_overfits_eight_pairs(tmp_path):
                       caption_dropout=0.0, output_dir=str(tmp_path / "base"), device="cpu", log_every=100,
                       snapshot_every=150)
     train_base(base)
-    snapshot = tmp_path / "base" / "step-150"  # a mid-run export, loadable like the final one
-    assert (snapshot / "unet" / "config.json").is_file() and (snapshot / "base_text_encoder" / "config.json").is_file()
+    # a mid-run export loads like the final one and holds the weights of its step, not the last ones
+    # (training went on after it: an export that had converted the live EMA to fp16 would have failed)
+    from ella.pipelines.loading import load_unet
+
+    snapshot, final = load_unet(str(tmp_path / "base" / "step-150")), load_unet(str(tmp_path / "base"))
+    assert (tmp_path / "base" / "step-150" / "base_text_encoder" / "config.json").is_file()
+    assert not torch.equal(snapshot.conv_out.weight, final.conv_out.weight)
     config = load_config(CONFIG, dict(
         model=str(tmp_path / "base"), llm="minilm", connector="tiny", train_data="shapes:8", resolution=16,
         text_max_length=96, caption_dropout=0.0, cache_dir=str(tmp_path / "cache"), max_steps=80, batch_size=8,

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stop_flag
 from .data import TRAIN_SEED, render_short_caption_set
-from .world import BACKGROUNDS, COLORS, NUMBERS, SHAPES, make_item, sample_scene
+from .world import BACKGROUNDS, COLORS, NUMBERS, PLACE_PROBABILITY, SHAPES, make_item, sample_scene
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ POSITION_EMBEDDINGS = ("none", "input", "attention")
 class BaseConfig:
     n_scenes: int = 50_000  # rendered training scenes (4 short captions each)
     captions_per_scene: int = 4
-    place_probability: float = 0.6  # how often a short caption names an object's place
+    place_probability: float = PLACE_PROBABILITY  # how often a short caption names an object's place
     resolution: int = 32
     max_tokens: int = 16  # the base text encoder's context
     unet_channels: list = field(default_factory=lambda: [32, 64, 128])
@@ -130,10 +130,12 @@ class BaseModel(torch.nn.Module):
 def load_base_weights(unet, text_encoder, folder: str) -> None:
     """Start from a trained base model (same architecture) instead of fresh weights. A base saved
     before the UNet had its position embeddings loads too: they then start at their init."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file
+    from transformers.utils import SAFE_WEIGHTS_NAME
 
-    unet_file = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
-    text_file = os.path.join(folder, "base_text_encoder", "model.safetensors")
+    unet_file = os.path.join(folder, "unet", SAFETENSORS_WEIGHTS_NAME)
+    text_file = os.path.join(folder, "base_text_encoder", SAFE_WEIGHTS_NAME)
     if not (os.path.isfile(unet_file) and os.path.isfile(text_file)):
         raise ValueError(f"init_from: not a base model folder (no unet/ and base_text_encoder/ weights): {folder}")
     # the raw state dicts: a model class would fill missing position embeddings with placeholders

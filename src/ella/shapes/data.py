@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from .world import make_item, render, sample_scene, short_caption
+from .world import PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
 TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
@@ -44,7 +44,7 @@ class ShapesDenseDataset(torch.utils.data.Dataset):
 
 
 def render_short_caption_set(n: int, captions_per_scene: int, resolution: int = 32, seed: int = TRAIN_SEED,
-                             place_probability: float = 0.6):
+                             place_probability: float = PLACE_PROBABILITY):
     """(images uint8 (n, H, W, 3), captions [n][k]): the base model's training set."""
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
     captions = []

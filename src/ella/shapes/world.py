@@ -21,6 +21,7 @@ BACKGROUNDS = {"black": (15, 15, 15), "gray": (128, 128, 128), "white": (245, 24
 SIZES = {"large": 0.86, "small": 0.52}  # object extent as a fraction of a grid cell
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 NUMBERS = ("zero", "one", "two", "three", "four")
+PLACE_PROBABILITY = 0.6  # how often a short caption names a mentioned object's place (by default)
 
 
 def cell_name(cell: int) -> str:
@@ -169,7 +170,8 @@ def dense_caption(scene: Scene, rng: random.Random, relations: list[tuple[Obj, O
     return " ".join(sentences)
 
 
-def short_caption(scene: Scene, rng: random.Random, max_words: int = 10, place_probability: float = 0.6) -> str:
+def short_caption(scene: Scene, rng: random.Random, max_words: int = 10,
+                  place_probability: float = PLACE_PROBABILITY) -> str:
     """Alt-text style: one or two objects, a random subset of their attributes, <= max_words;
     each object's place is named with `place_probability`."""
     objs = rng.sample(list(scene.objects), min(len(scene.objects), rng.choice([1, 1, 2])))
