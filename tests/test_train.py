@@ -134,6 +134,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "absent.yaml"))
     assert main(["train", str(tmp_path / "absent.yaml")]) == 2
+    with pytest.raises(ValueError, match="timestep_power"):
+        load_config(CONFIG, {"timestep_power": "0"}).validate()
 
 
 def test_connector_overfits_eight_pairs(tmp_path):
@@ -196,6 +198,19 @@ def test_lr_schedule_warmup_then_constant_or_cosine():
     cosine = lr_lambda(10, 110, 0.1)
     assert cosine(4) == pytest.approx(0.5) and cosine(10) == pytest.approx(1.0)
     assert cosine(60) == pytest.approx(0.55) and cosine(110) == pytest.approx(0.1) and cosine(200) == pytest.approx(0.1)
+
+
+def test_timestep_power_shifts_training_towards_noisy_steps():
+    from ella.train.loop import sample_timesteps
+
+    uniform = sample_timesteps(20000, 1000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(uniform, torch.randint(0, 1000, (20000,), generator=torch.Generator().manual_seed(0)))
+    noisy = sample_timesteps(20000, 1000, torch.Generator().manual_seed(0), power=2.0)
+    assert noisy.min() >= 0 and noisy.max() <= 999
+    # density 2t/T^2: P(t >= 600) = 1 - 0.6^2 = 0.64 (uniform: 0.40); mean 2T/3
+    assert (noisy >= 600).float().mean().item() == pytest.approx(0.64, abs=0.02)
+    assert (uniform >= 600).float().mean().item() == pytest.approx(0.40, abs=0.02)
+    assert noisy.float().mean().item() == pytest.approx(666, abs=10)
 
 
 def test_sigterm_sets_the_stop_flag_and_restore_puts_the_handler_back():

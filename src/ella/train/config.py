@@ -25,6 +25,7 @@ class TrainConfig:
     train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
+    timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (the paper); 2 = density rising with noise, where layout is decided
     cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
     cache_dtype: str | None = None  # float16 halves the cache; None keeps the encoder's dtype
     num_workers: int = 0
@@ -61,6 +62,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "resolution", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.timestep_power <= 0:
+            raise ValueError("timestep_power must be positive (1 = uniform timesteps)")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not self.train_data and not self.cache_dir:

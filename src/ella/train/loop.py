@@ -117,11 +117,21 @@ def make_batch_tensors(
     return latents.float(), text, mask
 
 
-def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool) -> torch.Tensor:
+def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power: float = 1.0) -> torch.Tensor:
+    """(n,) integer timesteps t = floor(T * u**(1/power)), u ~ U[0, 1): uniform for power 1; for
+    power p the density grows as t**(p-1), towards the noisy steps where the layout is decided."""
+    if power == 1.0:  # the paper's uniform draw, kept bit-for-bit so earlier runs reproduce
+        return torch.randint(0, num_train_timesteps, (n,), generator=g)
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    return (num_train_timesteps * u ** (1.0 / power)).long().clamp_(max=num_train_timesteps - 1)
+
+
+def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool,
+                   timestep_power: float = 1.0) -> torch.Tensor:
     """MSE to the scheduler's target (epsilon or v) at per-sample random timesteps."""
     sched = parts.scheduler
     noise = torch.randn(latents.shape, generator=g).to(latents.device)
-    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=g).to(latents.device)
+    t = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, g, timestep_power).to(latents.device)
     noisy = sched.add_noise(latents, noise, t)
     if sched.config.prediction_type == "v_prediction":
         target = sched.get_velocity(latents, noise, t)
@@ -281,7 +291,7 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
                 latents, text, mask = make_batch_tensors(batch, config, parts, encoder, empty, g, device)
                 sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(model)
                 with sync, accelerator.autocast():
-                    loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask) / config.grad_accum
+                    loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask, config.timestep_power) / config.grad_accum
                     accelerator.backward(loss)
                 step_loss += loss.item()
                 seen += len(batch["key"]) * world
