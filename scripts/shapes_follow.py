@@ -23,8 +23,9 @@ from ella.shapes.models import load_shapes_pipeline
 from ella.shapes.world import COLORS, SHAPES, SIZES, place_phrase
 
 
-def prompt(size: str, color: str, shape: str, cell: int, dense: bool) -> str:
-    short = f"a {size} {color} {shape} {place_phrase(cell)}"
+def prompt(size: str, color: str, shape: str, cell: int | None, dense: bool) -> str:
+    """The one-object prompt; `cell=None` leaves the place out."""
+    short = f"a {size} {color} {shape}" + ("" if cell is None else f" {place_phrase(cell)}")
     if not dense:
         return short
     return f"An image with one object on a gray background. It shows {short}. In total: one {shape}. The background is gray."
