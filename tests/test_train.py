@@ -8,7 +8,7 @@ from PIL import Image
 
 from ella.cli import main
 from ella.train import load_config, train
-from ella.train.checkpoint import latest_checkpoint, load_training_state
+from ella.train.checkpoint import latest_checkpoint, list_checkpoints, load_training_state
 from ella.train.components import load_frozen_parts
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
@@ -71,6 +71,22 @@ def test_resume_equals_a_straight_run(tmp_path):
         torch.testing.assert_close(a["ella"][k], b["ella"][k], atol=1e-6, rtol=0)
         torch.testing.assert_close(a["ema"][k], b["ema"][k], atol=1e-6, rtol=0)
     assert [round(x, 6) for _, x in straight.losses] == [round(x, 6) for _, x in resumed.losses]
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
+    """A second stage (resume with a larger max_steps) restores the step, not the old schedule:
+    the lr continues on the cosine of the new max_steps."""
+    from ella.train.loop import lr_lambda
+
+    config = tiny_config(tmp_path, max_steps=4, checkpoint_every=4, lr_final_fraction=0.1)
+    train(config)
+    assert load_training_state(latest_checkpoint(config.output_dir))["lr_scheduler"]["_last_lr"][0] == pytest.approx(config.lr * 0.1)
+    stage2 = tiny_config(tmp_path, max_steps=8, checkpoint_every=2, lr_final_fraction=0.1, resume=True, timestep_power=2.0)
+    assert train(stage2).step == 8
+    step6 = [c for c in list_checkpoints(config.output_dir) if c.endswith("step-00000006")][0]
+    expected = config.lr * lr_lambda(2, 8, 0.1)(6)
+    assert expected > 2 * config.lr * 0.1  # the old 4-step schedule would have stayed at 0.1 * lr
+    assert load_training_state(step6)["lr_scheduler"]["_last_lr"][0] == pytest.approx(expected)
 
 
 def test_training_from_the_cache_matches_raw_data(tmp_path):

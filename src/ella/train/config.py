@@ -25,7 +25,7 @@ class TrainConfig:
     train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
-    timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (the paper); 2 = density rising with noise, where layout is decided
+    timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided
     cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
     cache_dtype: str | None = None  # float16 halves the cache; None keeps the encoder's dtype
     num_workers: int = 0

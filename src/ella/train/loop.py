@@ -239,6 +239,8 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        # Only the schedule's step is restored; its shape comes from this config, so resuming
+        # with a larger max_steps continues on the longer cosine (a second training stage).
         scheduler.load_state_dict(state["lr_scheduler"])
         result.step, result.skipped = int(state["step"]), int(state["skipped"])
         result.losses = [tuple(x) for x in state["losses"].tolist()]
