@@ -129,6 +129,13 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     assert main(["generate", "a large red circle at the top left", "--out", str(out), "--steps", "2", "--compare"]) == 0
     assert Image.open(out).size == (32, 64)  # base above, ELLA below
     assert Image.open(tmp_path / "x.view.png").size[0] >= 256
+    # --ella picks a shipped connector; anything else is a one-line error with exit code 2
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "r.png"), "--steps", "2", "--ella", "resampler"]) == 0
+    assert Image.open(tmp_path / "r.png").size == (32, 32)
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--steps", "2", "--ella", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--ella is one of tsc, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
 
 
 def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_path):

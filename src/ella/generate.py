@@ -18,14 +18,17 @@ MAX_PROMPT_CHARS = 10_000
 def load_for_cli(args):
     """(pipeline, defaults) for the model the flags name; the shipped ShapesWorld model if none."""
     if args.model is None:
-        from .shapes.models import SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
+        from .shapes.models import CONNECTORS, SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
 
         if shipped_model_dir() is None:
             raise ValueError(
                 "no default model is installed: pass --model (an ELLA pipeline folder, or a Stable Diffusion"
                 " folder/hub id with --ella CONNECTOR and --llm LLM)"
             )
-        return load_shapes_pipeline(device=args.device, dtype=args.dtype), SHAPES_DEFAULTS
+        connector = args.ella or CONNECTORS[0]
+        if connector not in CONNECTORS:
+            raise ValueError(f"with the shipped ShapesWorld model, --ella is one of {', '.join(CONNECTORS)}; got {connector!r}")
+        return load_shapes_pipeline(connector=connector, device=args.device, dtype=args.dtype), SHAPES_DEFAULTS
     from .pipelines.loading import load_pipeline
 
     if not os.path.exists(args.model) and (os.path.sep in args.model or args.model.startswith(".")):
