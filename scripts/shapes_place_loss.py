@@ -33,17 +33,20 @@ def main(model_dir: str | None = None, n: int = 96) -> None:
     rng = random.Random(7)
     objects = [(rng.choice(list(SIZES)), rng.choice(list(COLORS)), rng.choice(SHAPES), rng.randrange(9)) for _ in range(n)]
     x0 = torch.stack([to_tensor(render(Scene((Obj(shape, color, size, cell),), "gray"))) for size, color, shape, cell in objects])
-    pipe = load_shapes_pipeline(model_dir, connector=CONNECTORS[0])
+    pipe = load_shapes_pipeline(model_dir, connector=None)  # each connector is set below
     schedule = DDPMScheduler.from_config(pipe.scheduler.config)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(x0.shape, generator=g)
-    timesteps = [torch.randint(lo, hi, (n,), generator=g) for lo, hi in BANDS]
+    bands = []  # (t, noisy input, v target) per band, shared by every row
+    for lo, hi in BANDS:
+        t = torch.randint(lo, hi, (n,), generator=g)
+        bands.append((t, schedule.add_noise(x0, noise, t), schedule.get_velocity(x0, noise, t)))
 
     def losses(condition) -> str:  # condition: t (n,) -> encoder_hidden_states
         out = []
-        for t in timesteps:
-            pred = pipe.unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=condition(t)).sample
-            out.append(torch.nn.functional.mse_loss(pred.float(), schedule.get_velocity(x0, noise, t)).item())
+        for t, noisy, target in bands:
+            pred = pipe.unet(noisy, t, encoder_hidden_states=condition(t)).sample
+            out.append(torch.nn.functional.mse_loss(pred.float(), target).item())
         return " | ".join(f"{v:.4f}" for v in out)
 
     def prompts(dense: bool, place: bool) -> list[str]:

@@ -19,7 +19,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --checkpoint-every 10 --validate-every 20 --validation-steps 2)
-  STAGE2_ARGS=(--resume true --max-steps 30 --timestep-power 2 --checkpoint-every 10 --validate-every 0)
+  STAGE2_ARGS+=(--max-steps 30 --checkpoint-every 10 --validate-every 0)  # later flags win
 fi
 GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
