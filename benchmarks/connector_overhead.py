@@ -6,7 +6,7 @@ Side by side in one run, on this machine:
 2. the connector on 8 prompts of different lengths: one masked, padded batch vs the
    reference-style loop (one unpadded prompt at a time).
 
-    python benchmarks/connector_overhead.py [--repeats 5]
+    python benchmarks/connector_overhead.py [--repeats 5] [--device cuda] [--dtype float16]
 """
 
 from __future__ import annotations
@@ -20,12 +20,18 @@ from diffusers import UNet2DConditionModel
 from ella import ELLA
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int, device: torch.device) -> float:
+    def synchronize() -> None:  # GPU kernels run asynchronously: time until they have finished
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -34,18 +40,26 @@ def best_time(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), {args.dtype}")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(cross_attention_dim=768).eval()  # default config, SD1.5 text width
-    ella = ELLA.from_preset("sd15-t5xl").eval()
-    latents = torch.randn(2, 4, 64, 64)
-    text = torch.randn(2, 128, 2048)  # fixed-length T5 features, [negative; positive]
-    t = torch.tensor(500)
+    # default config at SD1.5's text width
+    unet = UNet2DConditionModel(cross_attention_dim=768).to(device, dtype).eval()
+    ella = ELLA.from_preset("sd15-t5xl").to(device, dtype).eval()
+    latents = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
+    text = torch.randn(2, 128, 2048, device=device, dtype=dtype)  # fixed-length T5 features, [negative; positive]
+    t = torch.tensor(500, device=device)
     cond = ella(text, t)
 
-    unet_only = best_time(lambda: unet(latents, t, encoder_hidden_states=cond), args.repeats)
-    with_ella = best_time(lambda: unet(latents, t, encoder_hidden_states=ella(text, t)), args.repeats)
-    connector = best_time(lambda: ella(text, t), args.repeats)
+    def timed(fn) -> float:
+        return best_time(fn, args.repeats, device)
+
+    unet_only = timed(lambda: unet(latents, t, encoder_hidden_states=cond))
+    with_ella = timed(lambda: unet(latents, t, encoder_hidden_states=ella(text, t)))
+    connector = timed(lambda: ella(text, t))
     print(f"UNet CFG step (batch 2):            {unet_only * 1e3:9.1f} ms")
     print(f"connector + UNet CFG step:          {with_ella * 1e3:9.1f} ms")
     print(f"connector alone (batch 2, 128 tok): {connector * 1e3:9.1f} ms")
@@ -53,13 +67,13 @@ def main() -> None:
           f"(end to end: {100 * (with_ella / unet_only - 1):+.2f}%)")
 
     lengths = [7, 12, 19, 25, 33, 48, 64, 96]
-    prompts = [torch.randn(1, n, 2048) for n in lengths]
-    batch = torch.zeros(len(lengths), max(lengths), 2048)
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    prompts = [torch.randn(1, n, 2048, device=device, dtype=dtype) for n in lengths]
+    batch = torch.zeros(len(lengths), max(lengths), 2048, device=device, dtype=dtype)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         batch[i, : p.shape[1]], mask[i, : p.shape[1]] = p[0], 1
-    loop = best_time(lambda: [ella(p, t) for p in prompts], args.repeats)
-    batched = best_time(lambda: ella(batch, t, mask), args.repeats)
+    loop = timed(lambda: [ella(p, t) for p in prompts])
+    batched = timed(lambda: ella(batch, t, mask))
     print(f"8 prompts, per-prompt loop:         {loop * 1e3:9.1f} ms")
     print(f"8 prompts, one masked batch:        {batched * 1e3:9.1f} ms")
     print(f"batched speed-up: {loop / batched:.2f}x")

@@ -154,6 +154,18 @@ def test_adaln_projections_start_at_zero(connector_type):
     assert adaln and all(torch.count_nonzero(v) == 0 for _, v in adaln)
 
 
+def test_tsc_starts_as_a_resampler_with_distinct_tokens():
+    # Every timestep path (AdaLN and time_aware_linear) starts at zero, and the latents are distinct
+    # enough that the output tokens differ (the release's init gave them a relative spread of 0.3).
+    model = ELLA.from_preset("shapes-minilm").eval()
+    x = torch.randn(2, 20, 384)
+    with torch.no_grad():
+        early, late = model(x, 10), model(x, 900)
+    assert torch.equal(early, late)
+    spread = (early - early.mean(1, keepdim=True)).norm(dim=-1).mean() / early.norm(dim=-1).mean()
+    assert spread > 0.8
+
+
 def test_save_pretrained_round_trip_is_exact(tmp_path):
     model = _perturbed(ELLA.from_preset("tiny", output_dim=24))
     model.save_pretrained(tmp_path / "c")

@@ -2,6 +2,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -215,17 +216,18 @@ def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     write_csv(tmp_path / "q.csv", ROWS)
     images = tmp_path / "images"
     args = ["bench", "dpg", "generate", "--out", str(images), "--csv", str(tmp_path / "q.csv"), "--model", str(model),
-            "--steps", "2", "--seed", "3"]
+            "--steps", "2", "--seed", "3", "--device", "cpu"]
     assert main(args) == 0
     assert sorted(os.listdir(images)) == ["manifest.json", "p1.png", "p2.png"]
     assert Image.open(images / "p1.png").size == (32, 32)  # 2x2 tiles of 16 px
     manifest = json.loads((images / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["steps"] == 2 and manifest["samples"] == 4
-    # Regenerating one item alone gives the same pixels (seeds depend on item and sample only).
-    before = Image.open(images / "p2.png").tobytes()
+    # Regenerating one item alone gives the same image (seeds depend on item and sample only), up
+    # to float rounding: alone it runs in a smaller, unpadded batch. Another seed moves pixels by up to ~190.
+    before = np.asarray(Image.open(images / "p2.png"), dtype=int)
     (images / "p2.png").unlink()
     assert main(args) == 0
-    assert Image.open(images / "p2.png").tobytes() == before
+    assert np.abs(np.asarray(Image.open(images / "p2.png"), dtype=int) - before).max() <= 2
 
     items = load_csv(str(tmp_path / "q.csv"))
     first = score_run(items, str(images), FakeVQA(items), str(tmp_path / "s1"))

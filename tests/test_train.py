@@ -50,8 +50,8 @@ def test_frozen_models_stay_bit_identical_and_only_the_connector_learns(tmp_path
     result = train(config, parts)
     assert result.step == 3
     for name, m in (("unet", parts.unet), ("vae", parts.vae), ("llm", parts.text_encoder)):
-        for k, v in m.state_dict().items():
-            assert torch.equal(v, before[name][k]), f"{name}.{k} changed"
+        for k, v in m.state_dict().items():  # (the trainer may have moved them to a GPU)
+            assert torch.equal(v.cpu(), before[name][k]), f"{name}.{k} changed"
         assert all(p.grad is None and not p.requires_grad for p in m.parameters())
 
 
@@ -127,7 +127,9 @@ def test_two_processes_see_disjoint_data_and_end_identical(tmp_path):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "ella.cli", "train", CONFIG, "--max-steps", "3", "--batch-size", "2", "--output-dir", str(out),
            "--validate-every", "0", "--log-data-order", "true"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # Two CPU processes (gloo) on any machine: hidden GPUs, or a one-GPU machine would give both cuda:0.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs = [(out / "logs" / f"samples-rank{r}.txt").read_text().splitlines() for r in (0, 1)]
     seen = [{k for line in lg[:-1] for k in line.split()} for lg in logs]

@@ -104,9 +104,19 @@ class PerceiverResampler(nn.Module):
         num_chunks: int = 2,
     ):
         super().__init__()
-        self.latents = nn.Parameter(width**-0.5 * torch.randn(num_latents, width))
+        # Initialisation (a checkpoint overwrites it; the forward is the released one). The release
+        # drew latents at std W^-0.5 and left `time_aware_linear` at PyTorch's default init, which
+        # adds one shared timestep vector about as large as each latent: all N latents start nearly
+        # equal and, training ShapesWorld's TSC, stayed so (32 output tokens with a relative spread
+        # of 0.1 where the resampler had 0.8), so the tokens could not carry separate objects or
+        # places. Unit-variance latents and a zero-initialised `time_aware_linear` start the TSC as
+        # a plain resampler with distinct latents, and the timestep term grows from zero (like the
+        # AdaLN linears). Both resampler variants share the latent init, for a fair ablation.
+        self.latents = nn.Parameter(torch.randn(num_latents, width))
         if time_dim is not None:
             self.time_aware_linear = nn.Linear(time_dim, width)
+            nn.init.zeros_(self.time_aware_linear.weight)
+            nn.init.zeros_(self.time_aware_linear.bias)
         self.proj_in = nn.Linear(input_dim, width)
         self.perceiver_blocks = nn.ModuleList(
             PerceiverBlock(width, heads, time_dim, num_chunks) for _ in range(layers)

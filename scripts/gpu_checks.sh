@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one short run (a lent GPU machine has minutes, not hours):
+# the whole test suite on a machine where "auto" means CUDA, the GPU tests (half precision vs
+# fp32 on the CPU), the connector benchmark in fp32 and fp16, and `ella generate` on the GPU.
+#   scripts/gpu_checks.sh [OUT_DIR] [TEST PATHS...]   (default outputs/gpu_checks, all of tests/)
+set -u
+OUT=${1:-outputs/gpu_checks}
+[ $# -gt 0 ] && shift
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python -m pytest -q -p no:cacheprovider -rfs --tb=short "${@:-tests}" > "$OUT/tests.txt" 2>&1
+tail -3 "$OUT/tests.txt"
+for dtype in float32 float16; do
+  python benchmarks/connector_overhead.py --repeats 20 --dtype "$dtype"
+done 2>&1 | grep -v "kept in float32" | tee "$OUT/connector_overhead.txt"
+ella generate "A large red circle at the top left and a small blue square at the bottom right, on a gray background." \
+  --out "$OUT/generate.png" 2>&1 | tail -3 | tee "$OUT/generate.txt"
