@@ -7,6 +7,9 @@ Rows: the base's own 16-token encoder on "a large red circle at the top left on 
 connector on the one-object dense prompt of scripts/shapes_follow.py. Where the place is conveyed,
 leaving it out raises the loss at high noise (t >= 700), where the layout is decided; where it is
 not, the two columns agree. Same scenes, noise and timesteps in every row (v-prediction MSE).
+For each resampler connector it also prints the relative spread of its output tokens (mean
+distance from their mean / mean norm) at t = 100, 500, 900: near 0, the UNet's cross-attention
+sees one token repeated and has nothing to route to different cells.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from ella.shapes.models import CONNECTORS, load_shapes_pipeline, shipped_model_d
 from ella.shapes.world import COLORS, SHAPES, SIZES, Obj, Scene, render
 
 BANDS = ((0, 300), (300, 700), (700, 1000))
+SPREAD_TIMESTEPS = (100, 500, 900)
+
+
+def token_spread(tokens: torch.Tensor) -> float:
+    """tokens: (B, N, O) -> mean distance of the N tokens from their mean / mean token norm."""
+    return ((tokens - tokens.mean(1, keepdim=True)).norm(dim=-1).mean() / tokens.norm(dim=-1).mean()).item()
 
 
 @torch.no_grad()
@@ -63,6 +72,9 @@ def main(model_dir: str | None = None, n: int = 96) -> None:
             features = pipe.encode_llm(prompts(True, place))
             row = f"ELLA {variant}, " + ("place named" if place else "no place")
             print(f"{row:32s} {losses(lambda t, f=features: pipe.ella(f.hidden_states, t, f.attention_mask))}")
+            if place and not pipe.ella.keeps_text_length:  # the MLP keeps one token per text token
+                spread = [token_spread(pipe.ella(features.hidden_states, t, features.attention_mask)) for t in SPREAD_TIMESTEPS]
+                print(f"{'  token spread, t=' + '/'.join(map(str, SPREAD_TIMESTEPS)):32s} " + " | ".join(f"{v:.2f}" for v in spread))
 
 
 if __name__ == "__main__":
