@@ -108,8 +108,8 @@ class PerceiverResampler(nn.Module):
         # drew latents at std W^-0.5 and left `time_aware_linear` at PyTorch's default init, which
         # adds one shared timestep vector about as large as each latent: all N latents start nearly
         # equal and, training ShapesWorld's TSC, stayed so (32 output tokens with a relative spread
-        # of 0.1 where the resampler had 0.8), so the tokens could not carry separate objects or
-        # places. Unit-variance latents and a zero-initialised `time_aware_linear` start the TSC as
+        # of 0.04-0.12 where the resampler had 0.64; scripts/shapes_place_loss.py), so the tokens
+        # could not carry separate objects or places. Unit-variance latents and a zero-initialised `time_aware_linear` start the TSC as
         # a plain resampler with distinct latents, and the timestep term grows from zero (like the
         # AdaLN linears). Both resampler variants share the latent init, for a fair ablation.
         self.latents = nn.Parameter(torch.randn(num_latents, width))
