@@ -46,8 +46,7 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), {args.dtype}")
     torch.manual_seed(0)
-    # default config at SD1.5's text width
-    unet = UNet2DConditionModel(cross_attention_dim=768).to(device, dtype).eval()
+    unet = UNet2DConditionModel(cross_attention_dim=768).to(device, dtype).eval()  # default config, SD1.5 text width
     ella = ELLA.from_preset("sd15-t5xl").to(device, dtype).eval()
     latents = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
     text = torch.randn(2, 128, 2048, device=device, dtype=dtype)  # fixed-length T5 features, [negative; positive]
