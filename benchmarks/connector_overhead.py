@@ -18,6 +18,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ella import ELLA
+from ella.text_encoders import TextFeatures, pad_features
 
 
 def best_time(fn, repeats: int, device: torch.device) -> float:
@@ -67,10 +68,8 @@ def main() -> None:
 
     lengths = [7, 12, 19, 25, 33, 48, 64, 96]
     prompts = [torch.randn(1, n, 2048, device=device, dtype=dtype) for n in lengths]
-    batch = torch.zeros(len(lengths), max(lengths), 2048, device=device, dtype=dtype)
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        batch[i, : p.shape[1]], mask[i, : p.shape[1]] = p[0], 1
+    padded = pad_features([TextFeatures(p, torch.ones(p.shape[:2], dtype=torch.long, device=device)) for p in prompts])
+    batch, mask = padded.hidden_states, padded.attention_mask
     loop = timed(lambda: [ella(p, t) for p in prompts])
     batched = timed(lambda: ella(batch, t, mask))
     print(f"8 prompts, per-prompt loop:         {loop * 1e3:9.1f} ms")

@@ -6,6 +6,7 @@ import torch
 from test_connector import _perturbed
 
 from ella import ELLA
+from ella.text_encoders import TextFeatures, pad_features
 
 pytestmark = pytest.mark.gpu
 
@@ -15,10 +16,8 @@ def test_masked_batch_on_gpu_matches_the_cpu_loop(dtype):
     model = _perturbed(ELLA.from_preset("sd15-t5xl"))
     lengths = [7, 48, 19, 96]
     prompts = [torch.randn(1, n, 2048) for n in lengths]
-    batch = torch.zeros(len(lengths), max(lengths), 2048)
-    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        batch[i, : p.shape[1]], mask[i, : p.shape[1]] = p[0], 1
+    padded = pad_features([TextFeatures(p, torch.ones(p.shape[:2], dtype=torch.long)) for p in prompts])
+    batch, mask = padded.hidden_states, padded.attention_mask
     t = torch.tensor([5, 250, 500, 999])
     with torch.no_grad():
         reference = torch.cat([model(p, t[i]) for i, p in enumerate(prompts)])  # fp32, CPU, one at a time
