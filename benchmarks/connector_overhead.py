@@ -4,7 +4,9 @@ Side by side in one run, on this machine:
 1. one CFG denoising step (batch 2) of an SD1.5-sized UNet (random weights, default
    `UNet2DConditionModel()` config, 64x64 latents) alone, vs the `sd15-t5xl` connector + UNet;
 2. the connector on 8 prompts of different lengths: one masked, padded batch vs the
-   reference-style loop (one unpadded prompt at a time).
+   reference-style loop (one unpadded prompt at a time);
+3. the connector for a whole 25-step schedule in one call (the pipeline's
+   `precompute_connector=True`), per step, vs one call per step.
 
     python benchmarks/connector_overhead.py [--repeats 5] [--device cuda] [--dtype float16]
 """
@@ -65,6 +67,14 @@ def main() -> None:
     print(f"connector alone (batch 2, 128 tok): {connector * 1e3:9.1f} ms")
     print(f"connector overhead: {100 * connector / unet_only:.2f}% of a UNet step "
           f"(end to end: {100 * (with_ella / unet_only - 1):+.2f}%)")
+
+    steps = 25
+    schedule = torch.linspace(999, 0, steps, device=device).round().repeat_interleave(2)
+    text_schedule = text.repeat(steps, 1, 1)
+    all_steps = timed(lambda: ella(text_schedule, schedule)) / steps
+    print(f"connector precomputed for {steps} steps (batch {2 * steps}), per step: {all_steps * 1e3:9.1f} ms")
+    print(f"precomputed overhead: {100 * all_steps / unet_only:.2f}% of a UNet step "
+          f"(speed-up over one call per step: {connector / all_steps:.2f}x)")
 
     lengths = [7, 12, 19, 25, 33, 48, 64, 96]
     prompts = [torch.randn(1, n, 2048, device=device, dtype=dtype) for n in lengths]

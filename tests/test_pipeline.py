@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
 from ella import ELLA, ELLAStableDiffusionPipeline
 from ella.tiny import tiny_components
@@ -76,6 +76,34 @@ def test_connector_runs_once_per_step_with_that_timestep(tiny_pipe, scheduler_cl
     for (batch, t), t_expected in zip(calls, expected):
         assert batch == 4  # both CFG branches of both prompts in one call
         assert float(t) == float(t_expected)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DPMSolverMultistepScheduler, HeunDiscreteScheduler])
+def test_precomputed_connector_gives_the_per_step_images_in_one_call(tiny_pipe, scheduler_cls):
+    tiny_pipe.scheduler = scheduler_cls.from_config(tiny_pipe.scheduler.config)
+    per_step = run(tiny_pipe, PROMPTS[:2], [1, 2], num_inference_steps=3, conditioning="ella+clip")
+    calls = []
+    hook = tiny_pipe.ella.register_forward_pre_hook(lambda m, args: calls.append((args[0].shape[0], args[1])))
+    once = run(tiny_pipe, PROMPTS[:2], [1, 2], num_inference_steps=3, conditioning="ella+clip", precompute_connector=True)
+    hook.remove()
+    np.testing.assert_allclose(once, per_step, atol=1e-5)
+    distinct = torch.unique(tiny_pipe.scheduler.timesteps)  # Heun visits most timesteps twice
+    assert len(calls) == 1
+    batch, t = calls[0]
+    assert batch == 4 * len(distinct)  # every distinct timestep x both CFG branches x both prompts
+    assert sorted(set(t.tolist())) == distinct.tolist()
+
+
+def test_precomputed_connector_without_timestep_runs_once_for_all_steps():
+    components = tiny_components()
+    components["ella"] = ELLA.from_preset("tiny", connector_type="resampler")
+    pipe = ELLAStableDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    pipe.ella.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    once = run(pipe, PROMPTS[0], [1], num_inference_steps=3, precompute_connector=True)
+    assert calls == [2]
+    np.testing.assert_allclose(once, run(pipe, PROMPTS[0], [1], num_inference_steps=3), atol=1e-5)
 
 
 def test_mlp_connector_masks_padding_in_the_unet():

@@ -163,19 +163,41 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         t: torch.Tensor,
         text: TextFeatures | None,
         clip_embeds: torch.Tensor | None,
+        connector_output: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """encoder_hidden_states (and a mask, for token-length connectors) for timestep t."""
+        """encoder_hidden_states (and a mask, for token-length connectors) for timestep t.
+        `connector_output` is this step's precomputed `ella(text, t)`, if any."""
         parts, masks = [], []
         if clip_embeds is not None:
             parts.append(clip_embeds)
             masks.append(torch.ones(clip_embeds.shape[:2], dtype=torch.long, device=clip_embeds.device))
         mask = None
         if text is not None:
-            parts.append(self.ella(text.hidden_states, t, text.attention_mask).to(self.unet.dtype))
+            if connector_output is None:
+                connector_output = self.ella(text.hidden_states, t, text.attention_mask)
+            parts.append(connector_output.to(self.unet.dtype))
             if self.ella.keeps_text_length and text.attention_mask is not None:
                 masks.append(text.attention_mask)
                 mask = torch.cat(masks, dim=1)
         return torch.cat(parts, dim=1), mask
+
+    def connector_for_schedule(self, timesteps: torch.Tensor, text: TextFeatures) -> torch.Tensor:
+        """`ella(text, t)` for every step of the schedule in one batched call: (steps, rows, N, C).
+
+        The connector reads the text and the timestep, never the latents, so a whole schedule's
+        conditioning can be computed before the loop. Same values as the per-step calls; one large
+        call instead of `steps` small ones, which matters where each call is bound by kernel
+        launches (GPUs), at the cost of `steps` times the activation memory of one call.
+        """
+        # Second-order schedulers visit timesteps twice, and a connector without a timestep gives
+        # the same output at every step: compute each distinct input once.
+        unique, index = torch.unique(timesteps, return_inverse=True)
+        if not self.ella.uses_timestep:
+            unique, index = unique[:1], torch.zeros_like(index)
+        steps, rows = unique.shape[0], text.hidden_states.shape[0]
+        mask = None if text.attention_mask is None else text.attention_mask.repeat(steps, 1)
+        out = self.ella(text.hidden_states.repeat(steps, 1, 1), unique.repeat_interleave(rows), mask)
+        return out.unflatten(0, (steps, rows))[index]
 
     @torch.no_grad()
     def __call__(
@@ -194,6 +216,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         conditioning: str = "ella",
         image=None,
         controlnet_conditioning_scale: float = 1.0,
+        precompute_connector: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
@@ -206,7 +229,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
         `prompt_embeds` / `negative_prompt_embeds` take precomputed LLM `TextFeatures`. With a
         `controlnet`, `image` (PIL, array or tensor; one, or one per prompt) steers it, scaled by
-        `controlnet_conditioning_scale`.
+        `controlnet_conditioning_scale`. `precompute_connector=True` runs the connector for every
+        step's timestep in one batched call before the loop (same conditioning; see
+        `connector_for_schedule`).
         """
         # 1. Inputs
         if prompt_embeds is not None:
@@ -255,12 +280,17 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
-        # 4. Denoising loop: the connector runs at every step, with that step's timestep.
+        # 4. Denoising loop: the connector runs at every step, with that step's timestep (or ran
+        # for all of them at once, before the loop).
+        precomputed = None
+        if precompute_connector and text is not None:
+            precomputed = self.connector_for_schedule(timesteps, text)
         with self.progress_bar(total=len(timesteps)) as progress:
-            for t in timesteps:
+            for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
-                cond, cond_mask = self.conditioning_at(t, text, clip_embeds)
+                step_output = None if precomputed is None else precomputed[i]
+                cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
                 residuals = {}
                 if control is not None:
                     down, mid = self.controlnet(
