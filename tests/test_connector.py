@@ -147,6 +147,19 @@ def test_output_depends_on_timestep():
         assert torch.equal(no_time(x, 10), no_time(x, 900))
 
 
+@pytest.mark.parametrize("connector_type", ["tsc", "resampler"])
+def test_forward_timesteps_equals_one_call_per_timestep(connector_type):
+    model = _perturbed(ELLA.from_preset("tiny", connector_type=connector_type))
+    x = torch.randn(2, 6, 32)
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    schedule = torch.tensor([999.0, 500.0, 500.0, 3.0])  # a repeated timestep, as Heun visits them
+    with torch.no_grad():
+        together = model.forward_timesteps(x, schedule, mask)
+        assert together.shape == (4, 2, 4, 16)
+        for step, t in enumerate(schedule):
+            assert (together[step] - model(x, t, mask)).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("connector_type", ["tsc", "adaln-zero"])
 def test_adaln_projections_start_at_zero(connector_type):
     model = ELLA.from_preset("sd15-t5xl" if connector_type == "tsc" else "tiny", connector_type=connector_type)

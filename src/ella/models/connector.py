@@ -109,9 +109,10 @@ class PerceiverResampler(nn.Module):
         # adds one shared timestep vector about as large as each latent: all N latents start nearly
         # equal and, training ShapesWorld's TSC, stayed so (32 output tokens with a relative spread
         # of 0.04-0.12 where the resampler had 0.64; scripts/shapes_place_loss.py), so the tokens
-        # could not carry separate objects or places. Unit-variance latents and a zero-initialised `time_aware_linear` start the TSC as
-        # a plain resampler with distinct latents, and the timestep term grows from zero (like the
-        # AdaLN linears). Both resampler variants share the latent init, for a fair ablation.
+        # could not carry separate objects or places. Unit-variance latents and a zero-initialised
+        # `time_aware_linear` start the TSC as a plain resampler with distinct latents, and the
+        # timestep term grows from zero (like the AdaLN linears). Both resampler variants share
+        # the latent init, for a fair ablation.
         self.latents = nn.Parameter(torch.randn(num_latents, width))
         if time_dim is not None:
             self.time_aware_linear = nn.Linear(time_dim, width)
@@ -237,6 +238,24 @@ class ELLA(ModelMixin, ConfigMixin):
             )
         temb = self.embed_timestep(timestep, x.shape[0], x.dtype) if self.uses_timestep else None
         return self.connector(x, temb, text_attention_mask)
+
+    def forward_timesteps(
+        self,
+        text_hidden_states: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The outputs for every timestep of a schedule, in one batched call: (S, B, N, O) for
+        timesteps (S,). Repeated timesteps (second-order schedulers) are computed once, and a
+        connector without timestep runs once for all of them. Same values as S separate calls;
+        one large call instead of S small ones, at S times one call's activation memory."""
+        unique, index = torch.unique(timesteps, return_inverse=True)
+        if not self.uses_timestep:
+            unique, index = unique[:1], torch.zeros_like(index)
+        steps, batch = unique.shape[0], text_hidden_states.shape[0]
+        mask = None if text_attention_mask is None else text_attention_mask.repeat(steps, 1)
+        out = self(text_hidden_states.repeat(steps, 1, 1), unique.repeat_interleave(batch), mask)
+        return out.unflatten(0, (steps, batch))[index]
 
     # ---- presets and the official single-file checkpoint -------------------------------------
 

@@ -181,24 +181,6 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 mask = torch.cat(masks, dim=1)
         return torch.cat(parts, dim=1), mask
 
-    def connector_for_schedule(self, timesteps: torch.Tensor, text: TextFeatures) -> torch.Tensor:
-        """`ella(text, t)` for every step of the schedule in one batched call: (steps, rows, N, C).
-
-        The connector reads the text and the timestep, never the latents, so a whole schedule's
-        conditioning can be computed before the loop. Same values as the per-step calls; one large
-        call instead of `steps` small ones, which matters where each call is bound by kernel
-        launches (GPUs), at the cost of `steps` times the activation memory of one call.
-        """
-        # Second-order schedulers visit timesteps twice, and a connector without a timestep gives
-        # the same output at every step: compute each distinct input once.
-        unique, index = torch.unique(timesteps, return_inverse=True)
-        if not self.ella.uses_timestep:
-            unique, index = unique[:1], torch.zeros_like(index)
-        steps, rows = unique.shape[0], text.hidden_states.shape[0]
-        mask = None if text.attention_mask is None else text.attention_mask.repeat(steps, 1)
-        out = self.ella(text.hidden_states.repeat(steps, 1, 1), unique.repeat_interleave(rows), mask)
-        return out.unflatten(0, (steps, rows))[index]
-
     @torch.no_grad()
     def __call__(
         self,
@@ -231,7 +213,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         `controlnet`, `image` (PIL, array or tensor; one, or one per prompt) steers it, scaled by
         `controlnet_conditioning_scale`. `precompute_connector=True` runs the connector for every
         step's timestep in one batched call before the loop (same conditioning; see
-        `connector_for_schedule`).
+        `ELLA.forward_timesteps`): the connector never reads the latents, and one large call
+        beats one small call per step where each call is bound by kernel launches (GPUs).
         """
         # 1. Inputs
         if prompt_embeds is not None:
@@ -284,7 +267,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         # for all of them at once, before the loop).
         precomputed = None
         if precompute_connector and text is not None:
-            precomputed = self.connector_for_schedule(timesteps, text)
+            precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
