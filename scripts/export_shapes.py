@@ -1,8 +1,9 @@
 """Copy trained ShapesWorld runs into the package's shipped model folder, in fp16 safetensors.
 
-    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-attention]
+    python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-attention] [--seed 0]
 
-`--base` names the base model's run folder inside RUNS (the connectors were trained on it).
+`--base` names the base model's run folder inside RUNS (the connectors were trained on it); the
+connectors come from RUNS/ella-TYPE-seedN/export (scripts/train_shapes_connectors.sh's layout).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def copy_fp16(src: str, dst: str) -> None:
             shutil.copy(path, dst)
 
 
-def main(runs: str, out: str, base: str = "base-attention") -> None:
+def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> None:
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
     for variant in ("tsc", "resampler", "mlp"):
-        export = os.path.join(runs, f"ella-{variant}", "export")
+        export = os.path.join(runs, f"ella-{variant}-seed{seed}", "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
@@ -44,6 +45,7 @@ if __name__ == "__main__":
     parser.add_argument("runs")
     parser.add_argument("out")
     parser.add_argument("--base", default="base-attention")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    main(args.runs, args.out, args.base)
+    main(args.runs, args.out, args.base, args.seed)

@@ -4,8 +4,9 @@
 #      larger base); configs/shapes/base.yaml + base-long.yaml are the earlier v2 base's recipe;
 #   2. the MiniLM feature cache;
 #   3. the three connectors (TSC, resampler without timestep, MLP) on the frozen base, in parallel
-#      (and, on a GPU, a TSC on the larger base): 1200 steps, then resumed to 4200 steps with
-#      timesteps weighted towards noise (stage 2, where they learned place).
+#      (and, on a GPU, a TSC on the larger base), by scripts/train_shapes_connectors.sh: 1200 steps,
+#      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
+#      place), then resumed again to 6600 steps (stage 3).
 # Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1 for a two-minute check of the script)
 set -euo pipefail
 RUNS=${1:-runs/shapes}
@@ -14,12 +15,12 @@ BASE_ARGS=(--output-dir "$RUNS/base-attention")
 # The larger GPU variant: at lr 1e-3 it diverged on an H200 (loss stuck at 0.5); 3e-4 is untested.
 LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --max-steps 8000 --batch-size 128 --lr 3e-4)
 ELLA_ARGS=(--model "$RUNS/base-attention" --cache-dir "$RUNS/cache")
-STAGE2_ARGS=(--resume true --max-steps 4200 --timestep-power 2 --checkpoint-every 600 --validate-every 1000)
+STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
-  ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --checkpoint-every 10 --validate-every 20 --validation-steps 2)
-  STAGE2_ARGS+=(--max-steps 30 --checkpoint-every 10 --validate-every 0)  # later flags win
+  ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --validate-every 20 --validation-steps 2)
+  STAGES=30,40
 fi
 GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -36,15 +37,11 @@ log "stage 2: MiniLM feature cache"
 ella cache configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" > "$RUNS/cache.log" 2>&1
 
 log "stage 3: connectors"
-pids=()
 # On a CPU, one thread per process: three processes on a few cores would otherwise spin-wait on
 # each other's OpenMP threads (measured here: 3-5x slower).
 [ "$GPU" = 1 ] || export OMP_NUM_THREADS=1
-for v in tsc resampler mlp; do
-  ( ella train "configs/shapes/ella-$v.yaml" "${ELLA_ARGS[@]}" --output-dir "$RUNS/ella-$v" > "$RUNS/ella-$v.log" 2>&1 &&
-    ella train "configs/shapes/ella-$v.yaml" "${ELLA_ARGS[@]}" --output-dir "$RUNS/ella-$v" "${STAGE2_ARGS[@]}" > "$RUNS/ella-$v-stage2.log" 2>&1 ) &
-  pids+=($!)
-done
+scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" "tsc resampler mlp" 0 "${ELLA_ARGS[@]}" &
+pids=($!)
 if [ "$GPU" = 1 ]; then
   wait "$large"
   ella train configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
