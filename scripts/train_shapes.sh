@@ -25,7 +25,7 @@ fi
 GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
-log "stage 1: base model (and, on a GPU, the larger base in the background)"
+log "1/3: base model (and, on a GPU, the larger base in the background)"
 ella shapes train-base configs/shapes/base-attention.yaml "${BASE_ARGS[@]}" > "$RUNS/base-attention.log" 2>&1 &
 base=$!
 if [ "$GPU" = 1 ]; then
@@ -33,10 +33,10 @@ if [ "$GPU" = 1 ]; then
   large=$!
 fi
 wait "$base"
-log "stage 2: MiniLM feature cache"
+log "2/3: MiniLM feature cache"
 ella cache configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" > "$RUNS/cache.log" 2>&1
 
-log "stage 3: connectors"
+log "3/3: connectors"
 # On a CPU, one thread per process: three processes on a few cores would otherwise spin-wait on
 # each other's OpenMP threads (measured here: 3-5x slower).
 [ "$GPU" = 1 ] || export OMP_NUM_THREADS=1

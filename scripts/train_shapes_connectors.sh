@@ -9,10 +9,10 @@
 #   scripts/train_shapes_connectors.sh runs/shapes 4200,6600 "tsc resampler" "0 1 2"
 #
 # STAGES: comma-separated step counts: 4200,6600 is the shipped connectors' recipe (stage 2 to
-# 4200, stage 3 to 6600). Extra `--key value` pairs go to
-# every stage (a stage's own flags come after them and win). Runs land in ROOT/ella-TYPE-seedN,
-# with export/ inside (the slim export of the last stage) and one log per stage. On a CPU, set
-# OMP_NUM_THREADS=1 when several runs share a few cores (they spin-wait on each other's threads).
+# 4200, stage 3 to 6600). Extra `--key value` pairs go to every stage (a stage's own flags come
+# after them and win). Runs land in ROOT/ella-TYPE-seedN, with export/ inside (the slim export of
+# the last stage) and one log per stage. On a CPU, set OMP_NUM_THREADS=1 when several runs share
+# a few cores (they spin-wait on each other's threads).
 set -euo pipefail
 root=$1; stages=$2; types=$3; seeds=$4; shift 4
 
