@@ -71,7 +71,7 @@ def main() -> None:
     steps = 25
     schedule = torch.linspace(999, 0, steps, device=device).round()
     all_steps = timed(lambda: ella.forward_timesteps(text, schedule)) / steps
-    print(f"connector precomputed for {steps} steps (batch {2 * steps}), per step: {all_steps * 1e3:9.1f} ms")
+    print(f"connector precomputed for {steps} steps (batch {text.shape[0] * steps}), per step: {all_steps * 1e3:9.1f} ms")
     print(f"precomputed overhead: {100 * all_steps / unet_only:.2f}% of a UNet step "
           f"(speed-up over one call per step: {connector / all_steps:.2f}x)")
 
