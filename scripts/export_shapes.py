@@ -15,6 +15,8 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from ella.shapes.models import CONNECTORS
+
 
 def copy_fp16(src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
@@ -32,7 +34,7 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
-    for variant in ("tsc", "resampler", "mlp"):
+    for variant in CONNECTORS:
         export = os.path.join(runs, f"ella-{variant}-seed{seed}", "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))

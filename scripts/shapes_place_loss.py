@@ -26,6 +26,7 @@ from ella.models import ELLA
 from ella.shapes.data import to_tensor
 from ella.shapes.models import CONNECTORS, load_shapes_pipeline, shipped_model_dir
 from ella.shapes.world import COLORS, SHAPES, SIZES, Obj, Scene, render
+from ella.text_encoders import MINILM
 
 BANDS = ((0, 300), (300, 700), (700, 1000))
 SPREAD_TIMESTEPS = (100, 500, 900)
@@ -66,7 +67,9 @@ def main(model_dir: str | None = None, n: int = 96) -> None:
     for place in (True, False):
         clip = pipe.encode_clip(prompts(False, place))
         print(f"{'base encoder, ' + ('place named' if place else 'no place'):32s} {losses(lambda t, clip=clip: clip)}")
-    for variant in CONNECTORS:
+    for variant in [c for c, llm in CONNECTORS.items() if llm == MINILM]:  # they share pipe's LLM
+        if not os.path.isdir(os.path.join(model_dir, f"ella-{variant}")):
+            continue
         pipe.ella = ELLA.from_pretrained(os.path.join(model_dir, f"ella-{variant}"), torch_dtype=pipe.unet.dtype)
         for place in (True, False):
             features = pipe.encode_llm(prompts(True, place))

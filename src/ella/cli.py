@@ -28,8 +28,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
                    "default: the shipped ShapesWorld model")
     p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder; with the "
-                   "shipped ShapesWorld model: tsc (default), resampler or mlp")
-    p.add_argument("--llm", default="google/flan-t5-xl", help="text encoder LLM (folder, hub id, or 'minilm')")
+                   "shipped ShapesWorld model: tsc (default), resampler, mlp or tsc-smollm2")
+    p.add_argument("--llm", default="google/flan-t5-xl", help="text encoder LLM (folder, hub id, .gguf file, or 'minilm' / 'smollm2')")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")

@@ -25,7 +25,7 @@ def load_for_cli(args):
                 "no default model is installed: pass --model (an ELLA pipeline folder, or a Stable Diffusion"
                 " folder/hub id with --ella CONNECTOR and --llm LLM)"
             )
-        connector = args.ella or CONNECTORS[0]
+        connector = args.ella or "tsc"
         if connector not in CONNECTORS:
             raise ValueError(f"with the shipped ShapesWorld model, --ella is one of {', '.join(CONNECTORS)}; got {connector!r}")
         return load_shapes_pipeline(connector=connector, device=args.device, dtype=args.dtype), SHAPES_DEFAULTS

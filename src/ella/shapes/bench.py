@@ -26,6 +26,7 @@ MODELS = {
     "ella": ("tsc", "ella"),
     "ella-resampler": ("resampler", "ella"),
     "ella-mlp": ("mlp", "ella"),
+    "ella-smollm2": ("tsc-smollm2", "ella"),  # the TSC on a decoder-only LLM (optional package)
 }
 
 

@@ -2,18 +2,20 @@
 
     unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
     ella-tsc/  ella-resampler/  ella-mlp/                    connectors on all-MiniLM-L6-v2
+    ella-tsc-smollm2/                                        the TSC on SmolLM2-135M (optional LLM)
 """
 
 from __future__ import annotations
 
 import os
 
-from ..text_encoders import MINILM
+from ..text_encoders import MINILM, SMOLLM2
 
 # `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
 SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
-CONNECTORS = ("tsc", "resampler", "mlp")
+# connector -> the frozen LLM it reads (an alias of text_encoders.OFFLINE_LLMS)
+CONNECTORS = {"tsc": MINILM, "resampler": MINILM, "mlp": MINILM, "tsc-smollm2": SMOLLM2}
 
 
 def shipped_model_dir() -> str | None:
@@ -22,8 +24,8 @@ def shipped_model_dir() -> str | None:
 
 def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "tsc", device=None, dtype=None):
     """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
-    frozen MiniLM + a connector (conditioning="ella"), sharing one UNet. `connector=None` loads
-    the base model alone."""
+    frozen LLM of the connector + the connector (conditioning="ella"), sharing one UNet.
+    `connector=None` loads the base model alone (with MiniLM)."""
     from diffusers import DPMSolverMultistepScheduler
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -43,7 +45,7 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "
         if not os.path.isdir(connector_dir):
             raise ValueError(f"no connector {connector!r} in {model_dir}")
         ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
-    text_encoder, tokenizer = load_text_encoder(MINILM, dev, torch_dtype)
+    text_encoder, tokenizer = load_text_encoder(CONNECTORS.get(connector, MINILM), dev, torch_dtype)
     pipe = ELLAStableDiffusionPipeline(
         unet=load_unet(model_dir, "unet", torch_dtype),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_dir, subfolder="scheduler"),
