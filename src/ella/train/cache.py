@@ -89,5 +89,5 @@ def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024,
     with open(os.path.join(cache_dir, INDEX), "w") as f:
         json.dump(index, f)
     n = sum(s["count"] for s in index["shards"])
-    logger.info("cached %d samples in %d shards to %s (%d skipped)", n, len(index["shards"]), cache_dir, index["skipped"])
+    logger.debug("cached %d samples in %d shards to %s (%d skipped)", n, len(index["shards"]), cache_dir, index["skipped"])
     return index
