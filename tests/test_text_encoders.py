@@ -112,6 +112,18 @@ def test_load_a_gguf_decoder_only_llm(tmp_path):
     torch.testing.assert_close(f.hidden_states[0, :4], enc(["a cat"]).hidden_states[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="GGUF file not found"):
         load_text_encoder(str(tmp_path / "nope.gguf"))
+    # Its tokenizer adds no special token, so "" (the default negative prompt) has no token: alone
+    # it becomes one masked position, and the connector then gives what "" gives inside a batch.
+    from ella import ELLA
+
+    empty, both = enc([""]), enc(["", "a cat"])
+    assert empty.hidden_states.shape == (1, 1, 32) and empty.attention_mask.sum() == 0
+    torch.manual_seed(0)
+    ella = ELLA.from_preset("tiny").eval()
+    with torch.no_grad():
+        alone = ella(empty.hidden_states, 500, empty.attention_mask)
+        batched = ella(both.hidden_states, 500, both.attention_mask)
+    torch.testing.assert_close(alone[0], batched[0], atol=1e-5, rtol=1e-5)
 
 
 def test_offline_llm_alias_names_its_install_command(monkeypatch):

@@ -118,6 +118,11 @@ class LLMEncoder:
         tokens = self.tokenizer(
             prompts, padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
+        if tokens["input_ids"].shape[1] == 0:
+            # Only empty prompts, and a tokenizer that adds no special token (SmolLM2, Llama without
+            # BOS): one masked padding position, so the connector reads no text, as it does for ""
+            # inside a batch of longer prompts.
+            tokens = self.tokenizer(prompts, padding="max_length", max_length=1, return_tensors="pt")
         self._warn_truncation(prompts, tokens["attention_mask"])
         device = self.model.device
         mask = tokens["attention_mask"].to(device)
