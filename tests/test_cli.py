@@ -22,7 +22,7 @@ def test_help_and_env_through_the_console_script():
     for args in (["--help"], ["generate", "--help"], ["env"]):
         out = subprocess.run([sys.executable, "-m", "ella.cli", *args], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-    assert "torch" in out.stdout
+    assert "torch" in out.stdout and "llm minilm: " in out.stdout and "llm smollm2: " in out.stdout
 
 
 def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):

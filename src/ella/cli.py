@@ -99,6 +99,13 @@ def cmd_env(args) -> None:
         print(f"accelerate {accelerate.__version__}")
     except ImportError:
         print("accelerate not installed")
+    from .text_encoders import OFFLINE_LLMS, resolve_model_path
+
+    for alias in OFFLINE_LLMS:  # the pip-installed LLMs that --llm and the ShapesWorld connectors name
+        try:
+            print(f"llm {alias}: {resolve_model_path(alias)}")
+        except ValueError as err:
+            print(f"llm {alias}: not installed ({err})")
     print(f"cpu threads {torch.get_num_threads()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
