@@ -44,6 +44,7 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
         (["generate", "a cat " * 3000, "--model", "X"], "characters long"),
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
         (["generate", "a cat", "--model", "PIPE", "--steps", "0"], "--steps"),
+        (["generate", "a cat", "--model", "PIPE", "--llm", "minilm"], "saved ELLA pipeline"),
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
     ],
@@ -66,3 +67,9 @@ def test_convert_round_trip(tmp_path):
     back = ELLA.from_single_file(str(tmp_path / "back.safetensors"), heads=2)
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v.half().float()), k
+
+
+def test_size_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line, exit code 2
+        main(["generate", "a cat", "--size", "0x32"])
+    assert exit_info.value.code == 2 and "size must be positive" in capsys.readouterr().err

@@ -123,6 +123,8 @@ def test_bad_inputs_are_refused(tiny_pipe):
         tiny_pipe("  ", num_inference_steps=1)
     with pytest.raises(ValueError, match="multiples of 4"):
         tiny_pipe("a cat", height=18, width=16, num_inference_steps=1)
+    with pytest.raises(ValueError, match="positive multiples"):  # 0 is not "the default size"
+        tiny_pipe("a cat", height=0, width=16, num_inference_steps=1)
     with pytest.raises(ValueError, match="conditioning"):
         tiny_pipe("a cat", conditioning="t5", num_inference_steps=1)
     tiny_pipe.ella = ELLA.from_preset("tiny", output_dim=24)

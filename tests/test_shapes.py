@@ -141,6 +141,9 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--steps", "2", "--ella", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--ella is one of tsc, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
+    # the shipped connectors bring their LLM: --llm is refused, not silently ignored
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--llm", "minilm"]) == 2
+    assert "come with their LLM" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
 
 
 def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_path):

@@ -18,9 +18,12 @@ class CLIError(Exception):
 def _size(text: str) -> tuple[int, int]:
     try:
         h, _, w = text.lower().partition("x")
-        return int(h), int(w or h)
+        size = int(h), int(w or h)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from err
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return size
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +32,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "default: the shipped ShapesWorld model")
     p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder; with the "
                    "shipped ShapesWorld model: tsc (default), resampler, mlp or tsc-smollm2")
-    p.add_argument("--llm", default="google/flan-t5-xl", help="text encoder LLM (folder, hub id, .gguf file, or 'minilm' / 'smollm2')")
+    p.add_argument("--llm", help="text encoder LLM for --model with --ella (folder, hub id, .gguf file, or 'minilm' /"
+                   " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")

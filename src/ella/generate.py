@@ -25,6 +25,9 @@ def load_for_cli(args):
                 "no default model is installed: pass --model (an ELLA pipeline folder, or a Stable Diffusion"
                 " folder/hub id with --ella CONNECTOR and --llm LLM)"
             )
+        if args.llm is not None:
+            raise ValueError("the shipped ShapesWorld connectors each come with their LLM (--ella tsc-smollm2 reads"
+                             " SmolLM2): --llm goes with --model and --ella")
         connector = args.ella or "tsc"
         if connector not in CONNECTORS:
             raise ValueError(f"with the shipped ShapesWorld model, --ella is one of {', '.join(CONNECTORS)}; got {connector!r}")

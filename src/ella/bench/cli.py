@@ -119,7 +119,8 @@ def dpg_generate(args) -> None:
     pipe, defaults = load_for_cli(args)
     height, width = args.size or defaults["size"]
     settings = {
-        "model": args.model or "shapes (shipped)", "ella": args.ella, "llm": args.llm,
+        "model": args.model or "shapes (shipped)", "ella": args.ella,
+        "llm": pipe.text_encoder.config.name_or_path,
         "ella_sha256": file_sha256(args.ella) if args.ella and os.path.isfile(args.ella) else None,
         "scheduler": type(pipe.scheduler).__name__, "steps": args.steps or defaults["steps"],
         "guidance": defaults["guidance"] if args.guidance is None else args.guidance,

@@ -10,7 +10,7 @@ import os
 import torch
 
 from ..models import ELLA
-from ..text_encoders import load_text_encoder
+from ..text_encoders import DEFAULT_LLM, load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
 from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
 
@@ -96,20 +96,23 @@ def load_sdxl_clip(model: str, torch_dtype: torch.dtype) -> dict:
 def load_pipeline(
     model: str,
     ella: str | None = None,
-    llm: str = "google/flan-t5-xl",
+    llm: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
     text_mode: str = "fixed",
     text_max_length: int = 128,
 ) -> ELLAStableDiffusionPipeline:
     """`model` is a saved ELLA pipeline folder, or a Stable Diffusion 1.5 / SDXL folder or hub id;
-    in the second case `ella` (connector file or folder) is required and `llm` is the text encoder.
+    in the second case `ella` (connector file or folder) is required and `llm` is the text encoder
+    (default: FLAN-T5-XL, as published); a saved pipeline brings its own, so it takes neither.
     An SDXL UNet gets `ELLAStableDiffusionXLPipeline` with SDXL's CLIP encoders (pooled embedding).
     The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     saved = ella_pipeline_class(model) if os.path.isdir(model) else None
     if saved is not None:
+        if ella is not None or llm is not None:
+            raise ValueError(f"{model} is a saved ELLA pipeline with its own connector and LLM: drop --ella and --llm")
         return saved.from_pretrained(model, torch_dtype=torch_dtype).to(dev)
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 
@@ -123,7 +126,7 @@ def load_pipeline(
         scheduler = DPMSolverMultistepScheduler.from_pretrained(model, subfolder="scheduler")
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load Stable Diffusion model {model!r}: {str(err).splitlines()[0]}") from err
-    text_encoder, tokenizer = load_text_encoder(llm, dev, torch_dtype)
+    text_encoder, tokenizer = load_text_encoder(llm or DEFAULT_LLM, dev, torch_dtype)
     connector = load_connector(ella, torch_dtype)
     sdxl = unet.config.addition_embed_type == "text_time"
     cls, clip = (ELLAStableDiffusionXLPipeline, load_sdxl_clip(model, torch_dtype)) if sdxl else (ELLAStableDiffusionPipeline, {})

@@ -226,8 +226,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
         sample_size = self.unet.config.sample_size
         sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
-        height = height or sample_size * self.vae_scale_factor
-        width = width or sample_size * self.vae_scale_factor
+        height = sample_size * self.vae_scale_factor if height is None else height
+        width = sample_size * self.vae_scale_factor if width is None else width
         self.check_inputs(prompts, negatives, height, width, conditioning, image)
         do_cfg = guidance_scale > 1.0
         device = self._execution_device

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from ..text_encoders import DEFAULT_LLM
+
 
 @dataclass
 class TrainConfig:
     # --- frozen models
     model: str = "runwayml/stable-diffusion-v1-5"  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny" = random tiny parts
-    llm: str = "google/flan-t5-xl"  # text encoder: folder, hub id, "minilm", or "tiny"
+    llm: str = DEFAULT_LLM  # text encoder: folder, hub id, "minilm", or "tiny"
     text_max_length: int = 128  # the paper's T5 length
     text_mode: str = "fixed"  # fixed: padding attended (as the release); flexible: padding masked
     # --- the connector (the only trained part)
