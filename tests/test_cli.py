@@ -43,7 +43,6 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
         (["generate", "   ", "--model", "X"], "prompt is empty"),
         (["generate", "a cat " * 3000, "--model", "X"], "characters long"),
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
-        (["generate", "a cat", "--model", "PIPE", "--steps", "0"], "--steps"),
         (["generate", "a cat", "--model", "PIPE", "--llm", "minilm"], "saved ELLA pipeline"),
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
@@ -69,7 +68,17 @@ def test_convert_round_trip(tmp_path):
         assert torch.equal(back.state_dict()[k], v.half().float()), k
 
 
-def test_size_must_be_positive(capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "a cat", "--size", "0x32"], "size must be positive"),
+        (["generate", "a cat", "--steps", "0"], "argument --steps: must be at least 1"),
+        (["generate", "a cat", "--num-images", "two"], "expected a whole number"),
+        (["bench", "shapes", "--prompts", "0"], "argument --prompts: must be at least 1"),
+    ],
+)
+def test_impossible_counts_and_sizes_are_usage_errors(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line, exit code 2
-        main(["generate", "a cat", "--size", "0x32"])
-    assert exit_info.value.code == 2 and "size must be positive" in capsys.readouterr().err
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and message in err[-1]

@@ -26,6 +26,17 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (steps, images, prompts, batch sizes): 0 would silently do nothing."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model options shared by `generate` and `bench dpg generate`."""
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
@@ -36,7 +47,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--size", type=_size, default=None, help="N or HxW in pixels")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty prompt)")
@@ -51,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--out", default="ella.png", help="output PNG (a grid for several images)")
     g.add_argument("--seed", type=int, default=1001)
-    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--num-images", type=positive_int, default=1)
     g.add_argument("--compare", action="store_true", help="base model and ELLA side by side, same seeds")
     add_model_args(g)
 
@@ -80,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True)
     from .bench.cli import add_bench_parsers
 
-    add_bench_parsers(bsub, add_model_args)
+    add_bench_parsers(bsub, add_model_args, positive_int)
     return parser
 
 

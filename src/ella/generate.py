@@ -47,10 +47,6 @@ def generate_cli(args) -> list[str]:
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt is {len(args.prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
                          " (text encoders read far less: longer prompts are truncated, with a warning)")
-    if args.num_images < 1:
-        raise ValueError("--num-images must be at least 1")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError("--steps must be at least 1")
     pipe, defaults = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     guidance = defaults["guidance"] if args.guidance is None else args.guidance

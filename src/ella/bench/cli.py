@@ -11,7 +11,7 @@ from .dpg import DPGDataError
 UPSTREAM = "https://raw.githubusercontent.com/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench"
 
 
-def add_bench_parsers(sub, add_model_args) -> None:
+def add_bench_parsers(sub, add_model_args, positive_int) -> None:
     dpg = sub.add_parser("dpg", help="DPG-Bench: fetch, generate, score, compare")
     dsub = dpg.add_subparsers(dest="dpg", required=True)
     f = dsub.add_parser("fetch", help="download the official CSV and prompts (pinned commit, blob id checked)")
@@ -20,11 +20,11 @@ def add_bench_parsers(sub, add_model_args) -> None:
     g.add_argument("--out", required=True, help="image folder")
     g.add_argument("--prompts", help="prompt folder (prompts/<item_id>.txt)")
     g.add_argument("--csv", help="question CSV (its prompts are used)")
-    g.add_argument("--samples", type=int, default=4)
+    g.add_argument("--samples", type=positive_int, default=4)
     g.add_argument("--seed", type=int, default=0, help="base seed; sample seeds derive from (seed, item, index)")
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--conditioning", default="ella", help="ella, ella+clip or clip")
-    g.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    g.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts")
     add_model_args(g)
     s = dsub.add_parser("score", help="judge the images with a VQA model and score them")
     s.add_argument("--images", required=True)
@@ -37,11 +37,11 @@ def add_bench_parsers(sub, add_model_args) -> None:
     c.add_argument("runs", nargs="+")
 
     sh = sub.add_parser("shapes", help="ShapesWorld: base vs ELLA on held-out dense prompts, exact judge")
-    sh.add_argument("--prompts", type=int, default=200)
+    sh.add_argument("--prompts", type=positive_int, default=200)
     sh.add_argument("--models", default="base,ella", help="comma-separated: base, ella, ella-resampler, ella-mlp, ella-smollm2")
     sh.add_argument("--out", default="runs/shapes-bench")
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
-    sh.add_argument("--steps", type=int, default=25)
+    sh.add_argument("--steps", type=positive_int, default=25)
     sh.add_argument("--guidance", type=float, default=5.0)
     sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
