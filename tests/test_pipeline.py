@@ -140,6 +140,18 @@ def test_save_and_load_pipeline_folder(tiny_pipe, tmp_path):
     np.testing.assert_allclose(run(again, PROMPTS[0], [3]), run(tiny_pipe, PROMPTS[0], [3]), atol=1e-5)
 
 
+def test_text_echo_reaches_the_encoder_and_is_saved(tmp_path):
+    pipe = ELLAStableDiffusionPipeline(**tiny_components(), text_mode="flexible", text_echo=True)
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = ELLAStableDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert again.config.text_echo is True
+    echo = again.encode_llm(PROMPTS[:2])
+    again.register_to_config(text_echo=False)
+    once = again.encode_llm(PROMPTS[:2])
+    assert torch.equal(echo.attention_mask, once.attention_mask)  # same tokens, read a second time
+    assert (echo.hidden_states - once.hidden_states).abs().max() > 1e-4
+
+
 def test_lora_on_the_unet_keeps_working(tiny_pipe, tmp_path):
     """The UNet is untouched by ELLA, so a LoRA added or loaded with the diffusers API applies."""
     pytest.importorskip("peft")

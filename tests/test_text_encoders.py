@@ -143,3 +143,30 @@ def test_pad_features_mixes_lengths():
     enc = LLMEncoder(model, tok, max_length=32, mode="flexible")
     both = pad_features([enc(["a cat"]), enc(["a big red car on the street"])])
     assert both.hidden_states.shape[:2] == (2, 8) and both.attention_mask.sum().item() == 3 + 8
+
+
+def test_echo_lets_every_token_of_a_causal_llm_read_the_whole_prompt(tmp_path):
+    """Echo mode reads each prompt twice and keeps the second reading: the same shapes and mask
+    as without echo, the first token now depends on the last word, a batch equals its prompts
+    alone, and the features are those of the doubled token sequence."""
+    write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    model, tok = load_text_encoder(str(tmp_path / "tiny.gguf"))
+    plain = LLMEncoder(model, tok, max_length=16, mode="flexible")
+    echo = LLMEncoder(model, tok, max_length=16, mode="flexible", echo=True)
+    a, b = ["a red cat"], ["a red car"]
+    # causal: the first token cannot see the last word; with echo it can
+    torch.testing.assert_close(plain(a).hidden_states[0, 0], plain(b).hidden_states[0, 0])
+    assert (echo(a).hidden_states[0, 0] - echo(b).hidden_states[0, 0]).abs().max() > 1e-4
+    batch = echo(["a cat", "a big red car", ""])
+    assert batch.attention_mask.tolist() == plain(["a cat", "a big red car", ""]).attention_mask.tolist()
+    for i, prompt in enumerate(["a cat", "a big red car"]):
+        alone = echo([prompt]).hidden_states[0]
+        n = alone.shape[0]
+        torch.testing.assert_close(batch.hidden_states[i, :n], alone, atol=1e-5, rtol=1e-5)
+        ids = torch.tensor([tok(prompt)["input_ids"] * 2])
+        doubled = model(input_ids=ids).last_hidden_state[0, n:]
+        torch.testing.assert_close(alone, doubled, atol=1e-5, rtol=1e-5)
+    # fixed length: every prompt gives max_length positions, the real ones as in flexible mode
+    fixed = LLMEncoder(model, tok, max_length=16, mode="fixed", echo=True)(["a cat"]).hidden_states
+    assert fixed.shape == (1, 16, 32)
+    torch.testing.assert_close(fixed[0, :4], echo(["a cat"]).hidden_states[0], atol=1e-5, rtol=1e-5)

@@ -103,6 +103,9 @@ def test_training_from_the_cache_matches_raw_data(tmp_path):
     in_memory, mapped = CachedFeatureDataset(config.cache_dir), CachedFeatureDataset(config.cache_dir, preload_bytes=0)
     for i in range(len(mapped)):  # preloaded shards and row-wise memory-map reads agree
         assert all(torch.equal(in_memory[i][k], mapped[i][k]) for k in ("latents", "text_features", "text_mask"))
+    # features read otherwise (the LLM reading each prompt twice) are not these: the cache is refused
+    with pytest.raises(ValueError, match="was built for"):
+        train(tiny_config(tmp_path / "echo", max_steps=1, cache_dir=config.cache_dir, text_echo=True))
 
 
 def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):

@@ -90,11 +90,11 @@ def load_text_encoder(
 class LLMEncoder:
     """Encode prompts with a frozen LLM. Each prompt is encoded once per call."""
 
-    def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed"):
+    def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed", echo: bool = False):
         if mode not in TEXT_MODES:
             raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.mode = max_length, mode
+        self.max_length, self.mode, self.echo = max_length, mode, echo
         if tokenizer.pad_token is None:  # decoder-only LLMs usually have none
             tokenizer.pad_token = tokenizer.eos_token
         # Right padding: with a causal LLM, left padding would shift every real token's position.
@@ -126,12 +126,33 @@ class LLMEncoder:
             tokens = self.tokenizer(prompts, padding="max_length", max_length=1, return_tensors="pt")
         self._warn_truncation(prompts, tokens["attention_mask"])
         device = self.model.device
-        mask = tokens["attention_mask"].to(device)
-        out = self.model(input_ids=tokens["input_ids"].to(device), attention_mask=mask, output_hidden_states=True)
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        if not self.echo:
+            return self._last_hidden_state(ids, mask), mask
+        # Echo (Springer et al., 2024, "Repetition improves language model embeddings"): a causal
+        # LLM reads each prompt twice and we keep the second reading, where every token has seen
+        # the whole prompt. Row b is [its n_b real tokens; its full row of L tokens], right-padded
+        # to max(n) + L; the features are the L positions that follow its first reading.
+        lengths = mask.sum(1)  # (B,)
+        b, length = ids.shape
+        second = lengths[:, None] + torch.arange(length, device=device)  # (B, L) positions of the second reading
+        first = torch.arange(length, device=device)[None] < lengths[:, None]  # (B, L) real tokens
+        width = int(lengths.max()) + length
+        echo_ids = ids.new_full((b, width), self.tokenizer.pad_token_id)
+        echo_mask = mask.new_zeros((b, width))
+        echo_ids[:, :length] = torch.where(first, ids, echo_ids[:, :length])
+        echo_mask[:, :length] = first.long()
+        echo_ids.scatter_(1, second, ids)
+        echo_mask.scatter_(1, second, mask)
+        hidden = self._last_hidden_state(echo_ids, echo_mask)  # (B, max(n) + L, D)
+        return hidden.gather(1, second[..., None].expand(-1, -1, hidden.shape[-1])), mask
+
+    def _last_hidden_state(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         hidden = getattr(out, "last_hidden_state", None)
         if hidden is None:  # *ForCausalLM outputs carry only the per-layer hidden states
             hidden = out.hidden_states[-1]
-        return hidden, mask
+        return hidden
 
     def __call__(self, prompts: list[str]) -> TextFeatures:
         if self.mode == "fixed":

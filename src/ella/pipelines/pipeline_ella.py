@@ -51,6 +51,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         controlnet=None,
         text_max_length: int = 128,
         text_mode: str = "fixed",
+        text_echo: bool = False,
     ):
         super().__init__()
         if text_mode not in TEXT_MODES:
@@ -66,7 +67,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             clip_tokenizer=clip_tokenizer,
             controlnet=controlnet,
         )
-        self.register_to_config(text_max_length=text_max_length, text_mode=text_mode)
+        self.register_to_config(text_max_length=text_max_length, text_mode=text_mode, text_echo=text_echo)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         # ControlNet inputs stay in [0, 1] (diffusers' convention), at the output resolution.
@@ -123,7 +124,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
     def encode_llm(self, prompts: list[str]) -> TextFeatures:
         """LLM features (B, L, D) and mask of the prompts, in the connector's dtype."""
-        encoder = LLMEncoder(self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode)
+        encoder = LLMEncoder(
+            self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode, self.config.text_echo)
         features = encoder(prompts)
         features.hidden_states = features.hidden_states.to(self.ella.dtype)
         return features

@@ -33,10 +33,10 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
 
     def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None, ella=None,
                  clip_text_encoder=None, clip_tokenizer=None, clip_text_encoder_2=None, clip_tokenizer_2=None,
-                 controlnet=None, text_max_length: int = 128, text_mode: str = "fixed"):
+                 controlnet=None, text_max_length: int = 128, text_mode: str = "fixed", text_echo: bool = False):
         super().__init__(unet, scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=ella,
                          clip_text_encoder=clip_text_encoder, clip_tokenizer=clip_tokenizer, controlnet=controlnet,
-                         text_max_length=text_max_length, text_mode=text_mode)
+                         text_max_length=text_max_length, text_mode=text_mode, text_echo=text_echo)
         self.register_modules(clip_text_encoder_2=clip_text_encoder_2, clip_tokenizer_2=clip_tokenizer_2)
         if unet.config.addition_embed_type != "text_time":
             raise ValueError("ELLAStableDiffusionXLPipeline needs an SDXL-style UNet (addition_embed_type='text_time');"

@@ -23,8 +23,11 @@ INDEX = "index.json"
 def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
     """What the cached tensors depend on (a cache built otherwise is refused): the data, the
     LLM and its length, and the VAE (pixel-space UNets share one cache: it holds pixels)."""
-    return {"train_data": config.train_data, "latents": config.model if parts.vae is not None else "pixels",
-            "llm": config.llm, "text_max_length": config.text_max_length, "resolution": config.resolution}
+    values = {"train_data": config.train_data, "latents": config.model if parts.vae is not None else "pixels",
+              "llm": config.llm, "text_max_length": config.text_max_length, "resolution": config.resolution}
+    if config.text_echo:  # only when set, so that caches built before the option existed stay valid
+        values["text_echo"] = True
+    return values
 
 
 def read_index(cache_dir: str) -> dict:

@@ -24,7 +24,7 @@ class FrozenParts:
     tokenizer: object
 
     def encoder(self, config: TrainConfig) -> LLMEncoder:
-        return LLMEncoder(self.text_encoder, self.tokenizer, config.text_max_length, config.text_mode)
+        return LLMEncoder(self.text_encoder, self.tokenizer, config.text_max_length, config.text_mode, config.text_echo)
 
 
 def _freeze(module: torch.nn.Module, device, dtype) -> torch.nn.Module:

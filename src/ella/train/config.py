@@ -19,6 +19,7 @@ class TrainConfig:
     llm: str = DEFAULT_LLM  # text encoder: folder, hub id, "minilm", or "tiny"
     text_max_length: int = 128  # the paper's T5 length
     text_mode: str = "fixed"  # fixed: padding attended (as the release); flexible: padding masked
+    text_echo: bool = False  # causal LLMs: read each prompt twice, keep the second reading (sees the whole prompt)
     # --- the connector (the only trained part)
     connector: str = "sd15-t5xl"  # preset name (ella.PRESETS)
     connector_type: str = "tsc"  # tsc | adaln-zero | resampler | mlp (the paper's ablations)

@@ -167,7 +167,7 @@ def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> 
     pipe = ELLAStableDiffusionPipeline(
         unet=parts.unet, vae=parts.vae, scheduler=DPMSolverMultistepScheduler.from_config(parts.scheduler.config),
         text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, ella=ella,
-        text_max_length=config.text_max_length, text_mode=config.text_mode,
+        text_max_length=config.text_max_length, text_mode=config.text_mode, text_echo=config.text_echo,
     )
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(i) for i in range(len(config.validation_prompts))]
