@@ -6,7 +6,8 @@ One interface for every family: `LLMEncoder(model, tokenizer)(prompts) -> TextFe
 - T5 / FLAN-T5 (the faithful default, `google/flan-t5-xl`, fp16 on GPU as ELLA was trained):
   the encoder's last hidden state.
 - Decoder-only LLMs (Llama, SmolLM2, TinyLlama...): the last hidden state, right-padded so the
-  real tokens never see padding through the causal mask.
+  real tokens never see padding through the causal mask. `echo=True` reads each prompt twice and
+  keeps the second reading, so that every token has seen the whole prompt, not only its left.
 - Any other HF encoder (BERT, all-MiniLM-L6-v2...): the last hidden state.
 
 Two length modes (see the reference doc, Sec. 3):
