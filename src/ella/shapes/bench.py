@@ -27,6 +27,7 @@ MODELS = {
     "ella-resampler": ("resampler", "ella"),
     "ella-mlp": ("mlp", "ella"),
     "ella-smollm2": ("tsc-smollm2", "ella"),  # the TSC on a decoder-only LLM (optional package)
+    "ella-smollm2-echo": ("tsc-smollm2-echo", "ella"),  # the same LLM reading each prompt twice
 }
 
 

@@ -2,20 +2,36 @@
 
     unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
     ella-tsc/  ella-resampler/  ella-mlp/                    connectors on all-MiniLM-L6-v2
-    ella-tsc-smollm2/                                        the TSC on SmolLM2-135M (optional LLM)
+    ella-tsc-smollm2/  ella-tsc-smollm2-echo/                the TSC on SmolLM2-135M (optional LLM)
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from ..text_encoders import MINILM, SMOLLM2
 
 # `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
 SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
-# connector -> the frozen LLM it reads (an alias of text_encoders.OFFLINE_LLMS)
-CONNECTORS = {"tsc": MINILM, "resampler": MINILM, "mlp": MINILM, "tsc-smollm2": SMOLLM2}
+
+
+class ConnectorLLM(NamedTuple):
+    """How a shipped connector reads its prompts: the frozen LLM (an alias of
+    text_encoders.OFFLINE_LLMS) and whether it reads each prompt twice (`LLMEncoder(echo=...)`)."""
+
+    llm: str
+    echo: bool = False
+
+
+CONNECTORS = {
+    "tsc": ConnectorLLM(MINILM),
+    "resampler": ConnectorLLM(MINILM),
+    "mlp": ConnectorLLM(MINILM),
+    "tsc-smollm2": ConnectorLLM(SMOLLM2),
+    "tsc-smollm2-echo": ConnectorLLM(SMOLLM2, echo=True),
+}
 
 
 def shipped_model_dir() -> str | None:
@@ -45,7 +61,8 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "
         if not os.path.isdir(connector_dir):
             raise ValueError(f"no connector {connector!r} in {model_dir}")
         ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
-    text_encoder, tokenizer = load_text_encoder(CONNECTORS.get(connector, MINILM), dev, torch_dtype)
+    reads = CONNECTORS.get(connector, ConnectorLLM(MINILM))
+    text_encoder, tokenizer = load_text_encoder(reads.llm, dev, torch_dtype)
     pipe = ELLAStableDiffusionPipeline(
         unet=load_unet(model_dir, "unet", torch_dtype),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_dir, subfolder="scheduler"),
@@ -56,6 +73,7 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = "
         clip_tokenizer=PreTrainedTokenizerFast.from_pretrained(os.path.join(model_dir, "base_tokenizer")),
         text_max_length=128,
         text_mode="flexible",
+        text_echo=reads.echo,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
