@@ -222,6 +222,7 @@ def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     assert Image.open(images / "p1.png").size == (32, 32)  # 2x2 tiles of 16 px
     manifest = json.loads((images / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["steps"] == 2 and manifest["samples"] == 4
+    assert manifest["llm"].endswith("text_encoder")  # the LLM actually loaded: the saved pipeline's own
     # Regenerating one item alone gives the same image (seeds depend on item and sample only), up
     # to float rounding: alone it runs in a smaller, unpadded batch. Another seed moves pixels by up to ~190.
     before = np.asarray(Image.open(images / "p2.png"), dtype=int)

@@ -121,7 +121,7 @@ def dpg_generate(args) -> None:
     height, width = args.size or defaults["size"]
     settings = {
         "model": args.model or "shapes (shipped)", "ella": args.ella,
-        "llm": pipe.text_encoder.config.name_or_path,
+        "llm": pipe.text_encoder.config.name_or_path if pipe.text_encoder is not None else None,
         "ella_sha256": file_sha256(args.ella) if args.ella and os.path.isfile(args.ella) else None,
         "scheduler": type(pipe.scheduler).__name__, "steps": args.steps or defaults["steps"],
         "guidance": defaults["guidance"] if args.guidance is None else args.guidance,
