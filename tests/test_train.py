@@ -155,6 +155,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "absent.yaml"))
     assert main(["train", str(tmp_path / "absent.yaml")]) == 2
+    assert main(["cache", CONFIG]) == 2  # no cache_dir: refused before any model is loaded
     with pytest.raises(ValueError, match="timestep_power"):
         load_config(CONFIG, {"timestep_power": "0"}).validate()
 

@@ -48,11 +48,15 @@ def encode_images(parts: FrozenParts, pixels: torch.Tensor) -> torch.Tensor:
     return posterior.mean * parts.vae.config.scaling_factor
 
 
+def require_cache_dir(config: TrainConfig) -> str:
+    if not config.cache_dir:
+        raise ValueError("set cache_dir in the config (or --cache-dir) to build a cache")
+    return config.cache_dir
+
+
 @torch.no_grad()
 def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024, batch_size: int = 32) -> dict:
-    cache_dir = config.cache_dir
-    if not cache_dir:
-        raise ValueError("set cache_dir in the config (or --cache-dir) to build a cache")
+    cache_dir = require_cache_dir(config)
     os.makedirs(cache_dir, exist_ok=True)
     dataset = make_dataset(config.train_data, config.resolution, config.seed)
     encoder = parts.encoder(config)

@@ -10,8 +10,10 @@ def run_train_command(args) -> None:
     if args.command == "cache":
         import torch
 
-        from .cache import build_cache
+        from .cache import build_cache, require_cache_dir
         from .components import load_frozen_parts
+
+        require_cache_dir(config)  # before loading any model
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         index = build_cache(config, load_frozen_parts(config, device, torch.float32, need_unet=False))
