@@ -144,7 +144,7 @@ def test_two_processes_see_disjoint_data_and_end_identical(tmp_path):
     assert digests[0].startswith("final connector sha256") and digests[0] == digests[1]
 
 
-def test_config_errors(tmp_path):
+def test_config_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown config field"):
         load_config(CONFIG, {"nope": "1"})
     with pytest.raises(ValueError, match="cannot read"):
@@ -155,6 +155,12 @@ def test_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "absent.yaml"))
     assert main(["train", str(tmp_path / "absent.yaml")]) == 2
+    import ella.train.components as components
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the frozen models before checking cache_dir")
+
+    monkeypatch.setattr(components, "load_frozen_parts", no_loading)
     assert main(["cache", CONFIG]) == 2  # no cache_dir: refused before any model is loaded
     with pytest.raises(ValueError, match="timestep_power"):
         load_config(CONFIG, {"timestep_power": "0"}).validate()
