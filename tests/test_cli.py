@@ -82,3 +82,20 @@ def test_impossible_counts_and_sizes_are_usage_errors(capsys, args, message):
         main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and message in err[-1]
+
+
+def test_help_names_every_shipped_connector_and_bench_model(capsys, monkeypatch):
+    """The help lists are written out (building them would import torch on every `ella --help`):
+    this keeps them in step with the tables they name."""
+    import re
+
+    from ella.shapes.bench import MODELS
+    from ella.shapes.models import CONNECTORS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line wrapping, which may split a name at its hyphen
+    for args, names in ((["generate", "--help"], CONNECTORS), (["bench", "shapes", "--help"], MODELS)):
+        with pytest.raises(SystemExit):
+            main(args)
+        text = capsys.readouterr().out
+        missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+        assert not missing, (args, missing)
