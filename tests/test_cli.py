@@ -44,6 +44,8 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
         (["generate", "a cat " * 3000, "--model", "X"], "characters long"),
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
         (["generate", "a cat", "--model", "PIPE", "--llm", "minilm"], "saved ELLA pipeline"),
+        (["generate", "a cat", "--model", "PIPE", "--device", "cuda:99"], "is not available here"),
+        (["generate", "a cat", "--model", "PIPE", "--guidance", "nan"], "finite"),
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
     ],
@@ -72,6 +74,7 @@ def test_convert_round_trip(tmp_path):
     "args, message",
     [
         (["generate", "a cat", "--size", "0x32"], "size must be positive"),
+        (["generate", "a cat", "--size", "32x"], "size must be N or HxW"),
         (["generate", "a cat", "--steps", "0"], "argument --steps: must be at least 1"),
         (["generate", "a cat", "--num-images", "two"], "expected a whole number"),
         (["bench", "shapes", "--prompts", "0"], "argument --prompts: must be at least 1"),

@@ -127,6 +127,8 @@ def test_bad_inputs_are_refused(tiny_pipe):
         tiny_pipe("a cat", height=0, width=16, num_inference_steps=1)
     with pytest.raises(ValueError, match="conditioning"):
         tiny_pipe("a cat", conditioning="t5", num_inference_steps=1)
+    with pytest.raises(ValueError, match="finite"):  # NaN guidance would give blank images
+        tiny_pipe("a cat", guidance_scale=float("nan"), num_inference_steps=1)
     tiny_pipe.ella = ELLA.from_preset("tiny", output_dim=24)
     with pytest.raises(ValueError, match="outputs width 24 but the UNet's cross-attention width is 16"):
         tiny_pipe("a cat", num_inference_steps=1)

@@ -17,8 +17,8 @@ class CLIError(Exception):
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        h, _, w = text.lower().partition("x")
-        size = int(h), int(w or h)
+        h, sep, w = text.lower().partition("x")
+        size = int(h), int(w if sep else h)  # "10x" is an error, not 10x10
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from err
     if min(size) < 1:

@@ -25,9 +25,18 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}") from err
+    # Checked here so that `--device cuda` on a CPU-only machine is one clear line, not an
+    # assertion deep inside torch when the first tensor moves.
+    backend = getattr(torch, resolved.type, None) if resolved.type not in ("cpu", "meta") else None
+    if backend is not None and hasattr(backend, "is_available"):
+        count = backend.device_count() if backend.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r} is not available here ({count} {resolved.type} device(s) found;"
+                             " `ella env` lists them)")
+    return resolved
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:

@@ -9,6 +9,7 @@ step's timestep, on both CFG branches in one batched call (reference doc, Sec. 3
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -231,6 +232,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         height = sample_size * self.vae_scale_factor if height is None else height
         width = sample_size * self.vae_scale_factor if width is None else width
         self.check_inputs(prompts, negatives, height, width, conditioning, image)
+        if not math.isfinite(guidance_scale):  # NaN would silently give blank images
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
         n = num_images_per_prompt
