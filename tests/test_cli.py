@@ -46,6 +46,7 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
         (["generate", "a cat", "--model", "PIPE", "--llm", "minilm"], "saved ELLA pipeline"),
         (["generate", "a cat", "--model", "PIPE", "--device", "cuda:99"], "is not available here"),
         (["generate", "a cat", "--model", "PIPE", "--guidance", "nan"], "finite"),
+        (["bench", "shapes", "--models", ","], "names no model"),
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
     ],

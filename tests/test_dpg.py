@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ella.bench.dpg import check_integrity, load_csv, load_prompt_folder, summarize
+from ella.bench.dpg import DPGDataError, check_integrity, load_csv, load_prompt_folder, summarize
 from ella.bench.runner import score_run
 from ella.bench.vqa import VQABackend, get_backend
 from ella.cli import main
@@ -204,6 +204,15 @@ def test_reads_all_1065_shared_prompts():
     assert len(prompts) == 1065
     assert all(p and p == p.strip() for p in prompts.values())
     assert "partiprompts97" in prompts and "countbench4" in prompts
+
+
+def test_prompt_folder_without_prompts_or_with_an_empty_one_is_refused(tmp_path):
+    with pytest.raises(DPGDataError, match="no <item_id>.txt prompt files"):
+        load_prompt_folder(str(tmp_path))
+    (tmp_path / "a.txt").write_text("a red cube\n")
+    (tmp_path / "b.txt").write_text("  \n")
+    with pytest.raises(DPGDataError, match="1 empty prompt file.*b.txt"):
+        load_prompt_folder(str(tmp_path))
 
 
 def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):

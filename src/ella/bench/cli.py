@@ -62,7 +62,10 @@ def run_bench_command(args) -> None:
         from ..shapes.bench import run_shapes_bench
         from .runner import markdown_table
 
-        summaries = run_shapes_bench(args.prompts, [m for m in args.models.split(",") if m], args.out,
+        models = [m for m in args.models.split(",") if m]
+        if not models:
+            raise ValueError("--models names no model (e.g. --models base,ella)")
+        summaries = run_shapes_bench(args.prompts, models, args.out,
                                      args.model_dir, args.steps, args.guidance)
         print(json.dumps(summaries, indent=2) if args.json else markdown_table(summaries))
         return

@@ -129,6 +129,11 @@ def load_prompt_folder(folder: str) -> dict[str, str]:
         if name.endswith(".txt"):
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 prompts[name[:-4]] = f.read().strip()
+    if not prompts:
+        raise DPGDataError(f"no <item_id>.txt prompt files in {folder}")
+    empty = [item for item, text in prompts.items() if not text]
+    if empty:  # found now, not when the generation reaches them
+        raise DPGDataError(f"{len(empty)} empty prompt file(s) in {folder}; first: {empty[0]}.txt")
     return prompts
 
 
