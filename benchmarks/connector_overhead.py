@@ -6,7 +6,10 @@ Side by side in one run, on this machine:
 2. the connector on 8 prompts of different lengths: one masked, padded batch vs the
    reference-style loop (one unpadded prompt at a time);
 3. the connector for a whole 25-step schedule in one call (the pipeline's
-   `precompute_connector=True`), per step, vs one call per step.
+   `precompute_connector=True`), per step, vs one call per step;
+4. the ceiling for 2: the arithmetic rate (FLOP/s) of the loop and of the batch against one large
+   matmul's on the same device. Batching cannot do less arithmetic than the loop (padding adds
+   some), so no batching can beat the loop by more than large-matmul rate / loop rate.
 
     python benchmarks/connector_overhead.py [--repeats 5] [--device cuda] [--dtype float16]
 """
@@ -18,6 +21,7 @@ import time
 
 import torch
 from diffusers import UNet2DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
 
 from ella import ELLA
 from ella.text_encoders import TextFeatures, pad_features
@@ -84,6 +88,19 @@ def main() -> None:
     print(f"8 prompts, per-prompt loop:         {loop * 1e3:9.1f} ms")
     print(f"8 prompts, one masked batch:        {batched * 1e3:9.1f} ms")
     print(f"batched speed-up: {loop / batched:.2f}x")
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    big = torch.randn(4096, 4096, device=device, dtype=dtype)
+    peak = 2 * 4096**3 / timed(lambda: big @ big)
+    loop_rate = flops(lambda: [ella(p, t) for p in prompts]) / loop
+    batch_rate = flops(lambda: ella(batch, t, mask)) / batched
+    print(f"arithmetic: loop {loop_rate / 1e9:.0f} GFLOP/s, batch {batch_rate / 1e9:.0f} GFLOP/s, "
+          f"a 4096x4096 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(f"ceiling for any batching here: {peak / loop_rate:.2f}x the loop")
 
 
 if __name__ == "__main__":
