@@ -29,6 +29,9 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
     out = tmp_path / "one.png"
     assert main(["generate", "a red circle", "--model", str(pipe_dir), "--steps", "2", "--out", str(out)]) == 0
     assert Image.open(out).size == (16, 16)
+    jpeg = tmp_path / "one.jpg"  # the format follows the extension
+    assert main(["generate", "a red circle", "--model", str(pipe_dir), "--steps", "2", "--out", str(jpeg)]) == 0
+    assert Image.open(jpeg).format == "JPEG"
     grid = tmp_path / "grid.png"
     args = ["generate", "two cats", "--model", str(pipe_dir), "--steps", "2", "--num-images", "3", "--out", str(grid),
             "--compare", "--size", "32", "--negative", "blurry"]
@@ -47,6 +50,9 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
         (["generate", "a cat", "--model", "PIPE", "--device", "cuda:99"], "is not available here"),
         (["generate", "a cat", "--model", "PIPE", "--guidance", "nan"], "finite"),
         (["bench", "shapes", "--models", ","], "names no model"),
+        (["generate", "a cat", "--model", "X", "--out", "TMP"], "not an image file name"),  # a folder
+        (["generate", "a cat", "--model", "X", "--out", "TMP/a.xyz"], "not an image file name"),
+        (["generate", "a cat", "--model", "X", "--out", "BAD/a.png"], "cannot create the folder"),  # under a file
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
     ],
@@ -54,7 +60,13 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
 def test_bad_input_is_one_line_and_exit_2(pipe_dir, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.safetensors"
     save_file({"x": torch.zeros(1)}, str(bad))
-    args = [str(pipe_dir) if a == "PIPE" else str(bad) if a == "BAD" else a for a in args]
+    places = {"PIPE": str(pipe_dir), "BAD": str(bad), "TMP": str(tmp_path)}  # also as a prefix: "TMP/a.xyz"
+
+    def place(arg: str) -> str:
+        head, sep, tail = arg.partition("/")
+        return places[head] + sep + tail if head in places else arg
+
+    args = [place(a) for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ella: error:") and message in err[-1]

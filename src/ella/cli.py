@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="text to image")
     g.add_argument("prompt")
-    g.add_argument("--out", default="ella.png", help="output PNG (a grid for several images)")
+    g.add_argument("--out", default="ella.png", help="output image, e.g. ella.png (a grid for several images)")
     g.add_argument("--seed", type=int, default=1001)
     g.add_argument("--num-images", type=positive_int, default=1)
     g.add_argument("--compare", action="store_true", help="base model and ELLA side by side, same seeds")

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .images import make_grid, save_atomic, upscale
+from .images import check_image_path, make_grid, save_atomic, upscale
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def generate_cli(args) -> list[str]:
     if len(args.prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt is {len(args.prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
                          " (text encoders read far less: longer prompts are truncated, with a warning)")
+    check_image_path(args.out)
     pipe, defaults = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
@@ -70,7 +71,7 @@ def generate_cli(args) -> list[str]:
     written = [args.out]
     if defaults.get("view_size"):
         root, ext = os.path.splitext(args.out)
-        view_path = f"{root}.view{ext or '.png'}"
+        view_path = f"{root}.view{ext}"
         save_atomic(upscale(out, defaults["view_size"]), view_path)
         written.append(view_path)
     return written

@@ -42,14 +42,30 @@ def upscale(image: Image.Image, min_side: int = 256) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def check_image_path(path: str) -> str:
+    """The PIL format for `path` (from its extension), once its folder exists and `path` is not a
+    folder. Called before long work, so that a bad output path never costs the images."""
+    ext = os.path.splitext(path)[1].lower()
+    image_format = Image.registered_extensions().get(ext)
+    if image_format is None or os.path.isdir(path):
+        raise ValueError(f"{path!r} is not an image file name: name a file such as out/ella.png")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the folder {folder} for {path}: {err.strerror}") from err
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path}: {folder} is not writable")
+    return image_format
+
+
 def save_atomic(image: Image.Image, path: str) -> None:
     """Write to a temporary file beside `path`, then rename: a killed run leaves no half image."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.png")
+    image_format = check_image_path(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format=image_format)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
