@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ella: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, OSError) as err:  # OSError: a path that cannot be read or written
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"ella: error: {message}", file=sys.stderr)
         return EXIT_USAGE
