@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -164,6 +165,14 @@ def test_config_errors(tmp_path, monkeypatch):
     assert main(["cache", CONFIG]) == 2  # no cache_dir: refused before any model is loaded
     with pytest.raises(ValueError, match="timestep_power"):
         load_config(CONFIG, {"timestep_power": "0"}).validate()
+    from ella.shapes.base import BaseConfig
+
+    for name, value, message in (("lr", "-1", "lr must be positive"), ("ema_decay", "1", r"ema_decay must be in \[0, 1\)"),
+                                 ("warmup_steps", "-5", "warmup_steps must be >= 0")):
+        with pytest.raises(ValueError, match=message):  # both training configs share these checks
+            load_config(CONFIG, {name: value}).validate()
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(BaseConfig(), **{name: float(value)}).validate()
 
 
 def test_connector_overfits_eight_pairs(tmp_path):

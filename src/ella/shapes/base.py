@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..train.config import check_schedule
 from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stop_flag
 from .data import TRAIN_SEED, render_short_caption_set
 from .world import BACKGROUNDS, COLORS, NUMBERS, PLACE_PROBABILITY, SHAPES, make_item, sample_scene
@@ -64,6 +65,7 @@ class BaseConfig:
             raise ValueError("max_steps and batch_size must be >= 1, and n_scenes >= batch_size")
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, not {self.position_embedding!r}")
+        check_schedule(self)
         return self
 
 

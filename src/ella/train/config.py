@@ -71,10 +71,23 @@ class TrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not self.train_data and not self.cache_dir:
             raise ValueError("set train_data (or cache_dir to a built feature cache)")
+        check_schedule(self)
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def check_schedule(config) -> None:
+    """The optimiser fields every training config shares (connectors, the ShapesWorld base)."""
+    if not config.lr > 0:  # also refuses NaN
+        raise ValueError(f"lr must be positive, got {config.lr}")
+    if config.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    if not 0 <= config.lr_final_fraction <= 1:
+        raise ValueError(f"lr_final_fraction must be in [0, 1], got {config.lr_final_fraction}")
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {config.ema_decay}")
 
 
 def _convert(name: str, value: str, annotation) -> object:
