@@ -229,3 +229,14 @@ def test_unknown_preset_and_type():
         ELLA.from_preset("nope")
     with pytest.raises(ValueError, match="connector_type"):
         ELLA(connector_type="nope")
+
+
+def test_misshapen_inputs_are_named():
+    model = ELLA.from_preset("tiny")
+    text, width = torch.randn(2, 5, model.config.input_dim), model.config.input_dim
+    with pytest.raises(ValueError, match=rf"must be \(batch, tokens, {width}\), got \(2, 5, 7\)"):
+        model(torch.randn(2, 5, 7), 10)
+    with pytest.raises(ValueError, match="got 3 timesteps for a batch of 2"):
+        model(text, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"text_attention_mask must be \(batch, tokens\) = \(2, 5\), got \(2, 4\)"):
+        model(text, 10, torch.ones(2, 4))  # was an assertion deep inside the attention

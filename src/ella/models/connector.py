@@ -236,6 +236,9 @@ class ELLA(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"text_hidden_states must be (batch, tokens, {self.config.input_dim}), got {tuple(x.shape)}"
             )
+        if text_attention_mask is not None and text_attention_mask.shape != x.shape[:2]:
+            raise ValueError(f"text_attention_mask must be (batch, tokens) = {tuple(x.shape[:2])}, "
+                             f"got {tuple(text_attention_mask.shape)}")
         temb = self.embed_timestep(timestep, x.shape[0], x.dtype) if self.uses_timestep else None
         return self.connector(x, temb, text_attention_mask)
 
