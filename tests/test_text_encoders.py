@@ -24,11 +24,22 @@ def test_flexible_mode_masks_and_batch_equals_single():
     torch.testing.assert_close(f.hidden_states[0, :4], alone.hidden_states[0], atol=1e-5, rtol=1e-5)
 
 
-def test_truncation_warning_names_the_cut(caplog):
+@pytest.mark.parametrize("prompts", [["a red circle and a blue square and a tree"], "a red circle and a blue square and a tree"])
+def test_truncation_warning_names_the_cut(caplog, prompts):
     model, tok = tiny_t5()
-    with caplog.at_level(logging.WARNING, logger="ella.text_encoders"):
-        LLMEncoder(model, tok, max_length=5)(["a red circle and a blue square and a tree"])
+    with caplog.at_level(logging.WARNING, logger="ella.text_encoders"):  # a bare string is one prompt
+        LLMEncoder(model, tok, max_length=5)(prompts)
     assert "prompt 0 is 11 tokens long: 6 tokens were cut (max_length=5)" in caplog.text
+
+
+def test_bad_encoder_input_is_refused():
+    model, tok = tiny_t5()
+    with pytest.raises(ValueError, match="max_length must be at least 1"):
+        LLMEncoder(model, tok, max_length=0)
+    enc = LLMEncoder(model, tok, max_length=8)
+    for prompts in ([], ["a cat", 3]):
+        with pytest.raises(ValueError, match="non-empty list of strings"):
+            enc(prompts)
 
 
 def test_decoder_only_llm_right_padded_last_hidden_state():

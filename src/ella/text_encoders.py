@@ -94,6 +94,8 @@ class LLMEncoder:
     def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed", echo: bool = False):
         if mode not in TEXT_MODES:
             raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.mode, self.echo = max_length, mode, echo
         if tokenizer.pad_token is None:  # decoder-only LLMs usually have none
@@ -116,7 +118,10 @@ class LLMEncoder:
                 )
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str], padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, prompts: str | list[str], padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a string or a non-empty list of strings")
         tokens = self.tokenizer(
             prompts, padding=padding, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
