@@ -129,6 +129,12 @@ def test_bad_inputs_are_refused(tiny_pipe):
         tiny_pipe("a cat", conditioning="t5", num_inference_steps=1)
     with pytest.raises(ValueError, match="finite"):  # NaN guidance would give blank images
         tiny_pipe("a cat", guidance_scale=float("nan"), num_inference_steps=1)
+    with pytest.raises(ValueError, match="must be at least 1"):
+        tiny_pipe("a cat", num_inference_steps=0)
+    with pytest.raises(ValueError, match="must be at least 1"):
+        tiny_pipe("a cat", num_images_per_prompt=0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="got 3 generators for 2 images"):
+        tiny_pipe("a cat", num_images_per_prompt=2, generator=[torch.Generator()] * 3, num_inference_steps=1)
     tiny_pipe.ella = ELLA.from_preset("tiny", output_dim=24)
     with pytest.raises(ValueError, match="outputs width 24 but the UNet's cross-attention width is 16"):
         tiny_pipe("a cat", num_inference_steps=1)

@@ -234,6 +234,12 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         self.check_inputs(prompts, negatives, height, width, conditioning, image)
         if not math.isfinite(guidance_scale):  # NaN would silently give blank images
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        if num_inference_steps < 1 or num_images_per_prompt < 1:
+            raise ValueError(f"num_inference_steps ({num_inference_steps}) and num_images_per_prompt"
+                             f" ({num_images_per_prompt}) must be at least 1")
+        if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
+            raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images"
+                             " (one per image, or a single generator)")
         do_cfg = guidance_scale > 1.0
         device = self._execution_device
         n = num_images_per_prompt
