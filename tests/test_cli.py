@@ -43,6 +43,8 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
     "args, message",
     [
         (["generate", "a cat", "--model", "/no/such/model"], "model folder not found"),
+        # a hub id is not a missing folder; the connector is checked before any download
+        (["generate", "a cat", "--model", "org/model", "--ella", "/no/such.safetensors"], "checkpoint file not found"),
         (["generate", "   ", "--model", "X"], "prompt is empty"),
         (["generate", "a cat " * 3000, "--model", "X"], "characters long"),
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),

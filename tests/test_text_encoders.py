@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -30,6 +31,21 @@ def test_truncation_warning_names_the_cut(caplog, prompts):
     with caplog.at_level(logging.WARNING, logger="ella.text_encoders"):  # a bare string is one prompt
         LLMEncoder(model, tok, max_length=5)(prompts)
     assert "prompt 0 is 11 tokens long: 6 tokens were cut (max_length=5)" in caplog.text
+
+
+def test_hub_ids_are_not_mistaken_for_missing_folders(tmp_path):
+    """"google/flan-t5-xl" (the default LLM) and "runwayml/stable-diffusion-v1-5" were refused as
+    missing folders because they contain a slash; only names that can only be paths are."""
+    from ella.paths import require_local_folder
+
+    for hub_id in ("google/flan-t5-xl", "runwayml/stable-diffusion-v1-5", "gpt2", "org/model_v1.5"):
+        require_local_folder(hub_id, "model folder")
+    require_local_folder(str(tmp_path), "model folder")  # an existing folder
+    for path in ("/no/such/model", "./model", "../model", "runs/shapes/base", "~/model", ".hidden"):
+        with pytest.raises(ValueError, match=f"model folder not found: {re.escape(path)}"):
+            require_local_folder(path, "model folder")
+    with pytest.raises(ValueError, match="text encoder folder not found"):
+        load_text_encoder("/no/such/llm")
 
 
 def test_bad_encoder_input_is_refused():

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .paths import require_local_folder
+
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
@@ -73,8 +75,8 @@ def load_text_encoder(
         if not os.path.isfile(path):
             raise ValueError(f"GGUF file not found: {path}")
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
-    elif not os.path.isdir(path) and (os.path.sep in path or path.startswith(".")):
-        raise ValueError(f"text encoder folder not found: {path}")
+    else:
+        require_local_folder(path, "text encoder folder")
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)

@@ -68,6 +68,9 @@ class TransformersVQABackend(VQABackend):
         import torch
         from transformers import AutoProcessor, BlipForQuestionAnswering
 
+        from ..paths import require_local_folder
+
+        require_local_folder(model_id, "VQA model folder")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = BlipForQuestionAnswering.from_pretrained(model_id).to(self.device).eval()

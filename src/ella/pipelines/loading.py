@@ -10,6 +10,7 @@ import os
 import torch
 
 from ..models import ELLA
+from ..paths import require_local_folder
 from ..text_encoders import DEFAULT_LLM, load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
 from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
@@ -127,8 +128,8 @@ def load_pipeline(
 
     if ella is None:
         raise ValueError(f"{model} is not an ELLA pipeline folder: pass the connector with --ella PATH")
-    if not os.path.isdir(model) and (os.path.sep in model or model.startswith(".")):
-        raise ValueError(f"model folder not found: {model}")
+    require_local_folder(model, "model folder")
+    connector = load_connector(ella, torch_dtype)  # first: small, local, and the likeliest typo
     try:
         unet = load_unet(model, "unet", torch_dtype)
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)
@@ -136,7 +137,6 @@ def load_pipeline(
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load Stable Diffusion model {model!r}: {str(err).splitlines()[0]}") from err
     text_encoder, tokenizer = load_text_encoder(llm or DEFAULT_LLM, dev, torch_dtype)
-    connector = load_connector(ella, torch_dtype)
     sdxl = unet.config.addition_embed_type == "text_time"
     cls, clip = (ELLAStableDiffusionXLPipeline, load_sdxl_clip(model, torch_dtype)) if sdxl else (ELLAStableDiffusionPipeline, {})
     pipe = cls(

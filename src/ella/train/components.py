@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import ELLA, PRESETS
+from ..paths import require_local_folder
 from ..text_encoders import LLMEncoder, load_text_encoder
 from .config import TrainConfig
 
@@ -45,8 +46,7 @@ def load_frozen_parts(
         vae = None if pixel else tiny_vae()
         scheduler = DDPMScheduler(num_train_timesteps=1000)
     else:
-        if not os.path.isdir(config.model) and (os.path.sep in config.model or config.model.startswith(".")):
-            raise ValueError(f"model folder not found: {config.model}")
+        require_local_folder(config.model, "model folder")
         has_vae = not os.path.isdir(config.model) or os.path.isdir(os.path.join(config.model, "vae"))
         try:
             unet = load_unet(config.model, "unet") if need_unet else None
