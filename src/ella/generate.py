@@ -8,7 +8,6 @@ import os
 import torch
 
 from .images import check_image_path, make_grid, save_atomic, upscale
-from .paths import require_local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ def load_for_cli(args):
         return load_shapes_pipeline(connector=connector, device=args.device, dtype=args.dtype), SHAPES_DEFAULTS
     from .pipelines.loading import load_pipeline
 
-    require_local_folder(args.model, "model folder")
     pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype)
     # Published ELLA-SD1.5 defaults of the web demo (reference doc, Sec. 3).
     return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None)  # size: the UNet's own

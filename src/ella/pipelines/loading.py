@@ -119,6 +119,7 @@ def load_pipeline(
     The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    require_local_folder(model, "model folder")
     saved = ella_pipeline_class(model) if os.path.isdir(model) else None
     if saved is not None:
         if ella is not None or llm is not None:
@@ -128,7 +129,6 @@ def load_pipeline(
 
     if ella is None:
         raise ValueError(f"{model} is not an ELLA pipeline folder: pass the connector with --ella PATH")
-    require_local_folder(model, "model folder")
     connector = load_connector(ella, torch_dtype)  # first: small, local, and the likeliest typo
     try:
         unet = load_unet(model, "unet", torch_dtype)
