@@ -1,6 +1,8 @@
+import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -39,10 +41,22 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
     assert Image.open(grid).size == (3 * 32, 2 * 32)  # base row, ELLA row
 
 
+def test_generate_with_another_scheduler_is_seeded(pipe_dir, tmp_path):
+    # euler-a draws fresh noise at every step: the same --seed must still give the same image
+    outs = [tmp_path / f"{i}.png" for i in range(3)]
+    for out, seed in zip(outs, ("7", "7", "8")):
+        args = ["generate", "a red circle", "--model", str(pipe_dir), "--steps", "3", "--scheduler", "euler-a",
+                "--seed", seed, "--out", str(out)]
+        assert main(args) == 0
+    a, b, c = (np.asarray(Image.open(out)) for out in outs)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["generate", "a cat", "--model", "/no/such/model"], "model folder not found"),
+        (["generate", "a cat", "--model", "/no/such/model", "--scheduler", "bogus"], "unknown scheduler 'bogus'"),
         # a hub id is not a missing folder; the connector is checked before any download
         (["generate", "a cat", "--model", "org/model", "--ella", "/no/such.safetensors"], "checkpoint file not found"),
         (["generate", "   ", "--model", "X"], "prompt is empty"),
@@ -74,6 +88,13 @@ def test_bad_input_is_one_line_and_exit_2(pipe_dir, tmp_path, capsys, args, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ella: error:") and message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_a_scheduler_without_its_dependency_is_one_line(capsys):
+    if importlib.util.find_spec("torchsde") is not None:
+        pytest.skip("torchsde is installed here")
+    assert main(["generate", "a cat", "--model", "/no/such/model", "--scheduler", "DPMSolverSDEScheduler"]) == 2
+    assert "needs torch and torchsde installed" in capsys.readouterr().err  # before the model is looked for
 
 
 def test_convert_round_trip(tmp_path):

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+)
 
 from ella import ELLA, ELLAStableDiffusionPipeline
 from ella.tiny import tiny_components
@@ -29,6 +36,26 @@ def test_batch_of_different_lengths_equals_per_prompt(tiny_pipe):
     for i, (p, neg) in enumerate(zip(PROMPTS, ["ugly", "", "blurry photo"])):
         alone = run(tiny_pipe, p, [i + 1], negative_prompt=neg)
         np.testing.assert_allclose(batch[i], alone[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler_cls", [EulerAncestralDiscreteScheduler, DDPMScheduler])
+def test_stochastic_schedulers_draw_their_step_noise_from_the_generator(tiny_pipe, scheduler_cls):
+    # These samplers add fresh noise at every step: a seed must fix it too, image by image.
+    tiny_pipe.scheduler = scheduler_cls.from_config(tiny_pipe.scheduler.config)
+    a = run(tiny_pipe, PROMPTS[:2], [1, 2], num_inference_steps=3)
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = run(tiny_pipe, PROMPTS[:2], [1, 2], num_inference_steps=3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(run(tiny_pipe, PROMPTS[1], [2], num_inference_steps=3)[0], a[1], atol=1e-4)
+
+
+def test_ddim_eta_reaches_the_scheduler(tiny_pipe):
+    tiny_pipe.scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    plain = run(tiny_pipe, PROMPTS[0], [1], num_inference_steps=3)
+    assert np.array_equal(plain, run(tiny_pipe, PROMPTS[0], [1], num_inference_steps=3, eta=0.0))
+    noisy = run(tiny_pipe, PROMPTS[0], [1], num_inference_steps=3, eta=1.0)
+    assert not np.allclose(plain, noisy)
+    np.testing.assert_array_equal(noisy, run(tiny_pipe, PROMPTS[0], [1], num_inference_steps=3, eta=1.0))
 
 
 def test_num_images_per_prompt_and_cfg_off(tiny_pipe):

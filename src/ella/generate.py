@@ -16,7 +16,18 @@ MAX_PROMPT_CHARS = 10_000
 
 
 def load_for_cli(args):
-    """(pipeline, defaults) for the model the flags name; the shipped ShapesWorld model if none."""
+    """(pipeline, defaults) for the model and sampler the flags name; the shipped ShapesWorld model
+    if none."""
+    from .pipelines.loading import scheduler_class
+
+    sampler = None if args.scheduler is None else scheduler_class(args.scheduler)  # a typo fails before loading
+    pipe, defaults = _load_model(args)
+    if sampler is not None:
+        pipe.scheduler = sampler.from_config(pipe.scheduler.config)
+    return pipe, defaults
+
+
+def _load_model(args):
     if args.model is None:
         from .shapes.models import CONNECTORS, SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
 

@@ -8,6 +8,7 @@ step's timestep, on both CFG branches in one batched call (reference doc, Sec. 3
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -161,6 +162,16 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
     # ---- the denoising loop -------------------------------------------------------------------
 
+    def scheduler_step_kwargs(self, generator, eta: float) -> dict:
+        """What this scheduler's `step` takes of the call's randomness: stochastic samplers (DDPM,
+        Euler ancestral, SDE solvers) draw fresh noise at every step, from `generator` so that a
+        seed gives the same image; DDIM also takes `eta`."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        kwargs = {"generator": generator} if "generator" in accepted else {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        return kwargs
+
     def conditioning_at(
         self,
         t: torch.Tensor,
@@ -202,6 +213,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         image=None,
         controlnet_conditioning_scale: float = 1.0,
         precompute_connector: bool = False,
+        eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
     ):
@@ -217,7 +229,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         `controlnet_conditioning_scale`. `precompute_connector=True` runs the connector for every
         step's timestep in one batched call before the loop (same conditioning; see
         `ELLA.forward_timesteps`): the connector never reads the latents, and one large call
-        beats one small call per step where each call is bound by kernel launches (GPUs).
+        beats one small call per step where each call is bound by kernel launches (GPUs). `eta`
+        is DDIM's (0: deterministic DDIM; other schedulers ignore it); stochastic schedulers draw
+        their per-step noise from `generator` too.
         """
         # 1. Inputs
         if prompt_embeds is not None:
@@ -276,6 +290,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
         # 4. Denoising loop: the connector runs at every step, with that step's timestep (or ran
         # for all of them at once, before the loop).
+        step_kwargs = self.scheduler_step_kwargs(generator, eta)
         precomputed = None
         if precompute_connector and text is not None:
             precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
@@ -299,7 +314,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 if do_cfg:
                     uncond, cond_pred = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond_pred - uncond)
-                latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 progress.update()
 
         # 5. Decode
