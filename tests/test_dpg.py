@@ -238,6 +238,13 @@ def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     (images / "p2.png").unlink()
     assert main(args) == 0
     assert np.abs(np.asarray(Image.open(images / "p2.png"), dtype=int) - before).max() <= 2
+    # ... but never with other settings: p2 would then be scored beside a p1 made otherwise
+    (images / "p2.png").unlink()
+    capsys.readouterr()
+    assert main(args[:-6] + ["--steps", "3", "--seed", "3", "--device", "cpu"]) == 2
+    assert "holds images made with other settings (steps: 2 there, 3 now)" in capsys.readouterr().err
+    assert not (images / "p2.png").exists()
+    assert main(args) == 0
 
     items = load_csv(str(tmp_path / "q.csv"))
     first = score_run(items, str(images), FakeVQA(items), str(tmp_path / "s1"))

@@ -4,11 +4,13 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from ella.bench.dpg import check_integrity, load_csv
 from ella.shapes.judge import ShapesJudge
 from ella.shapes.world import (
     BACKGROUNDS,
+    CELL_BY_PHRASE,
     COLORS,
     NUMBERS,
     SHAPES,
@@ -86,6 +88,52 @@ def test_dense_captions_mention_every_object_and_short_ones_fit_16_tokens():
         assert len(short.split()) <= 10
         assert len(tok(short)["input_ids"]) <= 16
         assert set(re.findall(r"[a-z]+", text.lower())) <= words  # dense prompts' words too
+
+
+def read_brief(text: str) -> tuple[set, str | None]:
+    """A brief caption back to its objects {(size, colour, shape, cell)} and background."""
+    moves = {"below it": 3, "above it": -3, "to its right": 1, "to its left": -1}
+    places = "|".join(map(re.escape, sorted([*CELL_BY_PHRASE, *moves], key=len, reverse=True)))  # longest first
+    objects, cell = set(), None
+    for size, color, shape, where in re.findall(rf"a (large|small) (\w+) (circle|square|triangle) ({places})", text):
+        cell = cell + moves[where] if where in moves else CELL_BY_PHRASE[where]
+        objects.add((size, color, shape, cell))
+    background = re.search(r"(black|gray|white)(?: background)?$", text)
+    return objects, background and background.group(1)
+
+
+def test_brief_captions_name_the_whole_scene_in_a_few_words():
+    # What users type: read back with its relative places resolved, it gives the scene exactly.
+    rng = random.Random(11)
+    relative = 0
+    for i in range(500):
+        scene = sample_scene(rng)
+        text, rows = make_item(scene, random.Random(i), "x", "brief")
+        dense_rows = make_item(scene, random.Random(i), "x", "dense")[1]
+        objects, background = read_brief(text)
+        assert objects == {(o.size, o.color, o.shape, o.cell) for o in scene.objects}, text
+        assert background in (None, scene.background) and len(text.split()) <= 40
+        assert "In total" not in text and not text[0].isupper()
+        # the same questions as the scene's dense prompt: only the prompt differs
+        strip = [{k: v for k, v in r.items() if k != "text"} for r in rows]
+        assert strip == [{k: v for k, v in r.items() if k != "text"} for r in dense_rows]
+        relative += bool(re.search(r"\bit\b|its ", text))
+    assert relative > 50
+    assert read_brief("a large red circle at the top left, a small blue square below it") == (
+        {("large", "red", "circle", 0), ("small", "blue", "square", 3)}, None)
+
+
+def test_mixed_caption_data_keeps_the_dense_sets_scenes_and_captions():
+    from ella.train.data import make_dataset
+
+    dense, mixed = make_dataset("shapes:6", 32), make_dataset("shapes:6:mixed", 32)
+    for i in range(6):
+        assert torch.equal(dense[i]["pixel_values"], mixed[i]["pixel_values"])
+        assert (dense[i]["caption"] == mixed[i]["caption"]) == (i % 2 == 0)
+    assert make_dataset("shapes:6:9:brief", 32).seed == 9
+    for bad in ("shapes:x", "shapes:6:1:2", "shapes:6:short"):
+        with pytest.raises(ValueError, match="shapes:N|captions must be"):
+            make_dataset(bad, 32)
 
 
 def test_questions_load_with_the_dpg_loader(tmp_path):

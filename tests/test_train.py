@@ -90,6 +90,22 @@ def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
     assert load_training_state(step6)["lr_scheduler"]["_last_lr"][0] == pytest.approx(expected)
 
 
+def test_init_connector_starts_from_saved_weights(tmp_path):
+    from ella import ELLA
+    from ella.train.components import build_connector
+
+    config = tiny_config(tmp_path, max_steps=2)
+    parts = load_frozen_parts(config, torch.device("cpu"), torch.float32)
+    export = train(config, parts).export_dir
+    saved = ELLA.from_pretrained(export).state_dict()
+    start = build_connector(dataclasses.replace(config, init_connector=export), parts).state_dict()
+    fresh = build_connector(config, parts).state_dict()
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+    assert any(not torch.equal(fresh[k], saved[k]) for k in saved)
+    with pytest.raises(ValueError, match="does not fit connector"):
+        build_connector(dataclasses.replace(config, init_connector=export, connector_type="mlp"), parts)
+
+
 def test_training_from_the_cache_matches_raw_data(tmp_path):
     from ella.train.cache import build_cache
 

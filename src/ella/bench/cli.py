@@ -44,6 +44,8 @@ def add_bench_parsers(sub, add_model_args, positive_int) -> None:
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
     sh.add_argument("--steps", type=positive_int, default=25)
     sh.add_argument("--guidance", type=float, default=5.0)
+    sh.add_argument("--captions", choices=("dense", "brief"), default="dense",
+                    help="prompt style: dense (the benchmark) or brief (what users type; same scenes and questions)")
     sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
 
@@ -65,8 +67,8 @@ def run_bench_command(args) -> None:
         models = [m for m in args.models.split(",") if m]
         if not models:
             raise ValueError("--models names no model (e.g. --models base,ella)")
-        summaries = run_shapes_bench(args.prompts, models, args.out,
-                                     args.model_dir, args.steps, args.guidance)
+        summaries = run_shapes_bench(args.prompts, models, args.out, args.model_dir, args.steps, args.guidance,
+                                     captions=args.captions)
         print(json.dumps(summaries, indent=2) if args.json else markdown_table(summaries))
         return
     if args.dpg == "fetch":
@@ -130,8 +132,11 @@ def dpg_generate(args) -> None:
         "guidance": defaults["guidance"] if args.guidance is None else args.guidance,
         "height": height, "width": width, "dtype": str(pipe.unet.dtype), "seed": args.seed, "samples": args.samples,
         "seed_rule": "sha256(f'{seed}:{item_id}:{index}')[:8] little-endian mod 2**63",
-        "conditioning": args.conditioning, "torch": torch.__version__,
+        "conditioning": args.conditioning, "negative_prompt": args.negative, "torch": torch.__version__,
     }
+    if state.is_main_process:
+        write_manifest(args.out, settings)  # first: refuses to add to images made otherwise
+    state.wait_for_everyone()
     written = generate_images(
         pipe, prompts, args.out, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
         rank=state.process_index, world=state.num_processes, num_inference_steps=settings["steps"],
@@ -139,8 +144,6 @@ def dpg_generate(args) -> None:
         conditioning=args.conditioning,
     )
     state.wait_for_everyone()
-    if state.is_main_process:
-        write_manifest(args.out, settings)
     print(f"wrote {len(written)} images to {args.out} ({len(prompts) - len(written)} already there or on other processes)")
 
 

@@ -61,8 +61,22 @@ def generate_images(
 
 
 def write_manifest(out_dir: str, settings: dict) -> None:
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(settings, f, indent=2, default=str)
+    """Record how the images in `out_dir` are made, before the first one is: a restarted run
+    resumes only with the same settings (else it would mix images of two runs in one score)."""
+    path = os.path.join(out_dir, "manifest.json")
+    settings = json.loads(json.dumps(settings, default=str))
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            k = changed[0]
+            raise ValueError(f"{out_dir} holds images made with other settings ({k}: {before.get(k)!r} there,"
+                             f" {settings.get(k)!r} now): pass another output folder, or delete that one")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=2)
 
 
 def file_sha256(path: str) -> str:

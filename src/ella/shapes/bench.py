@@ -1,6 +1,6 @@
 """`ella bench shapes`: the paper's DPG-Bench comparison in miniature.
 
-Held-out dense prompts (a seed stream disjoint from training) with their questions in the
+Held-out dense prompts (a seed stream disjoint from training; or the same scenes as brief prompts) with their questions in the
 official CSV format; 4 images per prompt from each model; the exact `shapes` judge through the
 DPG-Bench scorer (corrected mode); a ground-truth row (the judge's ceiling).
 """
@@ -8,14 +8,15 @@ DPG-Bench scorer (corrected mode); a ground-truth row (the judge's ceiling).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 
 from ..bench.dpg import CSV_COLUMNS, load_csv
-from ..bench.runner import generate_images, score_run, write_manifest
+from ..bench.runner import file_sha256, generate_images, score_run, write_manifest
 from ..bench.vqa import ShapesBackend
 from ..images import make_grid, save_atomic
-from .data import HELDOUT_SEED, ShapesDenseDataset
+from .data import HELDOUT_SEED, ShapesSceneDataset
 from .world import render
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,12 @@ MODELS = {
 }
 
 
-def write_heldout(n: int, out_dir: str) -> tuple[str, dict, dict]:
-    """(questions.csv path, {item_id: prompt}, {item_id: scene}) for n held-out prompts."""
+def write_heldout(n: int, out_dir: str, captions: str = "dense") -> tuple[str, dict, dict]:
+    """(questions CSV path, {item_id: prompt}, {item_id: scene}) for n held-out prompts in the
+    `captions` style (the same scenes and questions in either)."""
     os.makedirs(out_dir, exist_ok=True)
-    data = ShapesDenseDataset(n, seed=HELDOUT_SEED)
-    path = os.path.join(out_dir, "questions.csv")
+    data = ShapesSceneDataset(n, seed=HELDOUT_SEED, captions=captions)
+    path = os.path.join(out_dir, "questions.csv" if captions == "dense" else f"questions-{captions}.csv")
     prompts, scenes = {}, {}
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -48,6 +50,15 @@ def write_heldout(n: int, out_dir: str) -> tuple[str, dict, dict]:
     return path, prompts, scenes
 
 
+def weights_sha256(model_dir: str, connector: str | None) -> str:
+    """One digest of the weight files a bench row draws with (the UNet and the connector, or the
+    base text encoder): images made with other weights are never mixed into its score."""
+    parts = ["unet", f"ella-{connector}" if connector else "base_text_encoder"]
+    files = sorted(os.path.join(model_dir, p, f) for p in parts for f in os.listdir(os.path.join(model_dir, p))
+                   if f.endswith(".safetensors"))
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
 def run_shapes_bench(
     n_prompts: int = 200,
     models: list[str] = ("base", "ella"),
@@ -58,13 +69,15 @@ def run_shapes_bench(
     seed: int = 0,
     batch_size: int = 64,
     device: str | None = None,
+    captions: str = "dense",
 ) -> dict[str, dict]:
-    from .models import load_shapes_pipeline
+    from .models import load_shapes_pipeline, shipped_model_dir
 
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown ShapesWorld model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
-    csv_path, prompts, scenes = write_heldout(n_prompts, out_dir)
+    csv_path, prompts, scenes = write_heldout(n_prompts, out_dir, captions)
+    suffix = "" if captions == "dense" else f"-{captions}"  # brief prompts' images and scores apart
     items = load_csv(csv_path)
     judge = ShapesBackend()
     summaries = {}
@@ -79,12 +92,14 @@ def run_shapes_bench(
     for name in models:
         connector, conditioning = MODELS[name]
         pipe = load_shapes_pipeline(model_dir, connector=connector, device=device)
-        images_dir = os.path.join(out_dir, "images", name)
+        images_dir = os.path.join(out_dir, "images", name + suffix)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,
-                        resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__)
+                        resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__, captions=captions,
+                        weights_sha256=weights_sha256(model_dir or shipped_model_dir(), connector))
+        write_manifest(images_dir, settings)
         generate_images(pipe, prompts, images_dir, samples=4, seed=seed, batch_size=batch_size,
                         num_inference_steps=steps, guidance_scale=guidance, conditioning=conditioning)
-        write_manifest(images_dir, settings)
-        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", name), settings=settings)
+        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", name + suffix),
+                                    settings=settings)
         logger.info("%s: overall %.2f", name, summaries[name]["overall"])
     return summaries

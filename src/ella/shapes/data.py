@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from .world import PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
+from .world import CAPTION_STYLES, PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
 TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
@@ -23,19 +23,37 @@ def to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
-class ShapesDenseDataset(torch.utils.data.Dataset):
-    """`train_data: shapes:N[:seed]`: rendered scenes with dense captions (for ELLA training)."""
+class ShapesSceneDataset(torch.utils.data.Dataset):
+    """`train_data: shapes:N[:seed][:captions]`: N rendered scenes, captioned for ELLA training.
+    `captions`: "dense" (the default: every object, counts, relations, the background), "brief"
+    (what a user types, `world.brief_caption`) or "mixed" (dense for even indices, brief for odd:
+    scene i and, if even, its caption are those of the dense set)."""
 
-    def __init__(self, n: int, resolution: int = 32, seed: int = TRAIN_SEED):
-        self.n, self.resolution, self.seed = n, resolution, seed
+    def __init__(self, n: int, resolution: int = 32, seed: int = TRAIN_SEED, captions: str = "dense"):
+        if captions not in (*CAPTION_STYLES, "mixed"):
+            raise ValueError(f"ShapesWorld captions must be one of {', '.join(CAPTION_STYLES)} or mixed, got {captions!r}")
+        self.n, self.resolution, self.seed, self.captions = n, resolution, seed, captions
+
+    @classmethod
+    def from_spec(cls, spec: str, resolution: int = 32) -> "ShapesSceneDataset":
+        """From `shapes:N[:seed][:captions]`, e.g. shapes:10000, shapes:20000:mixed."""
+        n, *rest = spec.split(":")[1:]
+        seeds = [int(x) for x in rest if x.isdigit()]
+        styles = [x for x in rest if not x.isdigit()]
+        if not n.isdigit() or len(seeds) > 1 or len(styles) > 1:
+            raise ValueError(f"ShapesWorld data is shapes:N[:seed][:captions], got {spec!r}")
+        return cls(int(n), resolution, *seeds or [TRAIN_SEED], *styles)
 
     def __len__(self) -> int:
         return self.n
 
+    def style(self, index: int) -> str:
+        return ("dense", "brief")[index % 2] if self.captions == "mixed" else self.captions
+
     def item(self, index: int):
         rng = scene_rng(self.seed, index)
         scene = sample_scene(rng)
-        text, rows = make_item(scene, rng, f"shapes{index}")
+        text, rows = make_item(scene, rng, f"shapes{index}", self.style(index))
         return scene, text, rows
 
     def __getitem__(self, index: int) -> dict:

@@ -194,6 +194,31 @@ def short_caption(scene: Scene, rng: random.Random, max_words: int = 10,
     return text
 
 
+def relative_phrase(anchor: Obj, o: Obj) -> str | None:
+    """Where `o` sits seen from `anchor`, when it is the next cell over ("below it", "to its
+    right"); None otherwise (then only the grid name places it exactly)."""
+    step = (o.row - anchor.row, o.col - anchor.col)
+    return {(1, 0): "below it", (-1, 0): "above it", (0, 1): "to its right", (0, -1): "to its left"}.get(step)
+
+
+def brief_caption(scene: Scene, rng: random.Random) -> str:
+    """A prompt as a user types it: every object with all its attributes, in any order, each
+    placed by its grid name or, when it is the next cell over from the object named before it,
+    relative to that one ("a large red circle at the top left, a small blue square below it");
+    the background in most. 5-40 words, none of the dense captions' framing sentences."""
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    phrases = []
+    for i, o in enumerate(objs):
+        near = relative_phrase(objs[i - 1], o) if i else None
+        where = near if near and rng.random() < 0.6 else place_phrase(o.cell)
+        phrases.append(f"a {o.noun()} {where}")
+    text = ", ".join(phrases) if rng.random() < 0.5 else _join(phrases)
+    background = rng.choice([f" on a {scene.background} background", f", {scene.background} background",
+                             f" on {scene.background}", ""])
+    return text + background
+
+
 # ---- questions (DPG-Bench CSV rows) -----------------------------------------------------------
 
 
@@ -232,10 +257,16 @@ def questions(scene: Scene, item_id: str, text: str, relations: list[tuple[Obj, 
     return rows
 
 
-def make_item(scene: Scene, rng: random.Random, item_id: str) -> tuple[str, list[dict]]:
-    """A dense prompt and its question rows."""
+CAPTION_STYLES = ("dense", "brief")
+
+
+def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dense") -> tuple[str, list[dict]]:
+    """A prompt in `style` (dense or brief) and its question rows. The relations asked about are
+    drawn first, so a scene's questions are the same in either style: only the prompt differs."""
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
     relations = pick_relations(scene, rng)
-    text = dense_caption(scene, rng, relations)
+    text = dense_caption(scene, rng, relations) if style == "dense" else brief_caption(scene, rng)
     return text, questions(scene, item_id, text, relations)
 
 

@@ -24,6 +24,7 @@ class TrainConfig:
     connector: str = "sd15-t5xl"  # preset name (ella.PRESETS)
     connector_type: str = "tsc"  # tsc | adaln-zero | resampler | mlp (the paper's ablations)
     connector_overrides: dict = field(default_factory=dict)  # e.g. {layers: 2}
+    init_connector: str | None = None  # fine-tune: start from these weights (export folder or .safetensors file)
     # --- data
     train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
     resolution: int = 512  # resize shorter side, then center-crop

@@ -147,16 +147,16 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
 
 def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
-    `synthetic:N` (procedural squares) or `shapes:N[:seed]` (ShapesWorld dense captions)."""
+    `synthetic:N` (procedural squares) or `shapes:N[:seed][:captions]` (ShapesWorld scenes; captions
+    dense, brief or mixed)."""
     if train_data.startswith("synthetic:"):
         from .synthetic import SyntheticDataset
 
         return SyntheticDataset(int(train_data.split(":", 1)[1]), resolution, seed)
     if train_data.startswith("shapes:"):
-        from ..shapes.data import ShapesDenseDataset
+        from ..shapes.data import ShapesSceneDataset
 
-        n, *split_seed = train_data.split(":")[1:]
-        return ShapesDenseDataset(int(n), resolution, *map(int, split_seed))
+        return ShapesSceneDataset.from_spec(train_data, resolution)
     return ImageCaptionDataset(train_data, resolution)
 
 
