@@ -3,7 +3,9 @@
     python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-attention] [--seed 0]
 
 `--base` names the base model's run folder inside RUNS (the connectors were trained on it); the
-connectors come from RUNS/ella-TYPE-seedN/export (scripts/train_shapes_connectors.sh's layout).
+connectors come from RUNS/ella-TYPE-seedN/export (scripts/train_shapes_connectors.sh's layout),
+but for the two TSCs: the default `tsc` is the last stage, `ella-tsc-mixed-seedN` (dense + brief
+captions), and `tsc-dense` is the three-stage run it started from, `ella-tsc-seedN`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
+    run_names = {"tsc": "ella-tsc-mixed-seed{seed}", "tsc-dense": "ella-tsc-seed{seed}"}
     for variant in CONNECTORS:
-        export = os.path.join(runs, f"ella-{variant}-seed{seed}", "export")
+        run = run_names.get(variant, f"ella-{variant}-seed{{seed}}").format(seed=seed)
+        export = os.path.join(runs, run, "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

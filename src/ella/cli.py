@@ -42,7 +42,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
                    "default: the shipped ShapesWorld model")
     p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder; with the "
-                   "shipped ShapesWorld model: tsc (default), resampler, mlp, tsc-smollm2 or tsc-smollm2-echo")
+                   "shipped ShapesWorld model: tsc (default), tsc-dense, resampler, mlp, tsc-smollm2 or tsc-smollm2-echo")
     p.add_argument("--llm", help="text encoder LLM for --model with --ella (folder, hub id, .gguf file, or 'minilm' /"
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -38,8 +38,8 @@ def add_bench_parsers(sub, add_model_args, positive_int) -> None:
 
     sh = sub.add_parser("shapes", help="ShapesWorld: base vs ELLA on held-out dense prompts, exact judge")
     sh.add_argument("--prompts", type=positive_int, default=200)
-    sh.add_argument("--models", default="base,ella", help="comma-separated: base, ella, ella-resampler,"
-                    " ella-mlp, ella-smollm2, ella-smollm2-echo")
+    sh.add_argument("--models", default="base,ella", help="comma-separated: base, ella, ella-dense,"
+                    " ella-resampler, ella-mlp, ella-smollm2, ella-smollm2-echo")
     sh.add_argument("--out", default="runs/shapes-bench")
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
     sh.add_argument("--steps", type=positive_int, default=25)

@@ -1,7 +1,9 @@
 """The shipped ShapesWorld models: one folder with the base model's parts and the connectors.
 
     unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
-    ella-tsc/  ella-resampler/  ella-mlp/                    connectors on all-MiniLM-L6-v2
+    ella-tsc/                                                the default connector (all-MiniLM-L6-v2):
+                                                             dense and brief prompts
+    ella-tsc-dense/  ella-resampler/  ella-mlp/              the ablation's connectors: dense prompts
     ella-tsc-smollm2/  ella-tsc-smollm2-echo/                the TSC on SmolLM2-135M (optional LLM)
 """
 
@@ -27,6 +29,7 @@ class ConnectorLLM(NamedTuple):
 
 CONNECTORS = {
     "tsc": ConnectorLLM(MINILM),
+    "tsc-dense": ConnectorLLM(MINILM),
     "resampler": ConnectorLLM(MINILM),
     "mlp": ConnectorLLM(MINILM),
     "tsc-smollm2": ConnectorLLM(SMOLLM2),
