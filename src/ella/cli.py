@@ -51,7 +51,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--size", type=_size, default=None, help="N or HxW in pixels")
     p.add_argument("--negative", default=None, help="negative prompt (default: empty prompt)")
-    p.add_argument("--scheduler", default=None, help="sampler: dpm++ (default), dpm++-sde, unipc, ddim, ddpm, pndm,"
+    p.add_argument("--scheduler", default=None, help="sampler: dpm++ (default), unipc, ddim, ddpm, pndm,"
                    " euler, euler-a, heun, or a diffusers scheduler class name")
 
 

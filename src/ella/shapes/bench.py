@@ -1,8 +1,9 @@
 """`ella bench shapes`: the paper's DPG-Bench comparison in miniature.
 
-Held-out dense prompts (a seed stream disjoint from training; or the same scenes as brief prompts) with their questions in the
-official CSV format; 4 images per prompt from each model; the exact `shapes` judge through the
-DPG-Bench scorer (corrected mode); a ground-truth row (the judge's ceiling).
+Held-out dense prompts (a seed stream disjoint from training; or the same scenes as brief
+prompts) with their questions in the official CSV format; 4 images per prompt from each model;
+the exact `shapes` judge through the DPG-Bench scorer (corrected mode); a ground-truth row (the
+judge's ceiling).
 """
 
 from __future__ import annotations
