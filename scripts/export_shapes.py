@@ -36,10 +36,9 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
-    run_names = {"tsc": "ella-tsc-mixed-seed{seed}", "tsc-dense": "ella-tsc-seed{seed}"}
+    runs_of = {"tsc": "ella-tsc-mixed", "tsc-dense": "ella-tsc"}  # else ella-VARIANT
     for variant in CONNECTORS:
-        run = run_names.get(variant, f"ella-{variant}-seed{{seed}}").format(seed=seed)
-        export = os.path.join(runs, run, "export")
+        export = os.path.join(runs, f"{runs_of.get(variant, f'ella-{variant}')}-seed{seed}", "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

@@ -205,7 +205,8 @@ def brief_caption(scene: Scene, rng: random.Random) -> str:
     """A prompt as a user types it: every object with all its attributes, in any order, each
     placed by its grid name or, when it is the next cell over from the object named before it,
     relative to that one ("a large red circle at the top left, a small blue square below it");
-    the background in most. 5-40 words, none of the dense captions' framing sentences."""
+    the background in most. 7-37 words (over 20,000 scenes), none of the dense captions' framing
+    sentences."""
     objs = list(scene.objects)
     rng.shuffle(objs)
     phrases = []

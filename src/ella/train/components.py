@@ -68,22 +68,24 @@ def load_frozen_parts(
 
 
 def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
-    """A connector from the preset, fitted to the LLM width and the UNet's cross-attention: fresh,
-    or with `init_connector`'s weights."""
+    """A fresh connector from the preset, fitted to the LLM width and the UNet's cross-attention."""
     if config.connector not in PRESETS:
         raise ValueError(f"unknown connector preset {config.connector!r}; known: {', '.join(sorted(PRESETS))}")
     kwargs = {**PRESETS[config.connector], **config.connector_overrides, "connector_type": config.connector_type}
     kwargs["input_dim"] = parts.text_encoder.config.hidden_size  # T5 maps hidden_size to d_model
     kwargs["output_dim"] = parts.unet.config.cross_attention_dim
-    ella = ELLA(**kwargs)
-    if config.init_connector:  # fine-tuning: the preset fixes the architecture, the file the weights
-        from ..pipelines.loading import load_connector
+    return ELLA(**kwargs)
 
-        start = load_connector(config.init_connector)
-        try:
-            ella.load_state_dict(start.state_dict())
-        except RuntimeError as err:
-            raise ValueError(f"init_connector {config.init_connector} does not fit connector {config.connector!r}"
-                             f" ({config.connector_type}): {str(err).splitlines()[1].strip()}") from err
-        logger.info("connector weights from %s", config.init_connector)
-    return ella
+
+def load_init_connector(ella: ELLA, config: TrainConfig) -> None:
+    """Fine-tuning: `config.init_connector`'s weights into `ella` (the preset fixes the
+    architecture, the file the weights)."""
+    from ..pipelines.loading import load_connector
+
+    start = load_connector(config.init_connector)
+    try:
+        ella.load_state_dict(start.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"init_connector {config.init_connector} does not fit connector {config.connector!r}"
+                         f" ({config.connector_type}): {str(err).splitlines()[1].strip()}") from err
+    logger.info("connector weights from %s", config.init_connector)

@@ -24,7 +24,7 @@ from ..models import ELLA
 from ..text_encoders import LLMEncoder
 from .cache import encode_images, fingerprint, read_index
 from .checkpoint import latest_checkpoint, load_training_state, save_training_state
-from .components import FrozenParts, build_connector, load_frozen_parts
+from .components import FrozenParts, build_connector, load_frozen_parts, load_init_connector
 from .config import TrainConfig
 from .data import CachedFeatureDataset, DataPosition, TarShardStream, iterate_batches, make_dataset
 
@@ -246,8 +246,12 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
         result.losses = [tuple(x) for x in state["losses"].tolist()]
         position = DataPosition(int(state["data_epoch"]), int(state["data_batch"]))
         logger.info("resumed from %s at step %d", ckpt, result.step)
-    elif config.resume:
+    elif config.resume and not config.init_connector:
         logger.info("no checkpoint in %s: starting from scratch", config.output_dir)
+    if result.step == 0 and config.init_connector:  # a resume reads its checkpoint instead
+        load_init_connector(ella, config)
+        if ema is not None:
+            ema.load_state_dict(ella.state_dict())
 
     model, optimizer = accelerator.prepare(model, optimizer)
     batches = open_data(config, parts, rank, world, position)
