@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..shapes.world import CAPTION_STYLES
 from .dpg import DPGDataError
 
 # Pinned upstream data (reference doc, Sec. 5; shared/dpg_bench/SOURCE.md).
@@ -44,8 +45,9 @@ def add_bench_parsers(sub, add_model_args, positive_int) -> None:
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
     sh.add_argument("--steps", type=positive_int, default=25)
     sh.add_argument("--guidance", type=float, default=5.0)
-    sh.add_argument("--captions", choices=("dense", "brief"), default="dense",
-                    help="prompt style: dense (the benchmark) or brief (what users type; same scenes and questions)")
+    sh.add_argument("--captions", choices=CAPTION_STYLES, default="dense",
+                    help="prompt style: dense (the benchmark), brief (what users type) or relative (brief, placed "
+                         "relative to the object named before wherever it can be); same scenes and questions")
     sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
 
 

@@ -12,6 +12,7 @@ from .world import CAPTION_STYLES, PLACE_PROBABILITY, make_item, render, sample_
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
 TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
+CAPTION_MIXES = {"mixed": "dense+brief"}
 
 
 def scene_rng(seed: int, index: int) -> random.Random:
@@ -26,17 +27,21 @@ def to_tensor(image) -> torch.Tensor:
 class ShapesSceneDataset(torch.utils.data.Dataset):
     """`train_data: shapes:N[:seed][:captions]`: N rendered scenes, captioned for ELLA training.
     `captions`: "dense" (the default: every object, counts, relations, the background), "brief"
-    (what a user types, `world.brief_caption`) or "mixed" (dense for even indices, brief for odd:
-    scene i and, if even, its caption are those of the dense set)."""
+    (what a user types, `world.brief_caption`), "relative" (brief, placed relative to the object
+    named before wherever it can be, `world.relative_caption`), or styles joined by "+", taken
+    in turn by index: "dense+brief" (alias "mixed") captions even indices dense, odd brief. Scene
+    i is the same in every style, and so is its caption wherever the style is the same."""
 
     def __init__(self, n: int, resolution: int = 32, seed: int = TRAIN_SEED, captions: str = "dense"):
-        if captions not in (*CAPTION_STYLES, "mixed"):
-            raise ValueError(f"ShapesWorld captions must be one of {', '.join(CAPTION_STYLES)} or mixed, got {captions!r}")
+        self.styles = tuple(CAPTION_MIXES.get(captions, captions).split("+"))
+        if not set(self.styles) <= set(CAPTION_STYLES):
+            raise ValueError(f"ShapesWorld captions must be {', '.join(CAPTION_STYLES)}, several joined by '+' "
+                             f"or mixed, got {captions!r}")
         self.n, self.resolution, self.seed, self.captions = n, resolution, seed, captions
 
     @classmethod
     def from_spec(cls, spec: str, resolution: int = 32) -> "ShapesSceneDataset":
-        """From `shapes:N[:seed][:captions]`, e.g. shapes:10000, shapes:20000:mixed."""
+        """From `shapes:N[:seed][:captions]`, e.g. shapes:10000, shapes:20000:dense+brief+relative."""
         n, *rest = spec.split(":")[1:]
         seeds = [int(x) for x in rest if x.isdigit()]
         styles = [x for x in rest if not x.isdigit()]
@@ -48,7 +53,7 @@ class ShapesSceneDataset(torch.utils.data.Dataset):
         return self.n
 
     def style(self, index: int) -> str:
-        return ("dense", "brief")[index % 2] if self.captions == "mixed" else self.captions
+        return self.styles[index % len(self.styles)]
 
     def item(self, index: int):
         rng = scene_rng(self.seed, index)

@@ -148,7 +148,7 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
 def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
     `synthetic:N` (procedural squares) or `shapes:N[:seed][:captions]` (ShapesWorld scenes; captions
-    dense, brief or mixed)."""
+    dense, brief, relative, or several joined by '+' as in dense+brief)."""
     if train_data.startswith("synthetic:"):
         from .synthetic import SyntheticDataset
 
