@@ -4,8 +4,9 @@
 
 `--base` names the base model's run folder inside RUNS (the connectors were trained on it); the
 connectors come from RUNS/ella-TYPE-seedN/export (scripts/train_shapes_connectors.sh's layout),
-but for the two TSCs: the default `tsc` is the last stage, `ella-tsc-mixed-seedN` (dense + brief
-captions), and `tsc-dense` is the three-stage run it started from, `ella-tsc-seedN`.
+but for the two TSCs: the default `tsc` is the last stage, `ella-tsc-relative-seedN` (stage 5: dense,
+brief and relative captions, after stage 4's `ella-tsc-mixed-seedN`), and `tsc-dense` is the
+three-stage run they started from, `ella-tsc-seedN`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
-    runs_of = {"tsc": "ella-tsc-mixed", "tsc-dense": "ella-tsc"}  # else ella-VARIANT
+    runs_of = {"tsc": "ella-tsc-relative", "tsc-dense": "ella-tsc"}  # else ella-VARIANT
     for variant in CONNECTORS:
         export = os.path.join(runs, f"{runs_of.get(variant, f'ella-{variant}')}-seed{seed}", "export")
         if os.path.isdir(export):

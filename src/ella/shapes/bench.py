@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 # model name -> (connector folder suffix or None, conditioning)
 MODELS = {
     "base": (None, "clip"),
-    "ella": ("tsc", "ella"),  # the default: trained on dense captions, then on dense + brief
-    "ella-dense": ("tsc-dense", "ella"),  # before that last stage: the ablation's TSC
+    "ella": ("tsc", "ella"),  # the default: trained on dense captions, then also on brief, relative
+    "ella-dense": ("tsc-dense", "ella"),  # before those last stages: the ablation's TSC
     "ella-resampler": ("resampler", "ella"),
     "ella-mlp": ("mlp", "ella"),
     "ella-smollm2": ("tsc-smollm2", "ella"),  # the TSC on a decoder-only LLM (optional package)

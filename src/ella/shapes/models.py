@@ -2,7 +2,7 @@
 
     unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
     ella-tsc/                                                the default connector (all-MiniLM-L6-v2):
-                                                             dense and brief prompts
+                                                             dense and brief prompts, relative places
     ella-tsc-dense/  ella-resampler/  ella-mlp/              the ablation's connectors: dense prompts
     ella-tsc-smollm2/  ella-tsc-smollm2-echo/                the TSC on SmolLM2-135M (optional LLM)
 """

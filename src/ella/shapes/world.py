@@ -282,8 +282,9 @@ _CAPTIONERS = {"brief": brief_caption, "relative": relative_caption}
 
 
 def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dense") -> tuple[str, list[dict]]:
-    """A prompt in `style` (dense, brief or relative) and its question rows. The relations asked about are
-    drawn first, so a scene's questions are the same in either style: only the prompt differs."""
+    """A prompt in `style` (dense, brief or relative) and its question rows. The relations asked
+    about are drawn first, so a scene's questions are the same in every style: only the prompt
+    differs."""
     if style not in CAPTION_STYLES:
         raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
     relations = pick_relations(scene, rng)
