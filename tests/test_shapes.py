@@ -178,6 +178,24 @@ def test_shipped_models_load_and_generate(connector):
         assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
+def test_shipped_default_draws_the_main_job_prompt():
+    # The README's main job, as `ella generate` draws it (seeds 1001-1008, 25 steps, CFG 5): the
+    # large red circle at the top left and, below it, a blue object (the default before its stage 5,
+    # on relative captions: 1 of 8; README, "Brief prompts").
+    import torch
+
+    from ella.shapes.judge import analyse
+    from ella.shapes.models import SHAPES_DEFAULTS, load_shapes_pipeline
+
+    pipe = load_shapes_pipeline()
+    images = pipe("a large red circle at the top left, a small blue square below it", num_images_per_prompt=8,
+                  num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
+                  generator=[torch.Generator().manual_seed(1001 + i) for i in range(8)]).images
+    cells = [analyse(image)[1] for image in images]
+    assert sum(c[0] is not None and c[0].color == "red" for c in cells) >= 7
+    assert sum(c[3] is not None and c[3].color == "blue" for c in cells) >= 6
+
+
 def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     from PIL import Image
 
