@@ -20,14 +20,12 @@ import torch
 
 from ella.shapes.judge import analyse
 from ella.shapes.models import load_shapes_pipeline
-from ella.shapes.world import COLORS, SHAPES, SIZES, Obj, place_phrase, relative_phrase
-
-STEPS = {"below it": (1, 0), "above it": (-1, 0), "to its right": (0, 1), "to its left": (0, -1)}
+from ella.shapes.world import COLORS, RELATIVE_STEPS, SHAPES, SIZES, Obj, place_phrase, relative_phrase
 
 
 def pairs(phrase: str, n: int, rng: random.Random) -> list[tuple[Obj, Obj]]:
     """n (anchor, object) pairs, the object next to the anchor as `phrase` says, colours distinct."""
-    dr, dc = STEPS[phrase]
+    dr, dc = RELATIVE_STEPS[phrase]
     anchors = [c for c in range(9) if 0 <= c // 3 + dr < 3 and 0 <= c % 3 + dc < 3]
     out = []
     for _ in range(n):
@@ -43,7 +41,7 @@ def pairs(phrase: str, n: int, rng: random.Random) -> list[tuple[Obj, Obj]]:
 def main(model_dir: str | None = None, connector: str = "tsc", n: int = 32) -> None:
     rng = random.Random(7)
     pipe = load_shapes_pipeline(model_dir, connector=connector)
-    for phrase in STEPS:
+    for phrase in RELATIVE_STEPS:
         scenes = pairs(phrase, n, rng)
         for named in (False, True):
             prompts = [f"a {a.noun()} {place_phrase(a.cell)}, a {b.noun()} {place_phrase(b.cell) if named else phrase}"

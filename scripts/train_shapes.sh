@@ -26,17 +26,17 @@ BASE_ARGS=(--output-dir "$RUNS/base-attention")
 LARGE_ARGS=(--output-dir "$RUNS/base-large" --unet-channels "[64, 128, 256]" --max-steps 8000 --batch-size 128 --lr 3e-4)
 ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
-MIXED_ARGS=()
+MIXED_DATA=()     # the default TSC's stages 4 and 5: their configs' data (smoke: fewer scenes)
+RELATIVE_DATA=()
 MIXED_STEPS=4000  # the default TSC's stage 4: 2000 steps, then resumed to this many
-RELATIVE_ARGS=()
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   LARGE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
   ELLA_ARGS+=(--train-data shapes:256 --max-steps 20 --batch-size 16 --log-every 10 --validate-every 20 --validation-steps 2)
   STAGES=30,40
-  MIXED_ARGS=(--train-data shapes:256:mixed --max-steps 20 --batch-size 16 --log-every 10)
+  MIXED_DATA=(--train-data shapes:256:mixed)
+  RELATIVE_DATA=(--train-data shapes:256:dense+brief+relative)
   MIXED_STEPS=30
-  RELATIVE_ARGS=(--train-data shapes:256:dense+brief+relative --max-steps 20 --batch-size 16 --log-every 10)
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
 SMOL_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-smollm2")
@@ -69,13 +69,13 @@ fi
 for p in "${pids[@]}"; do wait "$p"; done
 
 log "4: the default TSC: stage 4 on dense + brief captions"
-ella cache configs/shapes/ella-tsc-mixed.yaml "${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" > "$RUNS/cache-mixed.log" 2>&1
-MIXED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_ARGS[@]}" --init-connector "$RUNS/ella-tsc-seed0/export"
-           --output-dir "$RUNS/ella-tsc-mixed-seed0")
+MIXED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_DATA[@]}")
+ella cache configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/cache-mixed.log" 2>&1
+MIXED_RUN+=(--init-connector "$RUNS/ella-tsc-seed0/export" --output-dir "$RUNS/ella-tsc-mixed-seed0")
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/ella-tsc-mixed.log" 2>&1
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" --resume true --max-steps "$MIXED_STEPS" > "$RUNS/ella-tsc-mixed-2.log" 2>&1
 log "4: the default TSC: stage 5 on dense + brief + relative captions"
-RELATIVE_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-relative" "${RELATIVE_ARGS[@]}")
+RELATIVE_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-relative" "${RELATIVE_DATA[@]}")
 ella cache configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" > "$RUNS/cache-relative.log" 2>&1
 ella train configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" --init-connector "$RUNS/ella-tsc-mixed-seed0/export" \
   --output-dir "$RUNS/ella-tsc-relative-seed0" > "$RUNS/ella-tsc-relative.log" 2>&1

@@ -107,8 +107,8 @@ def test_init_connector_starts_from_saved_weights(tmp_path):
     mlp = dataclasses.replace(config, init_connector=export, connector_type="mlp")
     with pytest.raises(ValueError, match="does not fit connector"):
         load_init_connector(build_connector(mlp, parts), mlp)
-    # through the trainer: a run that starts from the export, with no step taken, exports it back
-    # (step 1's update is tiny at warmup lr, so compare to the fresh start's distance instead)
+    # through the trainer: a 1-step run from the export ends near it (step 1's update is tiny at
+    # warmup lr), far nearer than the fresh start is
     tuned = train(dataclasses.replace(config, init_connector=export, output_dir=str(tmp_path / "tuned"), max_steps=1))
     after = ELLA.from_pretrained(tuned.export_dir).state_dict()
     dist = sum((after[k] - saved[k]).abs().sum() for k in saved)

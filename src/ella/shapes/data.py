@@ -37,7 +37,7 @@ class ShapesSceneDataset(torch.utils.data.Dataset):
         if not set(self.styles) <= set(CAPTION_STYLES):
             raise ValueError(f"ShapesWorld captions must be {', '.join(CAPTION_STYLES)}, several joined by '+' "
                              f"or mixed, got {captions!r}")
-        self.n, self.resolution, self.seed, self.captions = n, resolution, seed, captions
+        self.n, self.resolution, self.seed = n, resolution, seed
 
     @classmethod
     def from_spec(cls, spec: str, resolution: int = 32) -> "ShapesSceneDataset":

@@ -194,11 +194,15 @@ def short_caption(scene: Scene, rng: random.Random, max_words: int = 10,
     return text
 
 
+# relative place -> (row, column) step from the object named before
+RELATIVE_STEPS = {"below it": (1, 0), "above it": (-1, 0), "to its right": (0, 1), "to its left": (0, -1)}
+
+
 def relative_phrase(anchor: Obj, o: Obj) -> str | None:
     """Where `o` sits seen from `anchor`, when it is the next cell over ("below it", "to its
     right"); None otherwise (then only the grid name places it exactly)."""
     step = (o.row - anchor.row, o.col - anchor.col)
-    return {(1, 0): "below it", (-1, 0): "above it", (0, 1): "to its right", (0, -1): "to its left"}.get(step)
+    return next((phrase for phrase, s in RELATIVE_STEPS.items() if s == step), None)
 
 
 def brief_caption(scene: Scene, rng: random.Random) -> str:
