@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from .world import CAPTION_STYLES, PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
+from .world import CAPTION_STYLES, HELDOUT_STYLES, PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
 TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
@@ -28,7 +28,8 @@ class ShapesSceneDataset(torch.utils.data.Dataset):
     """`train_data: shapes:N[:seed][:captions]`: N rendered scenes, captioned for ELLA training.
     `captions`: "dense" (the default: every object, counts, relations, the background), "brief"
     (what a user types, `world.brief_caption`), "relative" (brief, placed relative to the object
-    named before wherever it can be, `world.relative_caption`), or styles joined by "+", taken
+    named before wherever it can be, `world.relative_caption`), "varied" (many phrasings,
+    `phrasing.VARIED`), or styles joined by "+", taken
     in turn by index: "dense+brief" (alias "mixed") captions even indices dense, odd brief. Scene
     i is the same in every style, and so is its caption wherever the style is the same."""
 
@@ -37,6 +38,10 @@ class ShapesSceneDataset(torch.utils.data.Dataset):
         if not set(self.styles) <= set(CAPTION_STYLES):
             raise ValueError(f"ShapesWorld captions must be {', '.join(CAPTION_STYLES)}, several joined by '+' "
                              f"or mixed, got {captions!r}")
+        held_out = set(self.styles) & set(HELDOUT_STYLES)
+        if held_out and seed != HELDOUT_SEED:  # never trained on, by construction
+            raise ValueError(f"caption style {', '.join(sorted(held_out))} is held out for `ella bench shapes`; "
+                             "train on 'varied' captions instead")
         self.n, self.resolution, self.seed = n, resolution, seed
 
     @classmethod

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from .phrasing import paraphrase_caption, varied_caption
+
 RESOLUTION = 32
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 210, 40),
@@ -281,12 +283,14 @@ def questions(scene: Scene, item_id: str, text: str, relations: list[tuple[Obj, 
     return rows
 
 
-CAPTION_STYLES = ("dense", "brief", "relative")
-_CAPTIONERS = {"brief": brief_caption, "relative": relative_caption}
+CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase")
+HELDOUT_STYLES = ("paraphrase",)  # benchmark only: its words and forms are never trained on
+_CAPTIONERS = {"brief": brief_caption, "relative": relative_caption, "varied": varied_caption,
+               "paraphrase": paraphrase_caption}
 
 
 def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dense") -> tuple[str, list[dict]]:
-    """A prompt in `style` (dense, brief or relative) and its question rows. The relations asked
+    """A prompt in `style` (dense, brief, relative, varied or paraphrase) and its question rows. The relations asked
     about are drawn first, so a scene's questions are the same in every style: only the prompt
     differs."""
     if style not in CAPTION_STYLES:
