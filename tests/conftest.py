@@ -31,7 +31,7 @@ def _offline(monkeypatch):
 @pytest.fixture
 def tiny_pipe():
     from ella import ELLAStableDiffusionPipeline
-    from ella.tiny import tiny_components
+    from ella.testing import tiny_components
 
     pipe = ELLAStableDiffusionPipeline(**tiny_components(with_clip=True), text_mode="flexible")
     pipe.set_progress_bar_config(disable=True)

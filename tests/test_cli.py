@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from ella import ELLA, ELLAStableDiffusionPipeline
 from ella.cli import main
-from ella.tiny import tiny_components
+from ella.testing import tiny_components
 
 
 @pytest.fixture(scope="module")

@@ -218,7 +218,7 @@ def test_prompt_folder_without_prompts_or_with_an_empty_one_is_refused(tmp_path)
 def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     """The real entry points on tiny random components: generate, score, re-score by replay."""
     from ella import ELLAStableDiffusionPipeline
-    from ella.tiny import tiny_components
+    from ella.testing import tiny_components
 
     model = tmp_path / "model"
     ELLAStableDiffusionPipeline(**tiny_components(), text_mode="flexible").save_pretrained(model)

@@ -11,7 +11,7 @@ from diffusers import (
 )
 
 from ella import ELLA, ELLAStableDiffusionPipeline
-from ella.tiny import tiny_components
+from ella.testing import tiny_components
 
 PROMPTS = ["a red circle", "a big blue square to the left of a green tree on a gray background", "two cats"]
 
@@ -240,7 +240,7 @@ def test_controlnet_steers_the_unet():
 
 def test_sdxl_pipeline_ella_and_ella_plus_clip():
     from ella import ELLAStableDiffusionXLPipeline
-    from ella.tiny import tiny_sdxl_components
+    from ella.testing import tiny_sdxl_components
 
     pipe = ELLAStableDiffusionXLPipeline(**tiny_sdxl_components(), text_mode="flexible")
     pipe.set_progress_bar_config(disable=True)
@@ -272,7 +272,7 @@ def test_load_pipeline_picks_the_sdxl_pipeline_and_round_trips(tmp_path):
     CLIP encoders for the pooled embedding); its saved folder loads back as the XL pipeline."""
     from ella import ELLAStableDiffusionXLPipeline
     from ella.pipelines.loading import load_pipeline
-    from ella.tiny import tiny_sdxl_components
+    from ella.testing import tiny_sdxl_components
 
     parts = tiny_sdxl_components()
     sdxl = tmp_path / "sdxl"

@@ -72,7 +72,7 @@ def test_judge_refuses_questions_it_cannot_parse():
 
 def test_dense_captions_mention_every_object_and_short_ones_fit_16_tokens():
     from ella.shapes.base import vocabulary
-    from ella.tiny import word_tokenizer
+    from ella.word_tokenizer import word_tokenizer
 
     tok = word_tokenizer(vocabulary(), model_max_length=16)
     words = set(vocabulary())
@@ -227,7 +227,7 @@ def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_
     from ella import ELLAStableDiffusionPipeline, ShapesUNet2DConditionModel
     from ella.pipelines.loading import load_pipeline, load_unet
     from ella.shapes.base import BaseConfig, build_base_models, load_base_weights
-    from ella.tiny import tiny_components
+    from ella.testing import tiny_components
 
     config = BaseConfig(unet_channels=[16, 32], max_tokens=16, position_embedding="input")
     unet, text_encoder, _, _ = build_base_models(config)

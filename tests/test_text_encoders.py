@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from ella.testing import TINY_WORDS, tiny_t5
 from ella.text_encoders import LLMEncoder, load_text_encoder, pad_features
-from ella.tiny import TINY_WORDS, tiny_t5, word_tokenizer
+from ella.word_tokenizer import word_tokenizer
 
 
 def test_fixed_mode_pads_to_max_length_without_mask():

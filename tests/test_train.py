@@ -34,7 +34,7 @@ def test_train_entry_point_writes_checkpoint_and_export(tmp_path, capsys):
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in state["losses"].tolist())
 
     from ella import ELLA, ELLAStableDiffusionPipeline
-    from ella.tiny import tiny_components
+    from ella.testing import tiny_components
 
     components = tiny_components()
     components["ella"] = ELLA.from_pretrained(out / "export")

@@ -1,10 +1,34 @@
-"""ella-diffusion: ELLA connectors, LLM text encoders, pipelines, training and DPG-Bench."""
+"""ella-diffusion: ELLA connectors, LLM text encoders, pipelines, training and DPG-Bench.
 
-from .models import ELLA, PRESETS, CheckpointError
-from .pipelines import ELLAStableDiffusionPipeline, ELLAStableDiffusionXLPipeline
-from .shapes.unet import ShapesUNet2DConditionModel
-from .text_encoders import LLMEncoder, TextFeatures, load_text_encoder
+The public names are imported on first use (PEP 562), so `import ella` and `ella --help` do not
+pay for torch, diffusers and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["ELLA", "PRESETS", "CheckpointError", "ELLAStableDiffusionPipeline", "ELLAStableDiffusionXLPipeline",
-           "LLMEncoder", "ShapesUNet2DConditionModel", "TextFeatures", "load_text_encoder"]
+
+_EXPORTS = {
+    "ELLA": "ella.models.connector",
+    "PRESETS": "ella.models.connector",
+    "CheckpointError": "ella.models.checkpoint",
+    "ELLAStableDiffusionPipeline": "ella.pipelines.pipeline_ella",
+    "ELLAStableDiffusionXLPipeline": "ella.pipelines.pipeline_ella_xl",
+    "LLMEncoder": "ella.text_encoders",
+    "load_text_encoder": "ella.text_encoders",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # once: later lookups skip this function
+        return value
+    raise AttributeError(f"module 'ella' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -40,9 +40,9 @@ def positive_int(text: str) -> int:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model options shared by `generate` and `bench dpg generate`."""
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
-                   "default: the shipped ShapesWorld model")
-    p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder; with the "
-                   "shipped ShapesWorld model: tsc (default), tsc-dense, resampler, mlp, tsc-smollm2 or tsc-smollm2-echo")
+                   "default: " + _default_model_help())
+    p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder"
+                   + _default_connectors_help())
     p.add_argument("--llm", help="text encoder LLM for --model with --ella (folder, hub id, .gguf file, or 'minilm' /"
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -55,7 +55,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    " euler, euler-a, heun, or a diffusers scheduler class name")
 
 
+def default_model():
+    """The model `ella generate` runs without --model (a plugin registers it), or None."""
+    from .plugins import registry, resolve
+
+    target = registry().default_model
+    return None if target is None else resolve(target)
+
+
+def _default_model_help() -> str:
+    model = default_model()
+    return model.name if model is not None else "none installed"
+
+
+def _default_connectors_help() -> str:
+    model = default_model()
+    if model is None:
+        return ""
+    names = [f"{name} (default)" if name == model.default_connector else name for name in model.connectors]
+    return f"; with {model.name}: " + ", ".join(names)
+
+
+def _add_config_command(sub, name: str, help_text: str, config_help: str, func) -> None:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .plugins import registry, resolve
+
     parser = argparse.ArgumentParser(prog="ella", description="ELLA: LLM-conditioned diffusion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,33 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-images", type=positive_int, default=1)
     g.add_argument("--compare", action="store_true", help="base model and ELLA side by side, same seeds")
     add_model_args(g)
+    g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="official single file <-> save_pretrained folder")
     c.add_argument("src", help="a .safetensors connector file or an ELLA folder")
     c.add_argument("dst", help="a folder (from a file) or a .safetensors file (from a folder)")
     c.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 for the output (default: as read)")
+    c.set_defaults(func=cmd_convert)
 
-    sub.add_parser("env", help="versions and devices, for bug reports")
+    sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
+    _add_config_command(sub, "train", "train a connector (see configs/)", "YAML config file", cmd_train)
+    _add_config_command(sub, "cache", "precompute LLM features and VAE latents for training",
+                        "YAML config file (its data and cache_dir are used)", cmd_train)
 
-    t = sub.add_parser("train", help="train a connector (see configs/)")
-    t.add_argument("config", help="YAML config file")
-    t.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
-
-    ca = sub.add_parser("cache", help="precompute LLM features and VAE latents for training")
-    ca.add_argument("config", help="YAML config file (its data and cache_dir are used)")
-    ca.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
-
-    s = sub.add_parser("shapes", help="ShapesWorld: train the base model")
-    ssub = s.add_subparsers(dest="shapes", required=True)
-    tb = ssub.add_parser("train-base", help="train the base UNet + text encoder on short captions")
-    tb.add_argument("config", help="YAML config (configs/shapes/base.yaml)")
-    tb.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
-
-    b = sub.add_parser("bench", help="benchmarks: DPG-Bench, ShapesWorld")
+    b = sub.add_parser("bench", help="benchmarks: DPG-Bench" + "".join(f", {n}" for n in registry().bench_commands))
     bsub = b.add_subparsers(dest="bench", required=True)
     from .bench.cli import add_bench_parsers
 
-    add_bench_parsers(bsub, add_model_args, positive_int)
+    add_bench_parsers(bsub)
+    for target in registry().bench_commands.values():
+        resolve(target)(bsub)
+    for target in registry().cli_commands.values():
+        resolve(target)(sub)
     return parser
 
 
@@ -134,11 +159,10 @@ def cmd_env(args) -> None:
 def cmd_convert(args) -> None:
     from safetensors.torch import save_file
 
-    from .pipelines.loading import DTYPES, load_connector
+    from .devices import torch_dtype
+    from .pipelines.loading import load_connector
 
-    dtype = DTYPES.get(args.dtype) if args.dtype else None
-    if args.dtype and dtype is None:
-        raise CLIError(f"unknown dtype {args.dtype!r}")
+    dtype = torch_dtype(args.dtype) if args.dtype else None
     model = load_connector(args.src, dtype)
     if os.path.isdir(args.src):
         if not args.dst.endswith(".safetensors"):
@@ -147,6 +171,12 @@ def cmd_convert(args) -> None:
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+def cmd_train(args) -> None:
+    from .train.cli import run_train_command
+
+    run_train_command(args)
 
 
 def cmd_generate(args) -> None:
@@ -159,30 +189,15 @@ def cmd_generate(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if hasattr(args, "overrides"):  # train, cache, shapes train-base: --key value config overrides
+    if hasattr(args, "overrides"):  # config commands (train, cache, ...): --key value config overrides
         args.overrides = args.overrides + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    commands = {"env": cmd_env, "convert": cmd_convert, "generate": cmd_generate}
     try:
-        if args.command in commands:
-            commands[args.command](args)
-        elif args.command in ("train", "cache"):
-            from .train.cli import run_train_command
-
-            run_train_command(args)
-        elif args.command == "shapes":
-            from .shapes.base import BaseConfig, train_base
-            from .train.config import load_config, parse_overrides
-
-            print(f"wrote {train_base(load_config(args.config, parse_overrides(args.overrides), BaseConfig))}")
-        else:
-            from .bench.cli import run_bench_command
-
-            run_bench_command(args)
+        args.func(args)
     except KeyboardInterrupt:
         print("ella: interrupted", file=sys.stderr)
         return 130

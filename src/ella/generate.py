@@ -29,20 +29,21 @@ def load_for_cli(args):
 
 def _load_model(args):
     if args.model is None:
-        from .shapes.models import CONNECTORS, SHAPES_DEFAULTS, load_shapes_pipeline, shipped_model_dir
+        from .cli import default_model
 
-        if shipped_model_dir() is None:
+        shipped = default_model()
+        if shipped is None or not shipped.available():
             raise ValueError(
                 "no default model is installed: pass --model (an ELLA pipeline folder, or a Stable Diffusion"
                 " folder/hub id with --ella CONNECTOR and --llm LLM)"
             )
         if args.llm is not None:
-            raise ValueError("the shipped ShapesWorld connectors each come with their LLM (--ella tsc-smollm2 reads"
-                             " SmolLM2): --llm goes with --model and --ella")
-        connector = args.ella or "tsc"
-        if connector not in CONNECTORS:
-            raise ValueError(f"with the shipped ShapesWorld model, --ella is one of {', '.join(CONNECTORS)}; got {connector!r}")
-        return load_shapes_pipeline(connector=connector, device=args.device, dtype=args.dtype), SHAPES_DEFAULTS
+            raise ValueError(f"the connectors of {shipped.name} each come with their LLM: --llm goes with --model"
+                             " and --ella")
+        connector = args.ella or shipped.default_connector
+        if connector not in shipped.connectors:
+            raise ValueError(f"with {shipped.name}, --ella is one of {', '.join(shipped.connectors)}; got {connector!r}")
+        return shipped.load(connector, device=args.device, dtype=args.dtype), shipped.defaults
     from .pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype)

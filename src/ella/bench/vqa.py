@@ -1,6 +1,6 @@
 """VQA judges behind one small interface; heavy backends are imported only when chosen.
 
-    backend = get_backend("shapes" | "mplug" | "blip" | "hf:<model id>" | "replay:<answers.jsonl>")
+    backend = get_backend("mplug" | "blip" | "hf:<model id>" | "replay:<answers.jsonl>" | a plugin's judge)
     backend.answer(image, questions, item_id=..., crop=...) -> ["yes", "no", ...]
 """
 
@@ -20,20 +20,6 @@ class VQABackend:
 
     def answer(self, image: Image.Image, questions: list[str], *, item_id: str, crop: int) -> list[str]:
         raise NotImplementedError
-
-
-class ShapesBackend(VQABackend):
-    """The exact ShapesWorld judge (`ella.shapes.judge`)."""
-
-    name = "shapes"
-
-    def __init__(self):
-        from ..shapes.judge import ShapesJudge
-
-        self.judge = ShapesJudge()
-
-    def answer(self, image, questions, *, item_id, crop):
-        return self.judge.answer(image, questions)
 
 
 class MPLUGBackend(VQABackend):
@@ -65,13 +51,13 @@ class TransformersVQABackend(VQABackend):
     name = "hf"
 
     def __init__(self, model_id: str = "Salesforce/blip-vqa-base", device: str | None = None):
-        import torch
         from transformers import AutoProcessor, BlipForQuestionAnswering
 
+        from ..devices import resolve_device
         from ..paths import require_local_folder
 
         require_local_folder(model_id, "VQA model folder")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = BlipForQuestionAnswering.from_pretrained(model_id).to(self.device).eval()
 
@@ -116,8 +102,13 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def get_backend(name: str) -> VQABackend:
-    if name == "shapes":
-        return ShapesBackend()
+    """A judge by name: mplug (the reference), blip, hf:MODEL_ID, replay:ANSWERS.jsonl, or one a
+    plugin registered (ShapesWorld's exact judge: shapes)."""
+    from ..plugins import lookup, registry
+
+    plugin = lookup("vqa_backends", name)
+    if plugin is not None:
+        return plugin()
     if name == "mplug":
         return MPLUGBackend()
     if name == "blip":
@@ -126,4 +117,5 @@ def get_backend(name: str) -> VQABackend:
         return TransformersVQABackend(name[3:])
     if name.startswith("replay:"):
         return ReplayBackend(name[len("replay:"):])
-    raise ValueError(f"unknown VQA backend {name!r}: use shapes, mplug, blip, hf:MODEL_ID or replay:ANSWERS.jsonl")
+    known = ", ".join([*registry().vqa_backends, "mplug", "blip", "hf:MODEL_ID", "replay:ANSWERS.jsonl"])
+    raise ValueError(f"unknown VQA backend {name!r}: use {known}")

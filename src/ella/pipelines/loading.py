@@ -9,58 +9,27 @@ import os
 
 import torch
 
+from ..devices import resolve_device, resolve_dtype
 from ..models import ELLA
 from ..paths import require_local_folder
+from ..plugins import lookup
 from ..text_encoders import DEFAULT_LLM, load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
 from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`None`/"auto": the first CUDA device if there is one, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}") from err
-    # Checked here so that `--device cuda` on a CPU-only machine is one clear line, not an
-    # assertion deep inside torch when the first tensor moves.
-    backend = getattr(torch, resolved.type, None) if resolved.type not in ("cpu", "meta") else None
-    if backend is not None and hasattr(backend, "is_available"):
-        count = backend.device_count() if backend.is_available() else 0
-        if count == 0 or (resolved.index or 0) >= count:
-            raise ValueError(f"device {device!r} is not available here ({count} {resolved.type} device(s) found;"
-                             " `ella env` lists them)")
-    return resolved
-
-
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """`None`/"auto": fp16 on an accelerator (as ELLA was trained and published), fp32 on the CPU."""
-    if dtype in (None, "auto"):
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def load_unet(model: str, subfolder: str | None = "unet", torch_dtype: torch.dtype | None = None):
     """A UNet from a model folder or hub id, as the class its config names: diffusers'
-    `UNet2DConditionModel`, or ShapesWorld's subclass with a position embedding (loading that
-    one as the plain class would silently drop the embedding)."""
+    `UNet2DConditionModel`, or a class a plugin registered under that name (ShapesWorld's UNet
+    with a position embedding: loading it as the plain class would silently drop the embedding)."""
     from diffusers import UNet2DConditionModel
 
     config = os.path.join(model, subfolder or "", "config.json")
     cls = UNet2DConditionModel
     if os.path.isfile(config):
         with open(config) as f:
-            if json.load(f).get("_class_name") == "ShapesUNet2DConditionModel":
-                from ..shapes.unet import ShapesUNet2DConditionModel as cls
+            cls = lookup("unet_classes", json.load(f).get("_class_name", "")) or cls
     return cls.from_pretrained(model, subfolder=subfolder, torch_dtype=torch_dtype)
 
 

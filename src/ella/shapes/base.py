@@ -85,7 +85,7 @@ def build_base_models(config: BaseConfig):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..tiny import word_tokenizer
+    from ..word_tokenizer import word_tokenizer
     from .unet import ShapesUNet2DConditionModel
 
     tokenizer = word_tokenizer(vocabulary(), model_max_length=config.max_tokens)

@@ -15,24 +15,13 @@ import os
 
 from ..bench.dpg import CSV_COLUMNS, load_csv
 from ..bench.runner import file_sha256, generate_images, score_run, write_manifest
-from ..bench.vqa import ShapesBackend
 from ..images import make_grid, save_atomic
+from .catalog import BENCH_MODELS, shipped_model_dir
 from .data import HELDOUT_SEED, ShapesSceneDataset
+from .judge import ShapesBackend
 from .world import render
 
 logger = logging.getLogger(__name__)
-
-# model name -> (connector folder suffix or None, conditioning)
-MODELS = {
-    "base": (None, "clip"),
-    "ella": ("tsc", "ella"),  # the default: trained on dense captions, then also on brief, relative
-    "ella-dense": ("tsc-dense", "ella"),  # before those last stages: the ablation's TSC
-    "ella-resampler": ("resampler", "ella"),
-    "ella-mlp": ("mlp", "ella"),
-    "ella-smollm2": ("tsc-smollm2", "ella"),  # the TSC on a decoder-only LLM (optional package)
-    "ella-smollm2-echo": ("tsc-smollm2-echo", "ella"),  # the same LLM reading each prompt twice
-}
-
 
 def write_heldout(n: int, out_dir: str, captions: str = "dense") -> tuple[str, dict, dict]:
     """(questions CSV path, {item_id: prompt}, {item_id: scene}) for n held-out prompts in the
@@ -73,11 +62,11 @@ def run_shapes_bench(
     device: str | None = None,
     captions: str = "dense",
 ) -> dict[str, dict]:
-    from .models import load_shapes_pipeline, shipped_model_dir
+    from .models import load_shapes_pipeline
 
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in BENCH_MODELS]
     if unknown:
-        raise ValueError(f"unknown ShapesWorld model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        raise ValueError(f"unknown ShapesWorld model(s) {', '.join(unknown)}; known: {', '.join(BENCH_MODELS)}")
     csv_path, prompts, scenes = write_heldout(n_prompts, out_dir, captions)
     suffix = "" if captions == "dense" else f"-{captions}"  # brief prompts' images and scores apart
     items = load_csv(csv_path)
@@ -92,7 +81,8 @@ def run_shapes_bench(
     summaries["ground truth"] = score_run(items, gt_dir, judge, os.path.join(out_dir, "scores", "ground-truth"))
 
     for name in models:
-        connector, conditioning = MODELS[name]
+        connector = BENCH_MODELS[name]
+        conditioning = "clip" if connector is None else "ella"
         pipe = load_shapes_pipeline(model_dir, connector=connector, device=device)
         images_dir = os.path.join(out_dir, "images", name + suffix)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,

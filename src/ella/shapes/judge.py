@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..bench.vqa import VQABackend
 from .world import BACKGROUNDS, CELL_BY_PHRASE, COLORS, NUMBERS, SHAPES
 
 _BG = {k: np.array(v, dtype=np.float32) for k, v in BACKGROUNDS.items()}
@@ -116,3 +117,15 @@ class ShapesJudge:
     def answer(self, image: Image.Image, questions: list[str]) -> list[str]:
         analysis = analyse(image)
         return [answer(analysis, q) for q in questions]
+
+
+class ShapesBackend(VQABackend):
+    """The exact judge as a DPG-Bench VQA backend (`--vqa shapes`)."""
+
+    name = "shapes"
+
+    def __init__(self):
+        self.judge = ShapesJudge()
+
+    def answer(self, image, questions, *, item_id, crop):
+        return self.judge.answer(image, questions)

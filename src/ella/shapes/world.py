@@ -11,8 +11,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
-
 from .phrasing import paraphrase_caption, varied_caption
 
 RESOLUTION = 32
@@ -84,8 +82,10 @@ def sample_scene(rng: random.Random, max_objects: int = 4) -> Scene:
 # ---- rendering ------------------------------------------------------------------------------
 
 
-def render(scene: Scene, resolution: int = RESOLUTION, supersample: int = 8) -> Image.Image:
-    """Draw at `supersample` x the size, then box-filter down: anti-aliased edges."""
+def render(scene: Scene, resolution: int = RESOLUTION, supersample: int = 8):
+    """Draw at `supersample` x the size, then box-filter down: anti-aliased edges (a PIL image)."""
+    from PIL import Image, ImageDraw
+
     big = resolution * supersample
     image = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(image)

@@ -38,7 +38,7 @@ def load_frozen_parts(
     from diffusers import AutoencoderKL, DDPMScheduler
 
     from ..pipelines.loading import load_unet
-    from ..tiny import tiny_t5, tiny_unet, tiny_vae
+    from ..testing import tiny_t5, tiny_unet, tiny_vae
 
     if config.model in ("tiny", "tiny-pixel"):
         pixel = config.model == "tiny-pixel"

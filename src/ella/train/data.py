@@ -147,16 +147,18 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
 
 def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
-    `synthetic:N` (procedural squares) or `shapes:N[:seed][:captions]` (ShapesWorld scenes; captions
-    dense, brief, relative, or several joined by '+' as in dense+brief)."""
+    `synthetic:N` (procedural squares) or `SCHEME:...` for a scheme a plugin registered
+    (ShapesWorld: `shapes:N[:seed][:captions]`), built by `from_spec(train_data, resolution)`."""
+    from ..plugins import lookup
+
     if train_data.startswith("synthetic:"):
         from .synthetic import SyntheticDataset
 
         return SyntheticDataset(int(train_data.split(":", 1)[1]), resolution, seed)
-    if train_data.startswith("shapes:"):
-        from ..shapes.data import ShapesSceneDataset
-
-        return ShapesSceneDataset.from_spec(train_data, resolution)
+    scheme, sep, _ = train_data.partition(":")
+    from_spec = lookup("dataset_schemes", scheme) if sep and not os.path.exists(train_data) else None
+    if from_spec is not None:
+        return from_spec(train_data, resolution)
     return ImageCaptionDataset(train_data, resolution)
 
 

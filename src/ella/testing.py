@@ -1,38 +1,19 @@
-"""Tiny random components built locally (no download): for tests, smoke runs and benchmarks.
-
-Tokenizers are word-level (`word_tokenizer`), so they can be built from a vocabulary on the spot;
-ShapesWorld's base text encoder uses the same kind.
+"""Tiny random components built locally (no download), in the spirit of diffusers'
+`get_dummy_components()`: for the test suite, smoke runs (`model: tiny` in a training config) and
+benchmarks. Their tokenizers are word-level (`ella.word_tokenizer`), built from a vocabulary on the spot.
 """
 
 from __future__ import annotations
 
 import torch
 
-SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+from .word_tokenizer import word_tokenizer
+
 TINY_WORDS = (
     "a an the of and to in on at with is are red green blue yellow white black gray large small big"
     " circle square triangle cat dog car tree house left right above below top bottom middle two three"
     " four one photo picture image background sky street"
 ).split()
-
-
-def word_tokenizer(words, model_max_length: int = 128):
-    """A lower-casing word-level tokenizer that appends `</s>` (like T5's) and pads with `<pad>`."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for w in words:
-        vocab.setdefault(w.lower(), len(vocab))
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=model_max_length,
-    )
 
 
 def tiny_t5(d_model: int = 32, vocab_size: int | None = None, seed: int = 0):

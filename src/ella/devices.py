@@ -1,0 +1,54 @@
+"""The one device rule and the one dtype table of the library (torch is imported on use)."""
+
+from __future__ import annotations
+
+# Every spelling the CLI, configs and the API accept -> torch dtype attribute name.
+DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+               "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def accelerator_available() -> bool:
+    """Whether "auto" means a GPU: CUDA is present."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device=None):
+    """`None`/"auto": the first CUDA device if there is one, else the CPU. A named device that is
+    not present is a ValueError (not an assertion deep inside torch when the first tensor moves)."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if accelerator_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}") from err
+    backend = getattr(torch, resolved.type, None) if resolved.type not in ("cpu", "meta") else None
+    if backend is not None and hasattr(backend, "is_available"):
+        count = backend.device_count() if backend.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r} is not available here ({count} {resolved.type} device(s) found;"
+                             " `ella env` lists them)")
+    return resolved
+
+
+def torch_dtype(name: str):
+    """The torch dtype for a name of `DTYPE_NAMES` (a torch dtype passes through)."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+def resolve_dtype(dtype, device):
+    """`None`/"auto": fp16 on an accelerator (as ELLA was trained and published), fp32 on the CPU."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return torch_dtype(dtype)

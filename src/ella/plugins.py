@@ -1,0 +1,77 @@
+"""Extension points: how a world of one's own plugs into the core without the core importing it.
+
+ShapesWorld (`ella.shapes`) is one such plugin. A plugin is a module with a `register(registry)`
+function that names, as "module:attribute" strings, what it adds:
+
+    registry.unet_classes["MyUNet"] = "my_world.unet:MyUNet"          # a UNet class, by its saved `_class_name`
+    registry.dataset_schemes["myworld"] = "my_world.data:from_spec"   # train_data: myworld:...
+    registry.vqa_backends["myjudge"] = "my_world.judge:MyBackend"      # ella bench dpg score --vqa myjudge
+    registry.cli_commands["myworld"] = "my_world.cli:add_parser"       # ella myworld ...
+    registry.bench_commands["myworld"] = "my_world.cli:add_bench_parser"  # ella bench myworld ...
+    registry.default_model = "my_world.models:SHIPPED"                 # what `ella generate` uses without --model
+
+Strings keep registration free: nothing is imported until it is used, so `ella --help` stays
+fast. Plugins are the built-in ones (`BUILTIN`) and every module a package names in the
+`ella.plugins` entry-point group (`[project.entry-points."ella.plugins"] myworld = "my_world.plugin"`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+BUILTIN = ("ella.shapes.plugin",)
+ENTRY_POINT_GROUP = "ella.plugins"
+
+
+@dataclass
+class Registry:
+    unet_classes: dict[str, str] = field(default_factory=dict)
+    dataset_schemes: dict[str, str] = field(default_factory=dict)
+    vqa_backends: dict[str, str] = field(default_factory=dict)
+    cli_commands: dict[str, str] = field(default_factory=dict)
+    bench_commands: dict[str, str] = field(default_factory=dict)
+    default_model: str | None = None
+
+
+def resolve(target: str):
+    """The object a "module:attribute" string names (attributes may be dotted)."""
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _plugin_modules() -> list[str]:
+    from importlib.metadata import entry_points
+
+    names = list(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value not in names:
+            names.append(ep.value)
+    return names
+
+
+@functools.cache
+def registry() -> Registry:
+    """The registry with every plugin registered (once per process)."""
+    reg = Registry()
+    for name in _plugin_modules():
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:  # a broken third-party plugin must not take the core down
+            logger.warning("ella plugin %s could not be imported: %s", name, err)
+            continue
+        module.register(reg)
+    return reg
+
+
+def lookup(table: str, key: str):
+    """The registered object for `key` in one of the registry's tables, or None."""
+    target = getattr(registry(), table).get(key)
+    return None if target is None else resolve(target)

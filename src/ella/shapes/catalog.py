@@ -1,0 +1,68 @@
+"""The shipped ShapesWorld models, by name: the one list the CLI help, the benchmark, the scripts
+and the tests read. No torch here (`ella --help` reads it).
+
+    unet/  base_text_encoder/  base_tokenizer/  scheduler/   the base model (plays SD1.5 + CLIP)
+    ella-<connector>/                                        one folder per connector below
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from ..offline_llms import MINILM, SMOLLM2
+
+# `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
+SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
+
+
+class ShippedConnector(NamedTuple):
+    """How a shipped connector reads its prompts (the frozen LLM, an alias of
+    `offline_llms.OFFLINE_LLMS`, and whether it reads each prompt twice) and its name as a row of
+    `ella bench shapes`."""
+
+    llm: str
+    bench_name: str
+    summary: str
+    echo: bool = False
+
+
+DEFAULT_CONNECTOR = "tsc"
+CONNECTORS = {
+    "tsc": ShippedConnector(MINILM, "ella", "the default: dense, brief and relative captions"),
+    "tsc-dense": ShippedConnector(MINILM, "ella-dense", "the ablation's TSC: dense captions only"),
+    "resampler": ShippedConnector(MINILM, "ella-resampler", "ablation: resampler without timestep"),
+    "mlp": ShippedConnector(MINILM, "ella-mlp", "ablation: an MLP"),
+    "tsc-smollm2": ShippedConnector(SMOLLM2, "ella-smollm2", "the TSC on SmolLM2-135M (optional package)"),
+    "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "ella-smollm2-echo", "the same LLM reading each prompt twice",
+                                         echo=True),
+}
+BASE_MODEL = "base"  # the bench row of the base model alone (its own CLIP-style text encoder)
+BENCH_MODELS = {BASE_MODEL: None, **{c.bench_name: name for name, c in CONNECTORS.items()}}
+
+
+def shipped_model_dir() -> str | None:
+    return ASSETS if os.path.isfile(os.path.join(ASSETS, "unet", "config.json")) else None
+
+
+class ShippedModel:
+    """What `ella generate` runs without --model (registered by `ella.shapes.plugin`)."""
+
+    name = "the shipped ShapesWorld model"
+    connectors = CONNECTORS
+    default_connector = DEFAULT_CONNECTOR
+    defaults = SHAPES_DEFAULTS
+
+    @staticmethod
+    def available() -> bool:
+        return shipped_model_dir() is not None
+
+    @staticmethod
+    def load(connector: str | None, device=None, dtype=None):
+        from .models import load_shapes_pipeline
+
+        return load_shapes_pipeline(connector=connector or DEFAULT_CONNECTOR, device=device, dtype=dtype)
+
+
+SHIPPED = ShippedModel()
