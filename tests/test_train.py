@@ -77,7 +77,7 @@ def test_resume_equals_a_straight_run(tmp_path):
 def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
     """A second stage (resume with a larger max_steps) restores the step, not the old schedule:
     the lr continues on the cosine of the new max_steps."""
-    from ella.train.loop import lr_lambda
+    from ella.train.utils import lr_lambda
 
     config = tiny_config(tmp_path, max_steps=4, checkpoint_every=4, lr_final_fraction=0.1)
     train(config)
@@ -124,7 +124,7 @@ def test_training_from_the_cache_matches_raw_data(tmp_path):
     cached = train(config)
     for (_, a), (_, b) in zip(raw.losses, cached.losses):
         assert abs(a - b) <= 1e-5
-    from ella.train.data import CachedFeatureDataset
+    from ella.train.cache import CachedFeatureDataset
 
     in_memory, mapped = CachedFeatureDataset(config.cache_dir), CachedFeatureDataset(config.cache_dir, preload_bytes=0)
     for i in range(len(mapped)):  # preloaded shards and row-wise memory-map reads agree
@@ -253,7 +253,7 @@ def test_webdataset_tar_shards_stream(tmp_path):
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine():
-    from ella.train.loop import lr_lambda
+    from ella.train.utils import lr_lambda
 
     constant = lr_lambda(10)
     assert constant(0) == pytest.approx(0.1) and constant(9) == 1.0 and constant(500) == 1.0
@@ -275,15 +275,17 @@ def test_timestep_power_shifts_training_towards_noisy_steps():
     assert noisy.float().mean().item() == pytest.approx(666, abs=10)
 
 
-def test_sigterm_sets_the_stop_flag_and_restore_puts_the_handler_back():
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_set_the_stop_flag_and_restore_puts_the_handler_back(signum):
     import os
     import signal
 
-    from ella.train.loop import sigterm_stop_flag
+    from ella.train.utils import stop_flag
 
-    before = signal.getsignal(signal.SIGTERM)
-    stop, restore = sigterm_stop_flag()
-    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs instead of killing the test process
+    signum = getattr(signal, signum)
+    before = signal.getsignal(signum)
+    stop, restore = stop_flag()
+    os.kill(os.getpid(), signum)  # the handler runs instead of killing the test process
     assert stop["requested"] is True
     restore()
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signum) == before

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from .errors import TrainingInterrupted
+
 EXIT_USAGE = 2
 
 
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)
+    except TrainingInterrupted as err:
+        print(f"ella: interrupted: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("ella: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..train.config import check_schedule
-from ..train.loop import ema_update, lr_lambda, plot_losses, sigterm_stop_flag
+from ..train.utils import ema_update, lr_lambda, plot_losses, stop_flag
 from .data import TRAIN_SEED, render_short_caption_set
 from .world import BACKGROUNDS, COLORS, NUMBERS, PLACE_PROBABILITY, SHAPES, make_item, sample_scene
 
@@ -156,7 +156,7 @@ def load_base_weights(unet, text_encoder, folder: str) -> None:
 def train_base(config: BaseConfig) -> str:
     """Train the base model; returns the output folder (a shapes model folder). SIGTERM or Ctrl-C
     stops after the current step and still exports the EMA weights trained so far."""
-    from ..pipelines.loading import resolve_device
+    from ..devices import resolve_device
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -182,7 +182,7 @@ def train_base(config: BaseConfig) -> str:
         optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     g = torch.Generator(device="cpu").manual_seed(config.seed)
     losses, window, start = [], [], time.perf_counter()
-    stop, restore_sigterm = sigterm_stop_flag()
+    stop, restore_signals = stop_flag()
     try:
         for step in tqdm(range(1, config.max_steps + 1), desc="base", unit="step"):
             idx = torch.randint(0, config.n_scenes, (config.batch_size,), generator=g)
@@ -216,7 +216,7 @@ def train_base(config: BaseConfig) -> str:
     except KeyboardInterrupt:
         logger.warning("interrupted: exporting the EMA weights trained so far")
     finally:
-        restore_sigterm()
+        restore_signals()
     return export_base(config, ema, tokenizer, scheduler, losses)
 
 

@@ -1,6 +1,7 @@
 """The training loop for ELLA connectors: frozen UNet, VAE and LLM; only the connector learns.
 
-One readable function, `train(config)`, with small named helpers. Built on accelerate, so the same
+`train(config)` reads in one sitting: build, resume, then `train_step` until max_steps, with
+`save_checkpoint` every checkpoint_every steps, and `finish` (the slim export) at the end. Built on accelerate, so the same
 code runs on a laptop CPU, one GPU, or many (`accelerate launch -m ella.cli train CONFIG`).
 """
 
@@ -11,27 +12,25 @@ import copy
 import logging
 import math
 import os
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import accelerator_available, torch_dtype
+from ..errors import TrainingInterrupted
 from ..models import ELLA
 from ..text_encoders import LLMEncoder
-from .cache import encode_images, fingerprint, read_index
-from .checkpoint import latest_checkpoint, load_training_state, save_training_state
+from .cache import CachedFeatureDataset, encode_images, fingerprint, read_index
+from .checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_training_state
 from .components import FrozenParts, build_connector, load_frozen_parts, load_init_connector
 from .config import TrainConfig
-from .data import CachedFeatureDataset, DataPosition, TarShardStream, iterate_batches, make_dataset
+from .data import DataPosition, TarShardStream, iterate_batches, make_dataset
+from .utils import ema_update, lr_lambda, plot_losses, stop_flag
 
 logger = logging.getLogger(__name__)
-
-COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class ConnectorTrainingModel(torch.nn.Module):
     """One module around the frozen UNet and the trainable connector (as IP-Adapter's trainer):
@@ -54,27 +53,6 @@ class TrainResult:
     skipped: int = 0  # unusable samples met
     export_dir: str | None = None
     samples_per_second: float = 0.0
-
-
-def lr_lambda(warmup_steps: int, total_steps: int = 0, final_fraction: float = 1.0):
-    """Linear warmup to the base lr, then constant, or (with total_steps and final_fraction < 1)
-    a cosine decay to final_fraction x the base lr at total_steps."""
-
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if total_steps <= warmup_steps or final_fraction >= 1.0:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-        return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1.0 - decay)
 
 
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
@@ -187,185 +165,199 @@ def export(config: TrainConfig, ella: ELLA) -> str:
     return path
 
 
-def plot_losses(losses: list, path: str) -> None:
-    from ..images import pyplot
+@dataclass
+class Run:
+    """What the parts of one training run share."""
 
-    plt = pyplot("loss-curve PNG")
-    if plt is None:
-        return
-    steps, values = zip(*losses)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, values, lw=0.6, alpha=0.4, label="loss")
-    k = max(1, len(values) // 50)
-    smooth = [sum(values[max(0, i - k) : i + 1]) / len(values[max(0, i - k) : i + 1]) for i in range(len(values))]
-    ax.plot(steps, smooth, lw=1.5, label=f"mean of {k}")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title="connector training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    config: TrainConfig
+    accelerator: object
+    parts: FrozenParts
+    ella: ELLA  # the trainable connector (unwrapped)
+    model: torch.nn.Module  # ConnectorTrainingModel, as prepared by accelerate
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: ELLA | None
+    result: TrainResult = field(default_factory=lambda: TrainResult(step=0))
+    position: DataPosition = field(default_factory=DataPosition)
+    seen: int = 0  # samples trained on in this process's session (for samples/s)
+    start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
-    """Train a connector as `config` says; `parts` may pass frozen models already loaded."""
+def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
+    """Frozen parts in the compute dtype; the connector in fp32, identical on every process; only
+    its parameters reach the optimizer."""
     from accelerate import Accelerator
 
     # cpu=True without a GPU: then a multi-process launch (accelerate launch --multi_gpu, torchrun)
     # runs as MULTI_CPU over gloo instead of silently running N independent copies.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not accelerator_available())
     device = accelerator.device
-    dtype = COMPUTE_DTYPES[config.mixed_precision] if device.type != "cpu" else torch.float32
-
-    # 1. Frozen parts in the compute dtype; the connector in fp32, identical on every process.
+    dtype = torch_dtype(config.mixed_precision) if device.type != "cpu" and config.mixed_precision != "no" else torch.float32
     parts = parts or load_frozen_parts(config, device, dtype)
     torch.manual_seed(config.seed)
     ella = build_connector(config, parts).to(device).train()
-    model = ConnectorTrainingModel(parts.unet, ella)
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_final_fraction))
     ema = copy.deepcopy(ella).requires_grad_(False).eval() if config.ema_decay > 0 else None
     init_share = config.ema_decay ** config.max_steps  # weight of the initial connector in the final EMA
     if ema is not None and init_share > 0.05:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
                        " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
-    use_mask = config.text_mode == "flexible" or ella.keeps_text_length
+    return Run(config, accelerator, parts, ella, ConnectorTrainingModel(parts.unet, ella), optimizer, lr_scheduler, ema)
 
-    # 2. Resume: weights, EMA, optimizer, lr schedule, step, data position, loss history.
-    result, position = TrainResult(step=0), DataPosition()
+
+def resume(run: Run) -> None:
+    """Weights, EMA, optimizer, lr schedule, step, data position and loss history from the latest
+    checkpoint; or, on a fresh start, the fine-tuning weights of `init_connector`."""
+    config, result = run.config, run.result
     if config.resume and (ckpt := latest_checkpoint(config.output_dir)):
         state = load_training_state(ckpt)
-        ella.load_state_dict(state["ella"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        run.ella.load_state_dict(state["ella"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
         # Only the schedule's step is restored; its shape comes from this config, so resuming
         # with a larger max_steps continues on the longer cosine (a second training stage).
-        scheduler.load_state_dict(state["lr_scheduler"])
+        run.lr_scheduler.load_state_dict(state["lr_scheduler"])
         result.step, result.skipped = int(state["step"]), int(state["skipped"])
         result.losses = [tuple(x) for x in state["losses"].tolist()]
-        position = DataPosition(int(state["data_epoch"]), int(state["data_batch"]))
+        run.position = DataPosition(int(state["data_epoch"]), int(state["data_batch"]))
         logger.info("resumed from %s at step %d", ckpt, result.step)
-    elif config.resume and not config.init_connector:
+        return
+    if config.resume and not config.init_connector:
         logger.info("no checkpoint in %s: starting from scratch", config.output_dir)
-    if result.step == 0 and config.init_connector:  # a resume reads its checkpoint instead
-        load_init_connector(ella, config)
-        if ema is not None:
-            ema.load_state_dict(ella.state_dict())
+    if config.init_connector:
+        load_init_connector(run.ella, config)
+        if run.ema is not None:
+            run.ema.load_state_dict(run.ella.state_dict())
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    batches = open_data(config, parts, rank, world, position)
-    encoder = parts.encoder(config)  # built once, used by every raw-data step
+
+def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, order_log) -> float:
+    """One optimizer step over `grad_accum` micro-batches; returns the loss averaged over processes."""
+    config, accelerator, result = run.config, run.accelerator, run.result
+    use_mask = config.text_mode == "flexible" or run.ella.keeps_text_length
+    step_loss = 0.0
+    for micro in range(config.grad_accum):
+        batch = next(batches)
+        result.skipped += batch["skipped"]
+        if order_log:
+            order_log.write(" ".join(batch["key"]) + "\n")
+        if not batch["key"]:
+            continue
+        g = step_generator(config.seed, accelerator.process_index, result.step, micro)
+        latents, text, mask = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
+        sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(run.model)
+        with sync, accelerator.autocast():
+            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config.timestep_power)
+            accelerator.backward(loss / config.grad_accum)
+        step_loss += loss.item() / config.grad_accum
+        run.seen += len(batch["key"]) * accelerator.num_processes
+    if config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(run.ella.parameters(), config.max_grad_norm)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        ema_update(run.ema, run.ella, config.ema_decay)
+    result.step += 1
+    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+    if not math.isfinite(step_loss):
+        raise FloatingPointError(f"loss is {step_loss} at step {result.step}: lower lr or use fp32/bf16")
+    result.losses.append((result.step, step_loss))
+    result.samples_per_second = run.seen / (time.perf_counter() - run.start)
+    return step_loss
+
+
+def save_checkpoint(run: Run) -> None:
+    """The full resume state (k-diffusion's first kind of checkpoint), written by the main process."""
+    run.accelerator.wait_for_everyone()
+    if not run.main:
+        return
+    result = run.result
+    state = {
+        "ella": run.accelerator.unwrap_model(run.model).ella.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else {},
+        "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "step": result.step,
+        "skipped": result.skipped,
+        "losses": torch.tensor(result.losses or [], dtype=torch.float64).reshape(-1, 2),
+        "data_epoch": run.position.epoch,
+        "data_batch": run.position.batch,
+    }
+    save_training_state(run.config.output_dir, result.step, state, run.config.to_yaml(), run.config.keep_checkpoints)
+
+
+def log_window(run: Run, window: list[float], writer) -> None:
+    """One log line (and TensorBoard scalars) for the steps since the last one."""
+    lr, mean = run.lr_scheduler.get_last_lr()[0], sum(window) / len(window)
+    logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d", run.result.step, mean, lr,
+                run.result.samples_per_second, run.result.skipped)
+    if writer:
+        writer.add_scalar("loss", mean, run.result.step)
+        writer.add_scalar("lr", lr, run.result.step)
+
+
+def finish(run: Run, writer) -> None:
+    """At the end of a complete run: the slim export of the (EMA) connector and the loss curve."""
+    if run.main:
+        if run.result.skipped:
+            logger.info("skipped %d unusable samples (unreadable image or missing caption)", run.result.skipped)
+        run.result.export_dir = export(run.config, run.ema or run.ella)
+        if run.result.losses:
+            plot_losses(run.result.losses, os.path.join(run.config.output_dir, "loss.png"))
+        if writer:
+            writer.close()
+    run.accelerator.wait_for_everyone()
+
+
+def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
+    """Train a connector as `config` says; `parts` may pass frozen models already loaded.
+    SIGTERM or Ctrl-C finishes the current step, saves the resume state and raises
+    `TrainingInterrupted` (the last finished export is left as it was)."""
+    run = build(config, parts)
+    resume(run)
+    run.model, run.optimizer = run.accelerator.prepare(run.model, run.optimizer)
+    batches = open_data(config, run.parts, run.accelerator.process_index, run.accelerator.num_processes, run.position)
+    encoder = run.parts.encoder(config)  # built once, used by every raw-data step
     empty = _EmptyPrompt(config, encoder)
-    writer = _tensorboard(config) if main else None
-    order_log = _order_log(config, rank)
-
-    def save_state():
-        accelerator.wait_for_everyone()
-        if not main:
-            return
-        state = {
-            "ella": accelerator.unwrap_model(model).ella.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {},
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": scheduler.state_dict(),
-            "step": result.step,
-            "skipped": result.skipped,
-            "losses": torch.tensor(result.losses or [], dtype=torch.float64).reshape(-1, 2),
-            "data_epoch": position.epoch,
-            "data_batch": position.batch,
-        }
-        save_training_state(config.output_dir, result.step, state, config.to_yaml(), config.keep_checkpoints)
-
-    # A SIGTERM (a scheduler pre-empting the job) finishes the current step, saves, and stops.
-    stop, restore_sigterm = sigterm_stop_flag()
-
-    # 3. The loop.
-    progress = tqdm(total=config.max_steps, initial=result.step, disable=not main, desc="training", unit="step")
-    seen, start, window_loss = 0, time.perf_counter(), []
+    writer = _tensorboard(config) if run.main else None
+    order_log = _order_log(config, run.accelerator.process_index)
+    stop, restore_signals = stop_flag()
+    progress = tqdm(total=config.max_steps, initial=run.result.step, disable=not run.main, desc="training", unit="step")
+    window: list[float] = []
     try:
-        while result.step < config.max_steps and not stop["requested"]:
-            step_loss = 0.0
-            for micro in range(config.grad_accum):
-                batch = next(batches)
-                result.skipped += batch["skipped"]
-                if order_log:
-                    order_log.write(" ".join(batch["key"]) + "\n")
-                if not batch["key"]:
-                    continue
-                g = step_generator(config.seed, rank, result.step, micro)
-                latents, text, mask = make_batch_tensors(batch, config, parts, encoder, empty, g, device)
-                sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(model)
-                with sync, accelerator.autocast():
-                    loss = diffusion_loss(model, parts, latents, text, mask, g, use_mask, config.timestep_power) / config.grad_accum
-                    accelerator.backward(loss)
-                step_loss += loss.item()
-                seen += len(batch["key"]) * world
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(ella.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema_update(ema, ella, config.ema_decay)
-            result.step += 1
-            step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), "mean").item()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss is {step_loss} at step {result.step}: lower lr or use fp32/bf16")
-            result.losses.append((result.step, step_loss))
-            window_loss.append(step_loss)
-            result.samples_per_second = seen / (time.perf_counter() - start)
+        while run.result.step < config.max_steps and not stop["requested"]:
+            window.append(train_step(run, batches, encoder, empty, order_log))
             progress.update()
-            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
-                                 sps=f"{result.samples_per_second:.1f}")
-            if result.step % config.log_every == 0 and main:
-                logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d", result.step,
-                            sum(window_loss) / len(window_loss), scheduler.get_last_lr()[0],
-                            result.samples_per_second, result.skipped)
-                if writer:
-                    writer.add_scalar("loss", sum(window_loss) / len(window_loss), result.step)
-                    writer.add_scalar("lr", scheduler.get_last_lr()[0], result.step)
-                window_loss = []
-            if result.step % config.checkpoint_every == 0 and result.step < config.max_steps:
-                save_state()
-            if config.validate_every and result.step % config.validate_every == 0 and main:
-                logger.info("validation images: %s", validate(config, parts, ema or ella, result.step))
+            progress.set_postfix(loss=f"{window[-1]:.4f}", lr=f"{run.lr_scheduler.get_last_lr()[0]:.1e}",
+                                 sps=f"{run.result.samples_per_second:.1f}")
+            step = run.result.step
+            if step % config.log_every == 0 and run.main:
+                log_window(run, window, writer)
+                window = []
+            if step % config.checkpoint_every == 0 and step < config.max_steps:
+                save_checkpoint(run)
+            if config.validate_every and step % config.validate_every == 0 and run.main:
+                logger.info("validation images: %s", validate(config, run.parts, run.ema or run.ella, step))
     finally:
         progress.close()
         if order_log:
-            order_log.write(f"final connector sha256 {_digest(ella)}\n")
+            order_log.write(f"final connector sha256 {_digest(run.ella)}\n")
             order_log.close()
-        restore_sigterm()
-
-    # 4. At exit: the resume state, the slim export, the loss curve.
-    save_state()
-    if main:
-        if result.skipped:
-            logger.info("skipped %d unusable samples (unreadable image or missing caption)", result.skipped)
-        result.export_dir = export(config, ema or ella)
-        if result.losses:
-            plot_losses(result.losses, os.path.join(config.output_dir, "loss.png"))
-        if writer:
-            writer.close()
-    accelerator.wait_for_everyone()
-    return result
-
-
-def sigterm_stop_flag() -> tuple[dict, Callable[[], None]]:
-    """({"requested": False}, restore): a SIGTERM sets "requested", so a training loop can finish
-    its step, save and stop; restore() puts the previous handler back. (Handlers can only be
-    installed from the main thread; elsewhere the flag simply never changes.)"""
-    stop = {"requested": False}
-    if not _in_main_thread():
-        return stop, lambda: None
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    return stop, lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+        restore_signals()
+    save_checkpoint(run)
+    if stop["requested"]:
+        raise TrainingInterrupted(f"{stop['signal']}: stopped at step {run.result.step} of {config.max_steps}; the state"
+                                  f" is saved in {checkpoint_dir(config.output_dir)} (continue with --resume true)",
+                                  stop["signal"])
+    finish(run, writer)
+    return run.result
 
 
 def _digest(module: torch.nn.Module) -> str:
