@@ -88,23 +88,28 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         """The width of the CLIP tokens this pipeline builds (SDXL concatenates two encoders)."""
         return self.clip_text_encoder.config.hidden_size
 
-    def check_inputs(self, prompts: list[str], negative: list[str], height: int, width: int, conditioning: str,
-                     image=None):
+    def check_inputs(self, prompts: list[str] | None, negative: list[str], height: int, width: int, conditioning: str,
+                     image=None, embeds: tuple | None = None):
+        """`prompts` None: the prompts come as `embeds` (prompt_embeds, negative_prompt_embeds)."""
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
-        if not prompts:
-            raise ValueError("no prompt given: pass at least one prompt")
-        if any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError("prompts must be non-empty strings")
-        if len(negative) != len(prompts):
-            raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        if prompts is not None:
+            if not prompts:
+                raise ValueError("no prompt given: pass at least one prompt")
+            if any(not isinstance(p, str) or not p.strip() for p in prompts):
+                raise ValueError("prompts must be non-empty strings")
+            if len(negative) != len(prompts):
+                raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        if embeds is not None:
+            self.check_embeds(prompts, *embeds, conditioning)
         f = self.size_factor
         if height <= 0 or width <= 0 or height % f or width % f:
             raise ValueError(f"height and width must be positive multiples of {f} for this model, got {height}x{width}")
         cross = self.unet.config.cross_attention_dim
         if "ella" in conditioning:
-            if self.ella is None or self.text_encoder is None or self.tokenizer is None:
-                raise ValueError(f"conditioning={conditioning!r} needs the ella, text_encoder and tokenizer components")
+            if self.ella is None or (embeds is None and (self.text_encoder is None or self.tokenizer is None)):
+                raise ValueError(f"conditioning={conditioning!r} needs the ella, text_encoder and tokenizer components"
+                                 " (or ella and prompt_embeds)")
             out_dim = self.ella.config.output_dim or self.ella.config.width
             if out_dim != cross:
                 raise ValueError(
@@ -122,15 +127,58 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         if self.controlnet is None and image is not None:
             raise ValueError("`image` was given but the pipeline has no controlnet")
 
+    def check_embeds(self, prompts, prompt_embeds, negative_prompt_embeds, do_cfg: bool, conditioning: str):
+        if prompt_embeds.ndim != 3:
+            raise ValueError(f"prompt_embeds must be (batch, tokens, width), got shape {tuple(prompt_embeds.shape)}")
+        if not isinstance(prompt_embeds, torch.Tensor):
+            raise ValueError(f"prompt_embeds must be a tensor (batch, tokens, width), got {type(prompt_embeds).__name__}")
+        if prompts is not None and len(prompts) != prompt_embeds.shape[0]:
+            raise ValueError(f"got {len(prompts)} prompts for {prompt_embeds.shape[0]} prompt_embeds")
+        if do_cfg and self.text_encoder is None and negative_prompt_embeds is None:
+            raise ValueError("guidance_scale > 1 without a text_encoder needs negative_prompt_embeds too"
+                             " (`encode_prompt` returns them)")
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
+            raise ValueError(f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows for"
+                             f" {prompt_embeds.shape[0]} prompt_embeds")
+        if "clip" in conditioning and prompts is None:
+            raise ValueError(f"conditioning={conditioning!r} with prompt_embeds: CLIP reads the prompt text, so pass"
+                             " `prompt` as well (the embeddings are used for the ELLA side)")
+
     # ---- prompt encoding (once per call) ------------------------------------------------------
 
     def encode_llm(self, prompts: list[str]) -> TextFeatures:
         """LLM features (B, L, D) and mask of the prompts, in the connector's dtype."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline has no text_encoder/tokenizer (the LLM): pass prompt_embeds and "
+                             "negative_prompt_embeds from `encode_prompt` of a pipeline that has it")
         encoder = LLMEncoder(
             self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode, self.config.text_echo)
         features = encoder(prompts)
-        features.hidden_states = features.hidden_states.to(self.ella.dtype)
+        features.hidden_states = features.hidden_states.to(self.ella.dtype if self.ella is not None else self.unet.dtype)
         return features
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The LLM's features of the prompts, as diffusers' T5 pipelines return them:
+        (prompt_embeds (B, L, D), prompt_attention_mask (B, L), negative_prompt_embeds,
+        negative_prompt_attention_mask). Masks are None in "fixed" mode, where the padding is part
+        of the conditioning; the negatives are None without CFG. Encode once, free the LLM, then
+        call the pipeline with these tensors and `text_encoder=None, tokenizer=None`."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        pos = self.encode_llm(prompts)
+        if not do_classifier_free_guidance:
+            return pos.hidden_states, pos.attention_mask, None, None
+        neg = self.encode_llm(self._negatives(negative_prompt, len(prompts)))
+        return pos.hidden_states, pos.attention_mask, neg.hidden_states, neg.attention_mask
+
+    @staticmethod
+    def _negatives(negative_prompt: str | list[str] | None, batch: int) -> list[str]:
+        negative = "" if negative_prompt is None else negative_prompt
+        return [negative] * batch if isinstance(negative, str) else list(negative)
 
     @torch.no_grad()
     def encode_clip(self, prompts: list[str]) -> torch.Tensor:
@@ -145,8 +193,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
     def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
         return None if x is None else x.repeat_interleave(n, dim=0)
 
-    def added_cond_kwargs(self, rows: list[str], height: int, width: int) -> dict | None:
-        """Extra UNet inputs for the prompt rows (in CFG order); SD1.5-style UNets take none."""
+    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int) -> dict | None:
+        """Extra UNet inputs for the `batch` prompt rows (in CFG order; `rows` None when the
+        prompts came as embeddings); SD1.5-style UNets take none."""
         if self.unet.config.addition_embed_type == "text_time":
             raise ValueError("this UNet is SDXL-style (it needs pooled text and size ids): use ELLAStableDiffusionXLPipeline")
         return None
@@ -162,7 +211,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
 
     # ---- the denoising loop -------------------------------------------------------------------
 
-    def scheduler_step_kwargs(self, generator, eta: float) -> dict:
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
         """What this scheduler's `step` takes of the call's randomness: stochastic samplers (DDPM,
         Euler ancestral, SDE solvers) draw fresh noise at every step, from `generator` so that a
         seed gives the same image; DDIM also takes `eta`."""
@@ -171,6 +220,16 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         if "eta" in accepted:
             kwargs["eta"] = eta
         return kwargs
+
+    def prepare_latents(self, batch: int, height: int, width: int, generator, latents: torch.Tensor | None):
+        """Initial noise (batch, C, h, w) in the UNet's dtype, scaled to the scheduler's first sigma."""
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        device = self._execution_device
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def conditioning_at(
         self,
@@ -195,102 +254,41 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 mask = torch.cat(masks, dim=1)
         return torch.cat(parts, dim=1), mask
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: TextFeatures | None = None,
-        negative_prompt_embeds: TextFeatures | None = None,
-        conditioning: str = "ella",
-        image=None,
-        controlnet_conditioning_scale: float = 1.0,
-        precompute_connector: bool = False,
-        eta: float = 0.0,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ):
-        """Generate images.
-
-        1. Check inputs. 2. Encode prompts and negative prompts once (LLM; CLIP if used).
-        3. Set the scheduler's timesteps and draw the initial latents.
-        4. At each step: connector(text, t) for [negative; positive] in one call, UNet, CFG,
-           scheduler step. 5. Decode (VAE, or nothing for a pixel-space UNet) and post-process.
-
-        `prompt_embeds` / `negative_prompt_embeds` take precomputed LLM `TextFeatures`. With a
-        `controlnet`, `image` (PIL, array or tensor; one, or one per prompt) steers it, scaled by
-        `controlnet_conditioning_scale`. `precompute_connector=True` runs the connector for every
-        step's timestep in one batched call before the loop (same conditioning; see
-        `ELLA.forward_timesteps`): the connector never reads the latents, and one large call
-        beats one small call per step where each call is bound by kernel launches (GPUs). `eta`
-        is DDIM's (0: deterministic DDIM; other schedulers ignore it); stochastic schedulers draw
-        their per-step noise from `generator` too.
-        """
-        # 1. Inputs
-        if prompt_embeds is not None:
-            batch = prompt_embeds.hidden_states.shape[0]
-            prompts = list(prompt) if isinstance(prompt, list) else [prompt or "<embeds>"] * batch
-        else:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        negative = negative_prompt if negative_prompt is not None else ""
-        negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
-        sample_size = self.unet.config.sample_size
-        sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
-        height = sample_size * self.vae_scale_factor if height is None else height
-        width = sample_size * self.vae_scale_factor if width is None else width
-        self.check_inputs(prompts, negatives, height, width, conditioning, image)
-        if not math.isfinite(guidance_scale):  # NaN would silently give blank images
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
-        if num_inference_steps < 1 or num_images_per_prompt < 1:
-            raise ValueError(f"num_inference_steps ({num_inference_steps}) and num_images_per_prompt"
-                             f" ({num_images_per_prompt}) must be at least 1")
-        if isinstance(generator, list) and len(generator) != len(prompts) * num_images_per_prompt:
-            raise ValueError(f"got {len(generator)} generators for {len(prompts) * num_images_per_prompt} images"
-                             " (one per image, or a single generator)")
-        do_cfg = guidance_scale > 1.0
-        device = self._execution_device
-        n = num_images_per_prompt
-
-        # 2. Prompts, encoded once: rows are [negatives; positives] when CFG is on.
+    def prepare_conditioning(self, prompts, negatives, embeds, conditioning: str, do_cfg: bool, n: int):
+        """(LLM features, CLIP tokens), each None when unused; rows are [negatives; positives] when
+        CFG is on, each repeated for the `n` images per prompt."""
         text = clip_embeds = None
         if "ella" in conditioning:
-            pos = prompt_embeds if prompt_embeds is not None else self.encode_llm(prompts)
+            prompt_embeds, prompt_mask, negative_embeds, negative_mask = embeds or (None,) * 4
+            pos = TextFeatures(prompt_embeds.to(self.ella.dtype), prompt_mask) if embeds else self.encode_llm(prompts)
             feats = [pos]
             if do_cfg:
-                neg = negative_prompt_embeds if negative_prompt_embeds is not None else self.encode_llm(negatives)
+                neg = (TextFeatures(negative_embeds.to(self.ella.dtype), negative_mask) if negative_embeds is not None
+                       else self.encode_llm(negatives))
                 feats = [neg, pos]
-            text = pad_features(feats)
+            text = pad_features([TextFeatures(f.hidden_states.to(self._execution_device), None if f.attention_mask is None
+                                              else f.attention_mask.to(self._execution_device)) for f in feats])
             text = TextFeatures(self._repeat(text.hidden_states, n), self._repeat(text.attention_mask, n))
-        rows = negatives + prompts if do_cfg else prompts
         if "clip" in conditioning:
-            clip_embeds = self._repeat(self.encode_clip(rows), n)
-        added = self.added_cond_kwargs(rows, height, width)
+            clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts), n)
+        return text, clip_embeds
+
+    def prepare_unet_inputs(self, prompts, negatives, batch: int, height: int, width: int, image, do_cfg: bool, n: int):
+        """(added_cond_kwargs, ControlNet image), in the rows' CFG order and repeated n times."""
+        rows = None if prompts is None else (negatives + prompts if do_cfg else prompts)
+        added = self.added_cond_kwargs(rows, height, width, batch * (2 if do_cfg else 1))
         added = None if added is None else {k: self._repeat(v, n) for k, v in added.items()}
         control = None
         if image is not None:
-            control = self.prepare_control_image(image, height, width, len(prompts), n)
+            control = self.prepare_control_image(image, height, width, batch, n)
             control = torch.cat([control] * 2) if do_cfg else control
+        return added, control
 
-        # 3. Timesteps and initial noise
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        shape = (len(prompts) * n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
-
-        # 4. Denoising loop: the connector runs at every step, with that step's timestep (or ran
-        # for all of them at once, before the loop).
-        step_kwargs = self.scheduler_step_kwargs(generator, eta)
+    def denoise(self, latents, timesteps, text, clip_embeds, added, control, guidance_scale: float,
+                controlnet_conditioning_scale: float, step_kwargs: dict, precompute_connector: bool):
+        """The loop: the connector runs at every step with that step's timestep (or ran for all of
+        them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step."""
+        do_cfg = guidance_scale > 1.0
         precomputed = None
         if precompute_connector and text is not None:
             precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
@@ -316,15 +314,95 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                     noise_pred = uncond + guidance_scale * (cond_pred - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 progress.update()
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str):
+        """Latents -> images: the VAE, or nothing for a pixel-space UNet (it denoises images in
+        [-1, 1] directly); `output_type="latent"` returns the latents as they are."""
+        if output_type == "latent":
+            return latents
+        images = latents if self.vae is None else self.vae.decode(
+            latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return self.image_processor.postprocess(images.float(), output_type=output_type)
+
+    def _check_call(self, prompts, negatives, height, width, conditioning, image, embeds, guidance_scale: float,
+                    num_inference_steps: int, num_images_per_prompt: int, generator) -> None:
+        self.check_inputs(prompts, negatives, height, width, conditioning, image, embeds)
+        if not math.isfinite(guidance_scale):  # NaN would silently give blank images
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+        if num_inference_steps < 1 or num_images_per_prompt < 1:
+            raise ValueError(f"num_inference_steps ({num_inference_steps}) and num_images_per_prompt"
+                             f" ({num_images_per_prompt}) must be at least 1")
+        batch = len(prompts) if prompts is not None else embeds[0].shape[0]
+        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
+            raise ValueError(f"got {len(generator)} generators for {batch * num_images_per_prompt} images"
+                             " (one per image, or a single generator)")
+
+    def default_size(self) -> int:
+        sample_size = self.unet.config.sample_size
+        return (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_scale_factor
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        conditioning: str = "ella",
+        image=None,
+        controlnet_conditioning_scale: float = 1.0,
+        precompute_connector: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Generate images: 1. check inputs; 2. encode the prompts once (the LLM, unless given as
+        `prompt_embeds` etc. from `encode_prompt`: then no text_encoder/tokenizer is needed; CLIP if
+        used); 3. timesteps (`retrieve_timesteps`: custom `timesteps` or `sigmas` too) and latents;
+        4. `denoise`; 5. decode. `image` steers a `controlnet`. `precompute_connector=True` runs the
+        connector for all steps in one batched call before the loop (the same conditioning; faster
+        where calls are bound by kernel launches, as on GPUs). `eta` is DDIM's; stochastic
+        schedulers draw their per-step noise from `generator` too."""
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+        # 1. Inputs
+        embeds = None if prompt_embeds is None else (
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
+        prompts = None if prompt is None and embeds else [prompt] if isinstance(prompt, str) else list(prompt or [])
+        batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        negatives = self._negatives(negative_prompt, batch)
+        height, width = height or self.default_size(), width or self.default_size()
+        do_cfg, n = guidance_scale > 1.0, num_images_per_prompt
+        self._check_call(prompts, negatives, height, width, conditioning, image,
+                         embeds and (prompt_embeds, negative_prompt_embeds, do_cfg), guidance_scale,
+                         num_inference_steps, n, generator)
+
+        # 2. Prompts, encoded once
+        text, clip_embeds = self.prepare_conditioning(prompts, negatives, embeds, conditioning, do_cfg, n)
+        added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n)
+
+        # 3. Timesteps and initial noise
+        timesteps, _ = retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device, timesteps, sigmas)
+        latents = self.prepare_latents(batch * n, height, width, generator, latents)
+
+        # 4. Denoising loop
+        latents = self.denoise(latents, timesteps, text, clip_embeds, added, control, guidance_scale,
+                               controlnet_conditioning_scale, self.prepare_extra_step_kwargs(generator, eta),
+                               precompute_connector)
 
         # 5. Decode
-        if output_type == "latent":
-            images = latents
-        elif self.vae is not None:
-            images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        else:
-            images = latents  # a pixel-space UNet denoises images in [-1, 1] directly
-        if output_type != "latent":
-            images = self.image_processor.postprocess(images.float(), output_type=output_type)
+        images = self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

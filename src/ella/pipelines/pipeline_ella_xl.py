@@ -46,10 +46,10 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
     def clip_width(self) -> int:
         return self.clip_text_encoder.config.hidden_size + self.clip_text_encoder_2.config.hidden_size
 
-    def check_inputs(self, prompts, negative, height, width, conditioning, image=None):
+    def check_inputs(self, prompts, negative, height, width, conditioning, image=None, embeds=None):
         if "clip" in conditioning and (self.clip_text_encoder_2 is None or self.clip_tokenizer_2 is None):
             raise ValueError(f"conditioning={conditioning!r} on SDXL needs clip_text_encoder_2 and clip_tokenizer_2")
-        super().check_inputs(prompts, negative, height, width, conditioning, image)
+        super().check_inputs(prompts, negative, height, width, conditioning, image, embeds)
 
     @torch.no_grad()
     def _clip_outputs(self, encoder, tokenizer, prompts: list[str]):
@@ -64,14 +64,18 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
                                    (self.clip_text_encoder_2, self.clip_tokenizer_2))]
         return torch.cat(hidden, dim=-1).to(self.unet.dtype)
 
-    def added_cond_kwargs(self, rows: list[str], height: int, width: int) -> dict:
+    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int) -> dict:
         """`text_embeds` (pooled, (B, P)) and `time_ids` (B, 6): original size, crop (0, 0), target size."""
         device, dtype = self._execution_device, self.unet.dtype
-        if self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None:
+        has_clip = self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None
+        if has_clip and rows is None:
+            raise ValueError("SDXL's pooled embedding comes from clip_text_encoder_2, which reads the prompt text:"
+                             " pass `prompt` along with prompt_embeds")
+        if has_clip:
             pooled = self._clip_outputs(self.clip_text_encoder_2, self.clip_tokenizer_2, rows).text_embeds
         else:
             logger.info("no clip_text_encoder_2: using SDXL's unconditional (zero) pooled text embedding")
             pooled_dim = self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
-            pooled = torch.zeros(len(rows), pooled_dim)
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(len(rows), -1)
+            pooled = torch.zeros(batch, pooled_dim)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(batch, -1)
         return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.to(device, dtype)}
