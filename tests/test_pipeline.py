@@ -293,3 +293,57 @@ def test_load_pipeline_picks_the_sdxl_pipeline_and_round_trips(tmp_path):
     again.set_progress_bar_config(disable=True)
     assert isinstance(again, ELLAStableDiffusionXLPipeline)
     np.testing.assert_allclose(run(again, PROMPTS[0], [1], conditioning="ella+clip"), first, atol=1e-5)
+
+
+def test_prompt_embeds_from_encode_prompt_run_without_the_llm(tiny_pipe):
+    """The low-memory recipe: encode with the LLM once, drop it, generate from the tensors. CFG on,
+    two prompts of different lengths in flexible mode: exactly the images of the full pipeline."""
+    prompts = PROMPTS[:2]
+    embeds, mask, neg_embeds, neg_mask = tiny_pipe.encode_prompt(prompts, negative_prompt="blurry photo")
+    assert embeds.ndim == 3 and mask.shape == embeds.shape[:2] and mask[0].sum() < mask[1].sum()
+    assert neg_embeds.shape[0] == 2 and neg_mask.shape == neg_embeds.shape[:2]
+    full = run(tiny_pipe, prompts, [1, 2], negative_prompt="blurry photo", guidance_scale=5.0)
+    no_llm = ELLAStableDiffusionPipeline(**{**tiny_pipe.components, "text_encoder": None, "tokenizer": None},
+                                         text_mode="flexible")
+    no_llm.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    images = no_llm(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=neg_embeds,
+                    negative_prompt_attention_mask=neg_mask, guidance_scale=5.0, num_inference_steps=2,
+                    generator=gens, output_type="np").images
+    np.testing.assert_array_equal(images, full)
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):  # CFG needs the negative side too
+        no_llm(prompt_embeds=embeds, prompt_attention_mask=mask, guidance_scale=5.0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="text_encoder and tokenizer"):
+        no_llm("a red circle", num_inference_steps=1)
+
+
+def test_prompt_embeds_with_clip_need_the_prompt_text(tiny_pipe):
+    embeds, mask, neg, neg_mask = tiny_pipe.encode_prompt(PROMPTS[:1])
+    kw = dict(prompt_attention_mask=mask, negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask,
+              num_inference_steps=1, conditioning="ella+clip", output_type="np")
+    with pytest.raises(ValueError, match="pass `prompt` as well"):  # never a placeholder prompt through CLIP
+        tiny_pipe(prompt_embeds=embeds, **kw)
+    gens = [torch.Generator().manual_seed(3)]
+    with_text = tiny_pipe(PROMPTS[:1], prompt_embeds=embeds, generator=gens, **kw).images
+    gens = [torch.Generator().manual_seed(3)]
+    plain = tiny_pipe(PROMPTS[:1], generator=gens, **{k: v for k, v in kw.items() if "negative" not in k
+                                                       and "attention" not in k}).images
+    np.testing.assert_array_equal(with_text, plain)
+    with pytest.raises(ValueError, match="must be a tensor"):
+        tiny_pipe(prompt_embeds=[[0.0]], num_inference_steps=1)
+
+
+def test_latents_output_type_latent_and_return_dict(tiny_pipe):
+    shape = (1, tiny_pipe.unet.config.in_channels, 8, 8)  # the tiny VAE halves 16 px
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    out = tiny_pipe(PROMPTS[0], latents=latents, num_inference_steps=2, output_type="latent")
+    assert out.images.shape == shape and not torch.equal(out.images, latents)
+    images = tiny_pipe(PROMPTS[0], latents=latents, num_inference_steps=2, output_type="np", return_dict=False)
+    assert isinstance(images, tuple) and len(images) == 1 and images[0].shape == (1, 16, 16, 3)
+    # the same latents give the same image; the decoder is what turns the returned latents into it
+    again = tiny_pipe(PROMPTS[0], latents=latents, num_inference_steps=2, output_type="np").images
+    np.testing.assert_array_equal(images[0], again)
+    decoded = tiny_pipe.decode_latents(out.images, "np")
+    np.testing.assert_allclose(decoded, again, atol=1e-6)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_pipe(PROMPTS[0], latents=torch.randn(1, 4, 4, 4), num_inference_steps=1)

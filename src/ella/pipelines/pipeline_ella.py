@@ -130,8 +130,6 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
     def check_embeds(self, prompts, prompt_embeds, negative_prompt_embeds, do_cfg: bool, conditioning: str):
         if prompt_embeds.ndim != 3:
             raise ValueError(f"prompt_embeds must be (batch, tokens, width), got shape {tuple(prompt_embeds.shape)}")
-        if not isinstance(prompt_embeds, torch.Tensor):
-            raise ValueError(f"prompt_embeds must be a tensor (batch, tokens, width), got {type(prompt_embeds).__name__}")
         if prompts is not None and len(prompts) != prompt_embeds.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {prompt_embeds.shape[0]} prompt_embeds")
         if do_cfg and self.text_encoder is None and negative_prompt_embeds is None:
@@ -157,6 +155,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         features.hidden_states = features.hidden_states.to(self.ella.dtype if self.ella is not None else self.unet.dtype)
         return features
 
+    @torch.no_grad()
     def encode_prompt(
         self,
         prompt: str | list[str],
@@ -316,6 +315,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                 progress.update()
         return latents
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, output_type: str):
         """Latents -> images: the VAE, or nothing for a pixel-space UNet (it denoises images in
         [-1, 1] directly); `output_type="latent"` returns the latents as they are."""
@@ -378,12 +378,15 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
         # 1. Inputs
+        if prompt_embeds is not None and not isinstance(prompt_embeds, torch.Tensor):
+            raise ValueError(f"prompt_embeds must be a tensor (batch, tokens, width), got {type(prompt_embeds).__name__}")
         embeds = None if prompt_embeds is None else (
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
         prompts = None if prompt is None and embeds else [prompt] if isinstance(prompt, str) else list(prompt or [])
         batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         negatives = self._negatives(negative_prompt, batch)
-        height, width = height or self.default_size(), width or self.default_size()
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
         do_cfg, n = guidance_scale > 1.0, num_images_per_prompt
         self._check_call(prompts, negatives, height, width, conditioning, image,
                          embeds and (prompt_embeds, negative_prompt_embeds, do_cfg), guidance_scale,
