@@ -31,6 +31,8 @@ class ShippedConnector(NamedTuple):
 DEFAULT_CONNECTOR = "tsc"
 CONNECTORS = {
     "tsc": ShippedConnector(MINILM, "ella", "the default: dense, brief and relative captions"),
+    "tsc-relative": ShippedConnector(MINILM, "ella-relative", "the default before varied phrasings: dense, brief"
+                                     " and relative captions"),
     "tsc-dense": ShippedConnector(MINILM, "ella-dense", "the ablation's TSC: dense captions only"),
     "resampler": ShippedConnector(MINILM, "ella-resampler", "ablation: resampler without timestep"),
     "mlp": ShippedConnector(MINILM, "ella-mlp", "ablation: an MLP"),

@@ -94,8 +94,8 @@ PARAPHRASE = Lexicon(
     colors={"red": ("ruby", "cherry"), "green": ("jade", "olive"), "blue": ("azure", "cobalt"),
             "yellow": ("lemon", "canary"), "purple": ("lavender", "plum")},
     shapes={"circle": (("disk", "disks"), ("orb", "orbs")),
-            "square": (("tile", "tiles"), ("quadrilateral", "quadrilaterals")),
-            "triangle": (("trigon", "trigons"), ("arrowhead", "arrowheads"))},
+            "square": (("tile", "tiles"), ("rectangle", "rectangles")),
+            "triangle": (("three-sided figure", "three-sided figures"), ("arrowhead", "arrowheads"))},
     backgrounds={"black": ("jet", "ebony"), "gray": ("ash", "slate"), "white": ("snowy", "ivory")},
     places=(
         ("high up on the left", "in the northwest corner"),
