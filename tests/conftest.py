@@ -36,3 +36,14 @@ def tiny_pipe():
     pipe = ELLAStableDiffusionPipeline(**tiny_components(with_clip=True), text_mode="flexible")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def shipped_pipeline():
+    """The shipped ShapesWorld pipelines, loaded once per connector for the whole session:
+    `shipped_pipeline("tsc")`. Tests must not change them (scheduler, components)."""
+    import functools
+
+    from ella.shapes.models import load_shapes_pipeline
+
+    return functools.cache(lambda connector="tsc": load_shapes_pipeline(connector=connector))

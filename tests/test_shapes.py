@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ella.bench.dpg import check_integrity, load_csv
+from ella.shapes.catalog import CONNECTORS, SHAPES_DEFAULTS
 from ella.shapes.judge import ShapesJudge
 from ella.shapes.world import (
     BACKGROUNDS,
@@ -158,11 +159,9 @@ def test_rendering_is_deterministic_and_antialiased():
     assert len({tuple(p) for p in a.reshape(-1, 3)}) > 1 + len(scene.objects)  # edge blends exist
 
 
-@pytest.mark.parametrize("connector", ["tsc", "tsc-dense", "resampler", "mlp", "tsc-smollm2", "tsc-smollm2-echo"])
-def test_shipped_models_load_and_generate(connector):
-    import torch
-
-    from ella.shapes.models import CONNECTORS, load_shapes_pipeline, shipped_model_dir
+@pytest.mark.parametrize("connector", list(CONNECTORS))
+def test_shipped_models_load_and_generate(connector, shipped_pipeline):
+    from ella.shapes.models import shipped_model_dir
     from ella.text_encoders import resolve_model_path
 
     assert shipped_model_dir() is not None, "the ShapesWorld weights are not in src/ella/assets/shapes"
@@ -170,7 +169,7 @@ def test_shipped_models_load_and_generate(connector):
         resolve_model_path(CONNECTORS[connector].llm)
     except ValueError as err:  # an optional LLM (SmolLM2) that is not installed: the message says how
         pytest.skip(str(err))
-    pipe = load_shapes_pipeline(connector=connector)
+    pipe = shipped_pipeline(connector)
     prompt = "A simple picture of one flat shape over a white background. It shows a large red circle at the top left."
     for conditioning in ("ella", "clip"):
         image = pipe(prompt, num_inference_steps=2, conditioning=conditioning, output_type="np",
@@ -178,16 +177,13 @@ def test_shipped_models_load_and_generate(connector):
         assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
-def test_shipped_default_draws_the_main_job_prompt():
+def test_shipped_default_draws_the_main_job_prompt(shipped_pipeline):
     # The README's main job, as `ella generate` draws it (seeds 1001-1008, 25 steps, CFG 5): the
-    # large red circle at the top left and, below it, a blue object (the default before its stage 5,
-    # on relative captions: 1 of 8; README, "Brief prompts").
-    import torch
-
+    # large red circle at the top left and, below it, a blue object (the default before it was
+    # trained on relative captions: 1 of 8; docs/shapesworld-history.md, "Brief prompts").
     from ella.shapes.judge import analyse
-    from ella.shapes.models import SHAPES_DEFAULTS, load_shapes_pipeline
 
-    pipe = load_shapes_pipeline()
+    pipe = shipped_pipeline()
     images = pipe("a large red circle at the top left, a small blue square below it", num_images_per_prompt=8,
                   num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
                   generator=[torch.Generator().manual_seed(1001 + i) for i in range(8)]).images
@@ -262,3 +258,70 @@ def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_
     pipe = ELLAStableDiffusionPipeline(**components)
     pipe.save_pretrained(tmp_path / "pipe")
     assert type(load_pipeline(str(tmp_path / "pipe"), device="cpu").unet) is ShapesUNet2DConditionModel
+
+
+@pytest.mark.parametrize("connector, conditioning", [("tsc-dense", "ella"), ("tsc-dense", "clip")])
+def test_shipped_models_draw_the_pinned_images(connector, conditioning, shipped_pipeline):
+    """Behaviour pinned: the main prompt at seed 1001 with `ella generate`'s settings gives the
+    image the library drew before its restructure (tests/data, made with commit 0210b02), within
+    one grey level (another CPU may round a few pixels the other way)."""
+    from PIL import Image
+
+    image = shipped_pipeline(connector)(
+        "a large red circle at the top left, a small blue square below it", conditioning=conditioning,
+        num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
+        generator=[torch.Generator().manual_seed(1001)], output_type="np").images[0]
+    name = connector if conditioning == "ella" else "base"
+    pinned = np.asarray(Image.open(f"{__file__.rsplit('/', 1)[0]}/data/{name}-seed1001.png"), dtype=np.float32)
+    assert np.abs(np.round(image * 255) - pinned).max() <= 1
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+(?:-[a-z]+)?", text.lower()))
+
+
+def test_varied_and_paraphrase_captions_name_every_object_in_their_own_words():
+    from ella.shapes.phrasing import PARAPHRASE, VARIED, paraphrase_caption, varied_caption
+
+    for lexicon, caption in ((VARIED, varied_caption), (PARAPHRASE, paraphrase_caption)):
+        for i in range(300):
+            rng = random.Random(i)
+            scene = sample_scene(rng)
+            text = caption(scene, rng).lower()
+            for o in scene.objects:  # a typo may hit one word of a varied caption: count the others
+                words = [lexicon.colors[o.color], [s for pair in lexicon.shapes[o.shape] for s in pair]]
+                found = sum(any(w in text for w in options) for options in words)
+                assert found >= (1 if lexicon.typo_rate else 2), (text, o)
+            if not lexicon.typo_rate:
+                assert any(p in text for o in scene.objects for p in lexicon.places[o.cell]), text
+
+
+def test_paraphrase_words_and_forms_are_never_in_training_captions():
+    """Held out by construction: the paraphrase style's own words (synonyms, place phrases,
+    sentence forms) appear in no training caption of any style; only function words and the
+    plain place words (left, right, middle, corner, ...) are shared."""
+    from ella.shapes.phrasing import paraphrase_caption
+    from ella.train.data import make_dataset
+
+    trained = set()
+    data = make_dataset("shapes:3000:dense+brief+relative+varied", 32)
+    for i in range(len(data)):
+        trained |= _words(data.item(i)[1])
+    held_out = set()
+    for i in range(3000):
+        rng = random.Random(i)
+        held_out |= _words(paraphrase_caption(sample_scene(rng), rng))
+    shared = held_out & trained
+    allowed = {"a", "an", "and", "at", "in", "of", "on", "one", "two", "three", "four", "the", "with", "left",
+               "right", "middle", "upper", "lower", "corner", "against", "over"}
+    assert shared <= allowed, sorted(shared - allowed)
+    assert {"azure", "orb", "enormous", "northwest", "canvas"} <= held_out  # it is its own vocabulary
+
+
+def test_paraphrase_style_is_refused_for_training_scenes():
+    from ella.shapes.data import HELDOUT_SEED, ShapesSceneDataset
+    from ella.train.data import make_dataset
+
+    with pytest.raises(ValueError, match="held out"):
+        make_dataset("shapes:100:dense+paraphrase", 32)
+    assert ShapesSceneDataset(4, seed=HELDOUT_SEED, captions="paraphrase").item(0)[1]
