@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -100,11 +101,73 @@ def test_a_scheduler_without_its_dependency_is_one_line(capsys):
 def test_convert_round_trip(tmp_path):
     model = ELLA.from_preset("tiny")
     save_file(model.state_dict(), str(tmp_path / "c.safetensors"))
-    assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "folder"), "--dtype", "fp16"]) == 0
+    assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "folder"), "--dtype", "fp16",
+                 "--heads", "2"]) == 0
     assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "back.safetensors")]) == 0
-    back = ELLA.from_single_file(str(tmp_path / "back.safetensors"), heads=2)
+    back = ELLA.from_single_file(str(tmp_path / "back.safetensors"))
+    assert back.config.heads == 2
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v.half().float()), k
+
+
+def _same_model(a: ELLA, b: ELLA) -> bool:
+    config = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
+    return config(a) == config(b) and a.state_dict().keys() == b.state_dict().keys() and all(
+        torch.equal(v, b.state_dict()[k]) and v.dtype == b.state_dict()[k].dtype for k, v in a.state_dict().items())
+
+
+def _shipped_connector_dirs():
+    from ella.shapes.catalog import ASSETS, CONNECTORS
+
+    return [os.path.join(ASSETS, f"ella-{name}") for name in CONNECTORS]
+
+
+@pytest.mark.parametrize("folder", _shipped_connector_dirs(), ids=os.path.basename)
+def test_convert_round_trips_every_shipped_connector_exactly(folder, tmp_path):
+    """folder -> file -> folder and file -> folder -> file give the same model, heads included
+    (the one setting weight shapes cannot tell: the single file carries the config)."""
+    original = ELLA.from_pretrained(folder)
+    file, again = tmp_path / "c.safetensors", tmp_path / "again"
+    assert main(["convert", folder, str(file)]) == 0
+    assert main(["convert", str(file), str(again)]) == 0
+    assert _same_model(original, ELLA.from_pretrained(str(again)))
+    assert _same_model(original, ELLA.from_single_file(str(file)))
+    assert main(["convert", str(again), str(tmp_path / "back.safetensors")]) == 0
+    assert _same_model(ELLA.from_single_file(str(file)), ELLA.from_single_file(str(tmp_path / "back.safetensors")))
+
+
+def test_convert_round_trips_the_official_layout_and_says_what_it_assumed(tmp_path, caplog):
+    official = ELLA.from_preset("sd15-t5xl")
+    save_file(official.state_dict(), str(tmp_path / "ella-sd1.5-tsc-t5xl.safetensors"))  # no config metadata
+    with caplog.at_level("WARNING"):
+        assert main(["convert", str(tmp_path / "ella-sd1.5-tsc-t5xl.safetensors"), str(tmp_path / "folder")]) == 0
+    assert "assuming heads=8" in caplog.text  # the release's value, named, never silently
+    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "back.safetensors")]) == 0
+    assert main(["convert", str(tmp_path / "back.safetensors"), str(tmp_path / "again")]) == 0
+    assert _same_model(official, ELLA.from_pretrained(str(tmp_path / "again")))
+    # a file to a file: a file (it used to become a folder named like one)
+    assert main(["convert", str(tmp_path / "back.safetensors"), str(tmp_path / "copy.safetensors")]) == 0
+    assert os.path.isfile(tmp_path / "copy.safetensors")
+    assert _same_model(official, ELLA.from_single_file(str(tmp_path / "copy.safetensors")))
+
+
+def test_convert_refuses_bad_weights_and_paths(tmp_path, capsys):
+    model = ELLA.from_preset("tiny")
+    state = model.state_dict()
+    nan = {**state, "connector.latents": torch.full_like(state["connector.latents"], float("nan"))}
+    save_file(nan, str(tmp_path / "nan.safetensors"))
+    as_int = {**state, "connector.latents": state["connector.latents"].to(torch.int8)}
+    save_file(as_int, str(tmp_path / "int8.safetensors"))
+    model.save_single_file(str(tmp_path / "good.safetensors"))
+    cases = [(["convert", str(tmp_path / "nan.safetensors"), str(tmp_path / "o")], "non-finite"),
+             (["convert", str(tmp_path / "int8.safetensors"), str(tmp_path / "o")], "non-float"),
+             (["convert", str(tmp_path / "good.safetensors"), str(tmp_path / "no" / "dir" / "x.safetensors")],
+              "does not exist")]
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not os.path.exists(tmp_path / "o")
 
 
 @pytest.mark.parametrize(

@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="official single file <-> save_pretrained folder")
     c.add_argument("src", help="a .safetensors connector file or an ELLA folder")
-    c.add_argument("dst", help="a folder (from a file) or a .safetensors file (from a folder)")
+    c.add_argument("dst", help="a .safetensors file (with the config in its metadata) or a folder")
     c.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 for the output (default: as read)")
+    c.add_argument("--heads", type=positive_int, default=None, help="attention heads of a file without config"
+                   " (the weights cannot tell; default: the official release's 8)")
     c.set_defaults(func=cmd_convert)
 
     sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
@@ -159,17 +161,22 @@ def cmd_env(args) -> None:
 
 
 def cmd_convert(args) -> None:
-    from safetensors.torch import save_file
-
+    """folder -> file, file -> folder, or file -> file (adding the config metadata, or a dtype)."""
     from .devices import torch_dtype
     from .pipelines.loading import load_connector
 
+    to_file = args.dst.endswith(".safetensors")
+    if os.path.isdir(args.src) and not to_file:
+        raise CLIError("converting a folder writes a single file: DST must end in .safetensors")
+    parent = os.path.dirname(os.path.abspath(args.dst))
+    if not os.path.isdir(parent):
+        raise CLIError(f"cannot write {args.dst}: folder {parent} does not exist")
+    if to_file and os.path.isdir(args.dst):
+        raise CLIError(f"{args.dst} is a folder: name a .safetensors file")
     dtype = torch_dtype(args.dtype) if args.dtype else None
-    model = load_connector(args.src, dtype)
-    if os.path.isdir(args.src):
-        if not args.dst.endswith(".safetensors"):
-            raise CLIError("converting a folder writes a single file: DST must end in .safetensors")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.dst)
+    model = load_connector(args.src, dtype, heads=args.heads)
+    if to_file:
+        model.save_single_file(args.dst)  # with its config: converted back, it is the same model
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 
 from PIL import Image
+
+from .fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +63,8 @@ def check_image_path(path: str) -> str:
 def save_atomic(image: Image.Image, path: str) -> None:
     """Write to a temporary file beside `path`, then rename: a killed run leaves no half image."""
     image_format = check_image_path(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format=image_format)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def pyplot(what: str):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from ..fileio import atomic_path, write_text_atomic
 from ..images import make_grid, pyplot, save_atomic, split_grid
 from .dpg import Item, summarize
 from .vqa import VQABackend, read_jsonl
@@ -75,8 +76,7 @@ def write_manifest(out_dir: str, settings: dict) -> None:
                              f" {settings.get(k)!r} now): pass another output folder, or delete that one")
         return
     os.makedirs(out_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(settings, f, indent=2)
+    write_text_atomic(path, json.dumps(settings, indent=2))
 
 
 def file_sha256(path: str) -> str:
@@ -113,6 +113,9 @@ class AnswerLog:
     def __init__(self, path: str):
         self.path = path
         self.records: dict[tuple[str, int, str], dict] = {}  # (item_id, crop, proposition_id) -> record
+        if os.path.islink(path):  # a planted link: appends would land in its target
+            logger.warning("%s is a symbolic link: replacing it with a file", path)
+            os.unlink(path)
         if os.path.isfile(path):
             for r in read_jsonl(path):
                 self.records[(r["item_id"], int(r["crop"]), r["proposition_id"])] = r
@@ -120,11 +123,7 @@ class AnswerLog:
         self.file = open(path, "a", encoding="utf-8")
 
     def _rewrite(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in self.records.values():
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(record) + "\n" for record in self.records.values()))
 
     def add(self, item_id: str, crop: int, proposition_id: str, question: str, answer: str) -> None:
         record = {"item_id": item_id, "crop": crop, "proposition_id": proposition_id, "question": question, "answer": answer}
@@ -182,8 +181,7 @@ def score_run(items: dict[str, Item], images_dir: str, backend: VQABackend, out_
     failures = ask_all(items, images_dir, backend, log, rank=rank, world=world)
     log.close()
     if world > 1:  # each process reports the images it could not use; the main one merges them
-        with open(os.path.join(out_dir, f"failures.rank{rank}.json"), "w") as f:
-            json.dump(failures, f)
+        write_text_atomic(os.path.join(out_dir, f"failures.rank{rank}.json"), json.dumps(failures))
     if barrier is not None:
         barrier()
     if rank != 0:
@@ -217,14 +215,11 @@ def merge_answer_logs(out_dir: str, world: int) -> AnswerLog:
 
 
 def write_reports(out_dir: str, summary: dict, results) -> None:
-    with open(os.path.join(out_dir, "scores.jsonl"), "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps({"item_id": r.item_id, "score": r.score, "crop_scores": r.crop_scores,
-                                "failure": r.failure}) + "\n")
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(markdown_table({"this run": summary}) + "\n")
+    scores = "".join(json.dumps({"item_id": r.item_id, "score": r.score, "crop_scores": r.crop_scores,
+                                 "failure": r.failure}) + "\n" for r in results)
+    write_text_atomic(os.path.join(out_dir, "scores.jsonl"), scores)
+    write_text_atomic(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    write_text_atomic(os.path.join(out_dir, "summary.md"), markdown_table({"this run": summary}) + "\n")
     plot_l1(summary, os.path.join(out_dir, "l1.png"))
 
 
@@ -256,7 +251,8 @@ def plot_l1(summary: dict, path: str) -> None:
     ax.set(ylabel="score", ylim=(0, 100), title="DPG-Bench L1 categories")
     ax.legend(fontsize=7, ncol=5, loc="lower center")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from ..fileio import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -24,6 +27,42 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+
+
+CONFIG_METADATA_KEY = "ella_config"
+
+
+def read_config_metadata(path: str | os.PathLike) -> dict | None:
+    """The config a file written by `ELLA.save_single_file` carries, or None (the official file)."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: unreadable {CONFIG_METADATA_KEY} metadata ({err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: {CONFIG_METADATA_KEY} metadata is not a mapping")
+    return config
+
+
+def save_state_dict_file(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, config: dict) -> None:
+    """Write a safetensors file with `config` as metadata, through a temporary file in the same
+    folder renamed at the end (a failed write leaves the old file, never half a new one)."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(state_dict, tmp, metadata={CONFIG_METADATA_KEY: json.dumps(config, sort_keys=True)})
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot write {path}: {str(err).splitlines()[0]}") from err
 
 
 def _shape(state_dict: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -69,8 +108,11 @@ def check_state_dict(
         for k in sorted(set(expected) & set(given))
         if given[k].shape != expected[k].shape
     ]
+    not_float = [f"{k} ({v.dtype})" for k, v in given.items() if k in expected and not v.is_floating_point()]
+    not_finite = [k for k, v in given.items() if k in expected and v.is_floating_point() and not torch.isfinite(v).all()]
     problems = []
-    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mis_shaped)):
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", mis_shaped),
+                        ("non-float weights", not_float), ("non-finite weights (NaN or inf)", not_finite)):
         if keys:
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
             problems.append(f"{label}: {shown}")

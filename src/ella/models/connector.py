@@ -12,12 +12,18 @@ Shapes: B batch, L text tokens, D LLM width, N latents, W connector width, O out
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from .checkpoint import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 # Connector variants of the paper's ablation (Table 6): the same code, a different norm or none.
 CONNECTOR_TYPES = ("tsc", "adaln-zero", "resampler", "mlp")
@@ -271,31 +277,53 @@ class ELLA(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_single_file(
-        cls, path: str, heads: int = 8, torch_dtype: torch.dtype | None = None
+        cls, path: str, heads: int | None = None, torch_dtype: torch.dtype | None = None
     ) -> "ELLA":
-        """Load a bare state-dict file such as the official `ella-sd1.5-tsc-t5xl.safetensors`.
+        """Load a single safetensors file: the official `ella-sd1.5-tsc-t5xl.safetensors`, or one
+        written by `save_single_file`.
 
-        The file holds no config: every hyper-parameter but the number of heads is read from the
-        weight shapes (all released connectors use 8 heads). Missing, extra or mis-shaped keys are
+        A file written by `save_single_file` carries its config (safetensors metadata). The
+        official file carries none: every hyper-parameter but the number of heads is read from
+        the weight shapes, and `heads` is the caller's or, when not given, the release's 8, with
+        a warning that names it. Missing, extra, mis-shaped, non-float or non-finite weights are
         refused with a message that names them.
         """
-        from .checkpoint import config_from_state_dict, load_state_dict_file
+        from .checkpoint import config_from_state_dict, load_state_dict_file, read_config_metadata
 
         state_dict = load_state_dict_file(path)
-        model = cls(**config_from_state_dict(state_dict, heads=heads))
+        config = read_config_metadata(path)
+        if config is None:
+            config = config_from_state_dict(state_dict, heads=heads or RELEASE_HEADS)
+            if heads is None and config["connector_type"] != "mlp":
+                logger.warning("%s carries no config: assuming heads=%d (the official release's; the weights cannot"
+                               " tell). Pass heads=... if it was trained with another number", path, RELEASE_HEADS)
+        elif heads is not None and heads != config.get("heads"):
+            raise CheckpointError(f"{path} was saved with heads={config.get('heads')}, not {heads}")
+        model = cls(**config)
         model.load_strict(state_dict, source=str(path))
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+        if torch_dtype is not None:  # nn.Module's `to`: diffusers' warns of fp32-only modules, which ELLA has none of
+            torch.nn.Module.to(model, torch_dtype)
         return model
 
+    def save_single_file(self, path: str) -> None:
+        """One safetensors file with the config in its metadata (so `from_single_file` restores
+        exactly this model, heads included), written atomically."""
+        from .checkpoint import save_state_dict_file
+
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        save_state_dict_file({k: v.contiguous() for k, v in self.state_dict().items()}, path, config)
+
     def load_strict(self, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """load_state_dict that names every missing, unexpected or mis-shaped key in its error."""
+        """load_state_dict that names every missing, unexpected, mis-shaped, non-float or
+        non-finite weight in its error (a cast from int8 or a NaN would pass silently)."""
         from .checkpoint import check_state_dict
 
         check_state_dict(self.state_dict(), state_dict, source)
         own_dtype = next(self.parameters()).dtype
         self.load_state_dict({k: v.to(own_dtype) for k, v in state_dict.items()}, strict=True)
 
+
+RELEASE_HEADS = 8  # every released connector's; the one hyper-parameter the weight shapes cannot give
 
 PRESETS: dict[str, dict] = {
     # The released SD1.5 connector (66.8M parameters) on FLAN-T5-XL features.

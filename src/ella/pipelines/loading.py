@@ -33,13 +33,14 @@ def load_unet(model: str, subfolder: str | None = "unet", torch_dtype: torch.dty
     return cls.from_pretrained(model, subfolder=subfolder, torch_dtype=torch_dtype)
 
 
-def load_connector(path: str, torch_dtype: torch.dtype | None = None) -> ELLA:
-    """A connector from an official single file (`*.safetensors`) or a `save_pretrained` folder."""
+def load_connector(path: str, torch_dtype: torch.dtype | None = None, heads: int | None = None) -> ELLA:
+    """A connector from a single file (`*.safetensors`: the official one, whose `heads` the
+    weights cannot tell, or one with its config) or a `save_pretrained` folder."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} is not an ELLA connector folder (no config.json)")
         return ELLA.from_pretrained(path, torch_dtype=torch_dtype)
-    return ELLA.from_single_file(path, torch_dtype=torch_dtype)
+    return ELLA.from_single_file(path, heads=heads, torch_dtype=torch_dtype)
 
 
 # Short names for the common diffusers samplers; any other diffusers scheduler class name works too.

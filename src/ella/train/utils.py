@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..fileio import atomic_path
+
 
 def lr_lambda(warmup_steps: int, total_steps: int = 0, final_fraction: float = 1.0):
     """Linear warmup to the base lr, then constant, or (with total_steps and final_fraction < 1)
@@ -72,5 +74,6 @@ def plot_losses(losses: list, path: str) -> None:
     ax.yaxis.set_minor_formatter(ScalarFormatter() if max(values) / max(min(values), 1e-12) < 10 else plt.NullFormatter())
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
