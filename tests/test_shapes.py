@@ -207,7 +207,7 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--steps", "2", "--ella", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "--ella is one of tsc, tsc-dense, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
+    assert "--ella is one of tsc, tsc-relative, tsc-dense, resampler, mlp" in err and "Traceback" not in err and not (tmp_path / "n.png").exists()
     # the shipped connectors bring their LLM: --llm is refused, not silently ignored
     assert main(["generate", "a red circle", "--out", str(tmp_path / "n.png"), "--llm", "minilm"]) == 2
     assert "come with their LLM" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
@@ -325,3 +325,27 @@ def test_paraphrase_style_is_refused_for_training_scenes():
     with pytest.raises(ValueError, match="held out"):
         make_dataset("shapes:100:dense+paraphrase", 32)
     assert ShapesSceneDataset(4, seed=HELDOUT_SEED, captions="paraphrase").item(0)[1]
+
+
+def test_generate_takes_a_connector_trained_with_ella_train(tmp_path, capsys):
+    """`--ella FOLDER` on the shipped model: the export of `ella train` on its base, read with the
+    LLM of its training_config.yaml; a connector whose LLM width does not fit is one line."""
+    import os
+
+    from PIL import Image
+
+    from ella.cli import main
+    from ella.shapes.catalog import ASSETS
+
+    run = tmp_path / "run"
+    assert main(["train", "configs/shapes/ella-tsc.yaml", "--model", ASSETS, "--train-data", "shapes:4",
+                 "--cache-dir", "null", "--max-steps", "1", "--batch-size", "2", "--output-dir", str(run),
+                 "--validate-every", "0", "--checkpoint-every", "10"]) == 0
+    export = run / "export"
+    assert main(["generate", "a red circle", "--ella", str(export), "--steps", "2", "--out", str(tmp_path / "o.png")]) == 0
+    assert Image.open(tmp_path / "o.png").size == (32, 32)
+    config = (export / "training_config.yaml").read_text().replace("llm: minilm", "llm: tiny-missing-llm")
+    (export / "training_config.yaml").write_text(config)
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--ella", str(export), "--out", str(tmp_path / "p.png")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "p.png")

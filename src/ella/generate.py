@@ -41,8 +41,9 @@ def _load_model(args):
             raise ValueError(f"the connectors of {shipped.name} each come with their LLM: --llm goes with --model"
                              " and --ella")
         connector = args.ella or shipped.default_connector
-        if connector not in shipped.connectors:
-            raise ValueError(f"with {shipped.name}, --ella is one of {', '.join(shipped.connectors)}; got {connector!r}")
+        if not shipped.accepts(connector):
+            raise ValueError(f"with {shipped.name}, --ella is one of {', '.join(shipped.connectors)} or the export"
+                             f" folder of a connector trained on it; got {connector!r}")
         return shipped.load(connector, device=args.device, dtype=args.dtype), shipped.defaults
     from .pipelines.loading import load_pipeline
 

@@ -61,6 +61,11 @@ class ShippedModel:
         return shipped_model_dir() is not None
 
     @staticmethod
+    def accepts(connector: str) -> bool:
+        """A shipped connector's name, or the path of a connector trained on this base."""
+        return connector in CONNECTORS or os.path.exists(connector)
+
+    @staticmethod
     def load(connector: str | None, device=None, dtype=None):
         from .models import load_shapes_pipeline
 

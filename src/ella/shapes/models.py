@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 
+from ..offline_llms import MINILM
 from .catalog import CONNECTORS, DEFAULT_CONNECTOR, shipped_model_dir
 
 
 def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = DEFAULT_CONNECTOR, device=None, dtype=None):
     """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
     frozen LLM of the connector + the connector (conditioning="ella"), sharing one UNet.
-    `connector=None` loads the base model alone (with MiniLM)."""
+    `connector` is a shipped connector's name (`catalog.CONNECTORS`) or the path of one's own
+    (`ella train`'s export, `load_own_connector`); None loads the base model alone (with MiniLM)."""
     from diffusers import DPMSolverMultistepScheduler
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -26,14 +28,18 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = D
         raise ValueError(f"not a ShapesWorld model folder: {model_dir}")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev) if dtype not in (None, "auto") else resolve_dtype("fp32", dev)
-    ella = None
-    if connector is not None:
+    ella, reads = None, CONNECTORS.get(connector) if connector is not None else None
+    if connector is not None and reads is not None:
         connector_dir = os.path.join(model_dir, f"ella-{connector}")
         if not os.path.isdir(connector_dir):
             raise ValueError(f"no connector {connector!r} in {model_dir}")
         ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
-    reads = CONNECTORS.get(connector)
+    elif connector is not None:  # a connector of one's own: `ella train`'s export folder or a single file
+        ella, reads = load_own_connector(connector, torch_dtype)
     text_encoder, tokenizer = load_text_encoder(reads.llm if reads else MINILM, dev, torch_dtype)
+    if ella is not None and ella.config.input_dim != text_encoder.config.hidden_size:
+        raise ValueError(f"connector {connector} reads {ella.config.input_dim}-wide LLM features, but its LLM"
+                         f" {reads.llm if reads else MINILM} gives {text_encoder.config.hidden_size}")
     pipe = ELLAStableDiffusionPipeline(
         unet=load_unet(model_dir, "unet", torch_dtype),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(model_dir, subfolder="scheduler"),
@@ -48,3 +54,26 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = D
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
+
+
+def load_own_connector(path: str, torch_dtype=None):
+    """(connector, how it reads prompts) for a connector trained with `ella train` on the
+    ShapesWorld base: its export folder (or a single file), and the LLM and echo setting of the
+    `training_config.yaml` beside it (MiniLM when there is none)."""
+    import yaml
+
+    from ..pipelines.loading import load_connector
+    from .catalog import ShippedConnector
+
+    if not os.path.exists(path):
+        raise ValueError(f"--ella {path}: neither a shipped connector ({', '.join(CONNECTORS)}) nor a file or folder")
+    ella = load_connector(path, torch_dtype)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    config_path = os.path.join(folder, "training_config.yaml")
+    config = {}
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            config = yaml.safe_load(f) or {}
+    reads = ShippedConnector(config.get("llm") or MINILM, os.path.basename(os.path.normpath(path)), "own",
+                             echo=bool(config.get("text_echo")))
+    return ella, reads
