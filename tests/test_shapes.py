@@ -199,7 +199,9 @@ def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
 
     out = tmp_path / "x.png"
     assert main(["generate", "a large red circle at the top left", "--out", str(out), "--steps", "2", "--compare"]) == 0
-    assert Image.open(out).size == (32, 64)  # base above, ELLA below
+    assert Image.open(out).size == (64, 32)  # base left, ELLA right
+    assert Image.open(tmp_path / "x.base.png").size == Image.open(tmp_path / "x.ella.png").size == (32, 32)
+    assert Image.open(out).crop((32, 0, 64, 32)).tobytes() == Image.open(tmp_path / "x.ella.png").tobytes()
     assert Image.open(tmp_path / "x.view.png").size[0] >= 256
     # --ella picks a shipped connector; anything else is a one-line error with exit code 2
     assert main(["generate", "a red circle", "--out", str(tmp_path / "r.png"), "--steps", "2", "--ella", "resampler"]) == 0

@@ -11,6 +11,7 @@ import sys
 from .errors import TrainingInterrupted
 
 EXIT_USAGE = 2
+MAX_SIDE = 8192  # pixels: SDXL's 1024 eight times over
 
 
 class CLIError(Exception):
@@ -23,9 +24,20 @@ def _size(text: str) -> tuple[int, int]:
         size = int(h), int(w if sep else h)  # "10x" is an error, not 10x10
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from err
-    if min(size) < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    if min(size) < 1 or max(size) > MAX_SIDE:  # refused before a huge allocation, not after
+        raise argparse.ArgumentTypeError(f"size must be 1-{MAX_SIDE} pixels a side, got {text!r}")
     return size
+
+
+def seed(text: str) -> int:
+    """argparse type for seeds: what torch.Generator.manual_seed accepts."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63), got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -95,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="text to image")
     g.add_argument("prompt")
     g.add_argument("--out", default="ella.png", help="output image, e.g. ella.png (a grid for several images)")
-    g.add_argument("--seed", type=int, default=1001)
+    g.add_argument("--seed", type=seed, default=1001, help="seed of the first image; image i uses seed + i")
     g.add_argument("--num-images", type=positive_int, default=1)
-    g.add_argument("--compare", action="store_true", help="base model and ELLA side by side, same seeds")
+    g.add_argument("--compare", action="store_true", help="base model (left column) and ELLA (right) side by side,"
+                   " one row per seed; also writes OUT.base.png and OUT.ella.png")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -195,6 +209,19 @@ def cmd_generate(args) -> None:
         print(f"wrote {path}")
 
 
+def quiet_libraries() -> None:
+    """Our own messages say what matters; the libraries' weight-loading bars and advice show only
+    with -v. Environment variables for the libraries not yet imported (no import cost here), their
+    switches for those already imported (a caller's process, the test suite)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -203,9 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not args.verbose:  # our own messages say what matters; the libraries' load bars and advice only with -v
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not args.verbose:
+        quiet_libraries()
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

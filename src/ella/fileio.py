@@ -43,3 +43,33 @@ def atomic_path(path: str, suffix: str = ".tmp"):
 def write_text_atomic(path: str, text: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, enabled: bool = True):
+    """Hold `folder/.ella.lock` for the block: a second run on the same output folder stops at
+    once with a clear error instead of interleaving its writes with the first's. The lock is the
+    kernel's (flock), so a killed run never leaves it held. A multi-process run locks only in the
+    process that coordinates it (`enabled`)."""
+    if not enabled:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unlocked
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".ella.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"another ella run is writing to {folder} (it holds {path}): wait for it to end, or use"
+                         " another folder") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

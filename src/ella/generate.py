@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import torch
 
-from .images import check_image_path, make_grid, save_atomic, upscale
+from .images import check_image_path, label_columns, make_grid, save_atomic, upscale
 
 logger = logging.getLogger(__name__)
 
 # Far beyond any text encoder's context (T5: 128 tokens as published): surely a wrong argument.
 MAX_PROMPT_CHARS = 10_000
+COMPARE = ("clip", "ella")  # --compare: the base model's own text encoder, then ELLA
+COMPARE_NAMES = {"clip": "base", "ella": "ella"}
+
+
+def warn(message: str) -> None:
+    print(f"ella: warning: {message}", file=sys.stderr)
 
 
 def load_for_cli(args):
-    """(pipeline, defaults) for the model and sampler the flags name; the shipped ShapesWorld model
-    if none."""
+    """(pipeline, defaults, the default model or None) for the model and sampler the flags name;
+    the default model (a plugin's: ShapesWorld) if none."""
     from .pipelines.loading import scheduler_class
 
     sampler = None if args.scheduler is None else scheduler_class(args.scheduler)  # a typo fails before loading
-    pipe, defaults = _load_model(args)
+    pipe, defaults, shipped = _load_model(args)
     if sampler is not None:
         pipe.scheduler = sampler.from_config(pipe.scheduler.config)
-    return pipe, defaults
+    return pipe, defaults, shipped
 
 
 def _load_model(args):
@@ -44,46 +51,83 @@ def _load_model(args):
         if not shipped.accepts(connector):
             raise ValueError(f"with {shipped.name}, --ella is one of {', '.join(shipped.connectors)} or the export"
                              f" folder of a connector trained on it; got {connector!r}")
-        return shipped.load(connector, device=args.device, dtype=args.dtype), shipped.defaults
+        return shipped.load(connector, device=args.device, dtype=args.dtype), shipped.defaults, shipped
     from .pipelines.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype)
     # Published ELLA-SD1.5 defaults of the web demo (reference doc, Sec. 3).
-    return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None)  # size: the UNet's own
+    return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None), None
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
+                         " (text encoders read far less: longer prompts are truncated, with a warning)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes that were not UTF-8 on the command line
+        raise ValueError(f"the prompt is not valid UTF-8 (byte {err.start} of it)") from None
+
+
+def check_settings(args, pipe, steps: int, shipped) -> None:
+    """Refuse what cannot work; warn once, in one line, about what works badly."""
+    train_steps = pipe.scheduler.config.num_train_timesteps
+    if steps > train_steps:
+        raise ValueError(f"--steps {steps}: the model has {train_steps} noise levels, so at most {train_steps} steps")
+    if pipe.unet.dtype == torch.float16 and pipe.device.type == "cpu":
+        warn("fp16 on the CPU is slow and loses precision; --dtype fp32 (the CPU default) or bf16")
+    if shipped is not None:
+        for message in shipped.check_prompt(args.prompt) + shipped.check_settings(args.size, type(pipe.scheduler).__name__):
+            warn(message)
 
 
 def generate_cli(args) -> list[str]:
-    if not args.prompt.strip():
-        raise ValueError("the prompt is empty")
-    if len(args.prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the prompt is {len(args.prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
-                         " (text encoders read far less: longer prompts are truncated, with a warning)")
+    check_prompt(args.prompt)
     check_image_path(args.out)
-    pipe, defaults = load_for_cli(args)
+    pipe, defaults, shipped = load_for_cli(args)
     steps = args.steps or defaults["steps"]
+    check_settings(args, pipe, steps, shipped)
     guidance = defaults["guidance"] if args.guidance is None else args.guidance
     height, width = args.size or defaults["size"]
-    conditionings = ["clip", "ella"] if args.compare else ["ella"]
     if args.compare and pipe.clip_text_encoder is None:
         raise ValueError("--compare needs a model with a base (CLIP) text encoder, such as the ShapesWorld default")
-    rows = []
-    for conditioning in conditionings:
+    pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty(), leave=False)
+    rows = {}
+    for conditioning in COMPARE if args.compare else ("ella",):
         # One generator per image, seeded from --seed: image i is the same whatever --num-images is.
         generators = [torch.Generator("cpu").manual_seed(args.seed + i) for i in range(args.num_images)]
-        images = pipe(
+        rows[conditioning] = pipe(
             args.prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
             negative_prompt=args.negative, num_images_per_prompt=args.num_images, generator=generators,
             conditioning=conditioning,
         ).images
-        rows.append(images)
-    images = [im for row in rows for im in row]
-    out = make_grid(images, cols=args.num_images) if len(images) > 1 else images[0]
-    save_atomic(out, args.out)
-    written = [args.out]
-    if defaults.get("view_size"):
-        root, ext = os.path.splitext(args.out)
-        view_path = f"{root}.view{ext}"
-        save_atomic(upscale(out, defaults["view_size"]), view_path)
-        written.append(view_path)
-    return written
+    return write_outputs(args.out, rows, defaults.get("view_size"))
 
+
+def write_outputs(out: str, rows: dict[str, list], view_size: int | None) -> list[str]:
+    """One image, or a grid: one image per seed in a row; with --compare one row per seed, the
+    base model left and ELLA right, each also on its own (OUT.base.png, OUT.ella.png). A view
+    copy upscaled for looking at, labelled when compared."""
+    root, ext = os.path.splitext(out)
+    written = []
+    if len(rows) == 1:
+        images = next(iter(rows.values()))
+        grid = make_grid(images, cols=len(images)) if len(images) > 1 else images[0]
+    else:
+        columns = [make_grid(images, cols=1) for images in rows.values()]
+        grid = make_grid(columns, cols=len(columns))
+        for conditioning, column in zip(rows, columns):
+            path = f"{root}.{COMPARE_NAMES[conditioning]}{ext}"
+            save_atomic(column, path)
+            written.append(path)
+    save_atomic(grid, out)
+    written.insert(0, out)
+    if view_size:
+        view = upscale(grid, view_size)
+        if len(rows) > 1:
+            view = label_columns(view, [COMPARE_NAMES[c] for c in rows])
+        save_atomic(view, f"{root}.view{ext}")
+        written.append(f"{root}.view{ext}")
+    return written

@@ -78,3 +78,16 @@ def pyplot(what: str):
         logger.info("matplotlib is not installed: no %s (pip install ella-diffusion[plot])", what)
         return None
     return plt
+
+
+def label_columns(image: Image.Image, labels: list[str], height: int = 20) -> Image.Image:
+    """The image with a header strip naming its equal-width columns."""
+    from PIL import ImageDraw
+
+    out = Image.new("RGB", (image.width, image.height + height), "white")
+    out.paste(image, (0, height))
+    draw = ImageDraw.Draw(out)
+    width = image.width // len(labels)
+    for i, label in enumerate(labels):
+        draw.text((i * width + 6, 4), label, fill="black")
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..fileio import folder_lock
 from .dpg import DPGDataError
 
 # Pinned upstream data (reference doc, Sec. 5; shared/dpg_bench/SOURCE.md).
@@ -76,7 +77,9 @@ def fetch(out: str) -> None:
         for item_id in items:
             urllib.request.urlretrieve(f"{UPSTREAM}/prompts/{item_id}.txt", os.path.join(out, "prompts", f"{item_id}.txt"))
     except urllib.error.URLError as err:
-        raise ValueError(f"cannot download DPG-Bench ({err.reason}); pass a local copy with --csv") from err
+        raise ValueError(f"cannot download DPG-Bench ({err.reason}); copy dpg_bench.csv and prompts/ from a"
+                         " machine with network, then pass --csv FILE or --prompts FOLDER to `ella bench dpg"
+                         " generate` and `score`") from err
     print(f"fetched {len(items)} items to {out} (CSV blob {OFFICIAL_CSV_BLOB} verified)")
 
 
@@ -101,7 +104,7 @@ def dpg_generate(args) -> None:
     from accelerate import PartialState
 
     state = PartialState(cpu=not accelerator_available())
-    pipe, defaults = load_for_cli(args)
+    pipe, defaults, _ = load_for_cli(args)
     height, width = args.size or defaults["size"]
     settings = {
         "model": args.model or default_model().name, "ella": args.ella,
@@ -113,15 +116,16 @@ def dpg_generate(args) -> None:
         "seed_rule": "sha256(f'{seed}:{item_id}:{index}')[:8] little-endian mod 2**63",
         "conditioning": args.conditioning, "negative_prompt": args.negative, "torch": torch.__version__,
     }
-    if state.is_main_process:
-        write_manifest(args.out, settings)  # first: refuses to add to images made otherwise
-    state.wait_for_everyone()
-    written = generate_images(
-        pipe, prompts, args.out, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-        rank=state.process_index, world=state.num_processes, num_inference_steps=settings["steps"],
-        guidance_scale=settings["guidance"], height=height, width=width, negative_prompt=args.negative,
-        conditioning=args.conditioning,
-    )
+    with folder_lock(args.out, enabled=state.num_processes == 1):
+        if state.is_main_process:
+            write_manifest(args.out, settings)  # first: refuses to add to images made otherwise
+        state.wait_for_everyone()
+        written = generate_images(
+            pipe, prompts, args.out, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+            rank=state.process_index, world=state.num_processes, num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance"], height=height, width=width, negative_prompt=args.negative,
+            conditioning=args.conditioning,
+        )
     state.wait_for_everyone()
     print(f"wrote {len(written)} images to {args.out} ({len(prompts) - len(written)} already there or on other processes)")
 
@@ -137,11 +141,12 @@ def dpg_score(args) -> None:
         raise FileNotFoundError(f"image folder not found: {args.images}")
     items, blob = _load_items(args.csv)
     state = PartialState(cpu=not accelerator_available())
-    summary = score_run(
-        items, args.images, get_backend(args.vqa), args.out, args.mode, args.skip_missing,
-        settings={"csv": os.path.abspath(args.csv), "csv_blob": blob, "mode": args.mode},
-        rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
-    )
+    with folder_lock(args.out, enabled=state.num_processes == 1):
+        summary = score_run(
+            items, args.images, get_backend(args.vqa), args.out, args.mode, args.skip_missing,
+            settings={"csv": os.path.abspath(args.csv), "csv_blob": blob, "mode": args.mode},
+            rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
+        )
     if summary is not None:
         print(f"overall {summary['overall']:.2f} on {summary['n_items']} items ({summary['n_failed']} failed); "
               f"L1 " + ", ".join(f"{k} {v:.2f}" for k, v in summary["l1"].items()) + f"; reports in {args.out}")

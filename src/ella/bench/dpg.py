@@ -59,6 +59,15 @@ def git_blob_id(path: str) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def check_item_id(item_id: str, where: str) -> None:
+    """Item ids name files (`<item_id>.png`): a CSV is data from elsewhere, so an id must be a
+    plain file name, never a path that leaves the output folder."""
+    bad = (not item_id or item_id in (".", "..") or "/" in item_id or "\\" in item_id or "\0" in item_id
+           or os.path.isabs(item_id) or (os.altsep is not None and os.altsep in item_id))
+    if bad:
+        raise DPGDataError(f"{where}: item_id {item_id!r} is not a plain file name")
+
+
 def load_csv(path: str) -> dict[str, Item]:
     """Items keyed by item_id, questions in CSV order (rows of an item need not be adjacent)."""
     if not os.path.isfile(path):
@@ -70,6 +79,7 @@ def load_csv(path: str) -> dict[str, Item]:
         if missing:
             raise DPGDataError(f"{path}: not a DPG-Bench CSV, missing columns {', '.join(sorted(missing))}")
         for row_number, row in enumerate(reader, start=1):
+            check_item_id(row["item_id"], f"{path}, row {row_number}")
             item = items.setdefault(row["item_id"], Item(row["item_id"], row["text"]))
             parents = [p.strip() for p in (row["dependency"] or "0").split(",") if p.strip() not in ("", "0")]
             item.questions.append(Question(row["proposition_id"].strip(), parents, row["tuple"],

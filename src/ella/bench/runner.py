@@ -103,7 +103,12 @@ def load_crops(images_dir: str, item_id: str, tiles: int = 2) -> list[Image.Imag
     w, h = image.size
     if w != h or w % tiles:
         return f"wrong size {w}x{h}: expected a square {tiles}x{tiles} grid"
+    if w // tiles < MIN_CROP:
+        return f"too small ({w}x{h}): each of the {tiles}x{tiles} images must be at least {MIN_CROP} px"
     return split_grid(image.convert("RGB"), tiles)
+
+
+MIN_CROP = 8  # pixels: a judge cannot answer about less (the smallest images here are ShapesWorld's 32)
 
 
 class AnswerLog:

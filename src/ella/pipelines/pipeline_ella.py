@@ -228,6 +228,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        elif not torch.isfinite(latents).all():  # NaN would give a black image, silently
+            raise ValueError("latents hold NaN or inf values")
         return latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def conditioning_at(

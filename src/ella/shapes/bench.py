@@ -15,6 +15,7 @@ import os
 
 from ..bench.dpg import CSV_COLUMNS, load_csv
 from ..bench.runner import file_sha256, generate_images, score_run, write_manifest
+from ..fileio import folder_lock
 from ..images import make_grid, save_atomic
 from .catalog import BENCH_MODELS, shipped_model_dir
 from .data import HELDOUT_SEED, ShapesSceneDataset
@@ -62,6 +63,13 @@ def run_shapes_bench(
     device: str | None = None,
     captions: str = "dense",
 ) -> dict[str, dict]:
+    """The benchmark into `out_dir` (held by a lock: a second run on it stops at once)."""
+    with folder_lock(out_dir):
+        return _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, seed, batch_size, device,
+                                 captions)
+
+
+def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, seed, batch_size, device, captions):
     from .models import load_shapes_pipeline
 
     unknown = [m for m in models if m not in BENCH_MODELS]

@@ -40,6 +40,12 @@ CONNECTORS = {
     "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "ella-smollm2-echo", "the same LLM reading each prompt twice",
                                          echo=True),
 }
+# Samplers that do not work with the shipped models' cosine schedule (first sigma about 20,000),
+# checked with `ella generate`'s prompt.
+POOR_SAMPLERS = {
+    "HeunDiscreteScheduler": "draws noise here: its second-order correction over the first, huge step blows up",
+    "DDIMScheduler": "ignores the prompt and leaves noise here (seen on 4 seeds; cause not measured)",
+}
 BASE_MODEL = "base"  # the bench row of the base model alone (its own CLIP-style text encoder)
 BENCH_MODELS = {BASE_MODEL: None, **{c.bench_name: name for name, c in CONNECTORS.items()}}
 
@@ -59,6 +65,28 @@ class ShippedModel:
     @staticmethod
     def available() -> bool:
         return shipped_model_dir() is not None
+
+    @staticmethod
+    def check_prompt(prompt: str) -> list[str]:
+        """Warnings about a prompt: the words this world has never seen."""
+        from .vocabulary import unknown_words
+
+        unknown = unknown_words(prompt)
+        if not unknown:
+            return []
+        return [f"ShapesWorld knows none of these words: {', '.join(unknown)} (it draws circles, squares and triangles,"
+                " red, green, blue, yellow or purple, large or small, on black, gray or white: see the README)"]
+
+    @staticmethod
+    def check_settings(size: tuple | None, scheduler: str) -> list[str]:
+        """Warnings about settings this model cannot use well."""
+        warnings = []
+        if size is not None and tuple(size) != SHAPES_DEFAULTS["size"]:
+            warnings.append(f"ShapesWorld's models were trained at 32x32; at {size[0]}x{size[1]} they draw blobs")
+        if scheduler in POOR_SAMPLERS:
+            warnings.append(f"{scheduler} {POOR_SAMPLERS[scheduler]}; dpm++ (the default), unipc, euler or euler-a"
+                            " work")
+        return warnings
 
     @staticmethod
     def accepts(connector: str) -> bool:

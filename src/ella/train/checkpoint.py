@@ -60,3 +60,14 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 def load_training_state(path: str) -> dict:
     return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def load_latest_state(output_dir: str) -> tuple[str, dict] | None:
+    """(path, state) of the newest checkpoint that reads back; an unreadable one (a disk that
+    corrupted it after its rename) is skipped with a warning for the one before it."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            return path, load_training_state(path)
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            logger.warning("checkpoint %s is unreadable (%s): trying the one before it", path, str(err).splitlines()[0])
+    return None

@@ -136,7 +136,10 @@ def load_config(path: str | None = None, overrides: dict | None = None, cls: typ
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
+            try:
+                values = yaml.safe_load(f) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config file must be a mapping of field: value")
     for key, value in (overrides or {}).items():
@@ -146,7 +149,25 @@ def load_config(path: str | None = None, overrides: dict | None = None, cls: typ
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown config field(s) in {path}: {', '.join(sorted(unknown))}")
+    for key, value in values.items():
+        check_type(key, value, _annotation_name(hints[key]))
     return cls(**values).validate()
+
+
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "dict": dict}
+
+
+def check_type(name: str, value, annotation: str) -> None:
+    """A YAML value of the field's type (`max_steps: 2.5`, `lr: fast` or a string where a list
+    belongs are refused before anything loads; an integral float such as 1e3 is a whole number)."""
+    optional = annotation.endswith("| None")
+    expected = _TYPES.get(annotation.split(" |")[0])
+    if expected is None or (optional and value is None):
+        return
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ValueError(f"config field {name}: expected {annotation}, got {value!r}")
 
 
 def _annotation_name(hint) -> str:

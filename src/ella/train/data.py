@@ -31,6 +31,8 @@ def load_image(source, resolution: int) -> torch.Tensor:
     """Resize the shorter side to `resolution`, center-crop, scale to [-1, 1]: (3, R, R)."""
     image = Image.open(source)
     image.load()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: PIL's convert would clip, not rescale
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().clip(0, 255).astype(np.uint8))
     image = image.convert("RGB")
     scale = resolution / min(image.size)
     if scale != 1:

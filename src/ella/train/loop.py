@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..devices import accelerator_available, torch_dtype
 from ..errors import TrainingInterrupted
+from ..fileio import folder_lock
 from ..models import ELLA
 from ..text_encoders import LLMEncoder
 from .cache import CachedFeatureDataset, encode_images, fingerprint, read_index
-from .checkpoint import checkpoint_dir, latest_checkpoint, load_training_state, save_training_state
+from .checkpoint import checkpoint_dir, load_latest_state, save_training_state
 from .components import FrozenParts, build_connector, load_frozen_parts, load_init_connector
 from .config import TrainConfig
 from .data import DataPosition, TarShardStream, iterate_batches, make_dataset
@@ -215,8 +216,8 @@ def resume(run: Run) -> None:
     """Weights, EMA, optimizer, lr schedule, step, data position and loss history from the latest
     checkpoint; or, on a fresh start, the fine-tuning weights of `init_connector`."""
     config, result = run.config, run.result
-    if config.resume and (ckpt := latest_checkpoint(config.output_dir)):
-        state = load_training_state(ckpt)
+    if config.resume and (found := load_latest_state(config.output_dir)):
+        ckpt, state = found
         run.ella.load_state_dict(state["ella"])
         if run.ema is not None:
             run.ema.load_state_dict(state["ema"])
@@ -321,6 +322,12 @@ def train(config: TrainConfig, parts: FrozenParts | None = None) -> TrainResult:
     SIGTERM or Ctrl-C finishes the current step, saves the resume state and raises
     `TrainingInterrupted` (the last finished export is left as it was)."""
     run = build(config, parts)
+    with folder_lock(config.output_dir, enabled=run.main):
+        return _train(run)
+
+
+def _train(run: Run) -> TrainResult:
+    config = run.config
     resume(run)
     run.model, run.optimizer = run.accelerator.prepare(run.model, run.optimizer)
     batches = open_data(config, run.parts, run.accelerator.process_index, run.accelerator.num_processes, run.position)

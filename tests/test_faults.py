@@ -1,0 +1,174 @@
+"""Faults found by a probe (kills, corrupt files, hostile paths, wrong values): each is a clear
+one-line error, a refusal, or work that survives, through the real entry points."""
+
+import csv
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ella.bench.dpg import CSV_COLUMNS, DPGDataError, load_csv
+from ella.cli import main
+from ella.fileio import folder_lock
+from ella.train import load_config, train
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
+
+
+def one_line_error(capsys, args) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ella: error:") and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("item_id", ["../../../x", "/tmp/abs", "a/b", "..", ""])
+def test_csv_item_ids_that_are_paths_are_refused_with_their_row(tmp_path, item_id):
+    path = tmp_path / "q.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        row = dict.fromkeys(CSV_COLUMNS, "x") | {"proposition_id": "1", "dependency": "0"}
+        writer.writerow(row | {"item_id": "fine"})
+        writer.writerow(row | {"item_id": item_id})
+    with pytest.raises(DPGDataError, match="row 2: item_id .* is not a plain file name"):
+        load_csv(str(path))
+
+
+def _shapes_items(tmp_path, n=2):
+    from ella.images import make_grid, save_atomic
+    from ella.shapes.bench import write_heldout
+    from ella.shapes.world import render
+
+    csv_path, _, scenes = write_heldout(n, str(tmp_path / "q"))
+    images = tmp_path / "images"
+    for item_id, scene in scenes.items():
+        save_atomic(make_grid([render(scene)] * 4, cols=2), str(images / f"{item_id}.png"))
+    return csv_path, images
+
+
+def test_score_never_writes_through_planted_links_and_files_get_the_umask_mode(tmp_path):
+    csv_path, images = _shapes_items(tmp_path)
+    out = tmp_path / "scores"
+    out.mkdir()
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    for name in ("summary.json", "scores.jsonl", "answers.jsonl"):
+        os.symlink(target, out / name)
+    os.symlink(tmp_path / "dangling-target", out / "summary.md")
+    old = os.umask(0o022)
+    try:
+        assert main(["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa", "shapes",
+                     "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert target.read_text() == "keep me" and not (tmp_path / "dangling-target").exists()
+    for name in ("summary.json", "scores.jsonl", "answers.jsonl", "summary.md"):
+        assert not os.path.islink(out / name) and (out / name).is_file()
+    assert os.stat(out / "summary.json").st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_tiny_images_are_one_failed_item_not_an_aborted_run(tmp_path, capsys):
+    csv_path, images = _shapes_items(tmp_path, n=3)
+    first = sorted(os.listdir(images))[0]
+    Image.new("RGB", (2, 2)).save(images / first)
+    assert main(["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa", "shapes",
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "(1 failed)" in capsys.readouterr().out
+
+
+def test_a_second_run_on_a_locked_folder_stops_at_once(tmp_path):
+    with folder_lock(str(tmp_path)):
+        with pytest.raises(ValueError, match="another ella run is writing to"):
+            with folder_lock(str(tmp_path)):
+                pass
+    with folder_lock(str(tmp_path)):  # released at the end of the first run
+        pass
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_steps: [1, 2\n", "not valid YAML"),
+    ("max_steps: 2.5\n", "max_steps: expected int"),
+    ("max_steps: ten\n", "max_steps: expected int"),
+    ("lr: fast\n", "lr: expected float"),
+    ("validation_prompts: a red square\n", "validation_prompts: expected list"),
+    ("connector_overrides: [1, 2]\n", "connector_overrides: expected dict"),
+])
+def test_bad_training_configs_are_one_line_before_anything_loads(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(open(CONFIG).read() + text)
+    assert message in one_line_error(capsys, ["train", str(path), "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    config = load_config(CONFIG, dict(output_dir=str(tmp_path / "run"), max_steps=4, checkpoint_every=2,
+                                      validate_every=0, batch_size=2, keep_checkpoints=3))
+    train(config)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000004" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # torn after its rename
+    again = load_config(CONFIG, dict(output_dir=str(tmp_path / "run"), max_steps=5, checkpoint_every=2,
+                                     validate_every=0, batch_size=2, resume=True))
+    with caplog.at_level("INFO"):
+        result = train(again)
+    assert "unreadable" in caplog.text and "resumed from" in caplog.text and "step-00000002" in caplog.text
+    assert result.step == 5
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stopped_run_exits_non_zero_and_leaves_the_last_export(tmp_path, monkeypatch, capsys, signame):
+    import ella.train.loop as loop
+
+    args = ["train", CONFIG, "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2",
+            "--validate-every", "0", "--checkpoint-every", "10"]
+    assert main(args) == 0
+    capsys.readouterr()
+    export = tmp_path / "run" / "export" / "diffusion_pytorch_model.safetensors"
+    before = export.read_bytes()
+    real_step = loop.train_step
+
+    def step_then_signal(run, *a):  # the signal arrives during step 3
+        loss = real_step(run, *a)
+        if run.result.step == 3:
+            os.kill(os.getpid(), getattr(signal, signame))
+        return loss
+
+    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    code = main(args[:4] + ["--max-steps", "6"] + args[6:] + ["--resume", "true"])
+    assert code == 128 + getattr(signal, signame)
+    out = capsys.readouterr()
+    assert "stopped at step 3 of 6" in out.err and "exported" not in out.out
+    assert export.read_bytes() == before  # the unfinished connector did not replace it
+    assert (tmp_path / "run" / "checkpoints" / "step-00000003").is_dir()  # the exact step is saved
+
+
+def test_sixteen_bit_training_images_keep_their_level(tmp_path):
+    from ella.train.data import load_image
+
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    pixels = load_image(str(tmp_path / "deep.png"), 8)
+    assert pixels.shape == (3, 8, 8)
+    assert pixels.mean().item() == pytest.approx(round(40000 / 257) / 127.5 - 1, abs=1e-6)  # 61 %, not white
+
+
+def test_nan_latents_are_refused(tiny_pipe):
+    latents = torch.full((1, tiny_pipe.unet.config.in_channels, 8, 8), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_pipe("a red circle", latents=latents, num_inference_steps=1)
+
+
+def test_generate_names_the_words_shapesworld_never_saw_and_bad_prompts(tmp_path, capsys):
+    assert main(["generate", "a fluffy orange cat", "--steps", "1", "--out", str(tmp_path / "c.png")]) == 0
+    assert "knows none of these words: fluffy, orange, cat" in capsys.readouterr().err
+    assert main(["generate", "a large red circle at the top left", "--steps", "1", "--out", str(tmp_path / "d.png")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "not valid UTF-8" in one_line_error(capsys, ["generate", "a red \udcff circle", "--out", str(tmp_path / "u.png")])
+    assert "at most 1000 steps" in one_line_error(capsys, ["generate", "a red circle", "--steps", "100000",
+                                                           "--out", str(tmp_path / "s.png")])
+    for args in (["--seed", str(10**23)], ["--size", "100000"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "a red circle", *args])
+        assert exit_info.value.code == 2
