@@ -227,7 +227,7 @@ def test_generate_then_score_then_replay_end_to_end(tmp_path, capsys):
     args = ["bench", "dpg", "generate", "--out", str(images), "--csv", str(tmp_path / "q.csv"), "--model", str(model),
             "--steps", "2", "--seed", "3", "--device", "cpu"]
     assert main(args) == 0
-    assert sorted(os.listdir(images)) == ["manifest.json", "p1.png", "p2.png"]
+    assert sorted(f for f in os.listdir(images) if not f.startswith(".")) == ["manifest.json", "p1.png", "p2.png"]
     assert Image.open(images / "p1.png").size == (32, 32)  # 2x2 tiles of 16 px
     manifest = json.loads((images / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["steps"] == 2 and manifest["samples"] == 4

@@ -77,7 +77,18 @@ def test_tiny_images_are_one_failed_item_not_an_aborted_run(tmp_path, capsys):
     Image.new("RGB", (2, 2)).save(images / first)
     assert main(["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa", "shapes",
                  "--out", str(tmp_path / "s")]) == 0
-    assert "(1 failed)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(1 failed: score 0 in the overall and every category)" in out
+    import json
+
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())  # ground truth: 2 of 3 items right
+    assert summary["overall"] == pytest.approx(200 / 3)
+    assert summary["l1"]["global"] < 100 and summary["l1"]["entity"] < 100  # its questions count in their categories
+    assert main(["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa", "shapes",
+                 "--out", str(tmp_path / "s2"), "--skip-missing"]) == 0
+    assert "on 2 items (1 failed: left out of the overall and the categories)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "s2" / "summary.json").read_text())
+    assert summary["overall"] == 100 and all(v == 100 for v in summary["l1"].values())
 
 
 def test_a_second_run_on_a_locked_folder_stops_at_once(tmp_path):

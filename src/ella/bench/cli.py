@@ -148,5 +148,6 @@ def dpg_score(args) -> None:
             rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone,
         )
     if summary is not None:
-        print(f"overall {summary['overall']:.2f} on {summary['n_items']} items ({summary['n_failed']} failed); "
+        print(f"overall {summary['overall']:.2f} on {summary['n_items']} items ({summary['n_failed']} failed:"
+              f" {summary['failed_items']}); "
               f"L1 " + ", ".join(f"{k} {v:.2f}" for k, v in summary["l1"].items()) + f"; reports in {args.out}")

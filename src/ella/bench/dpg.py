@@ -223,13 +223,16 @@ def summarize(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "reference":
         items = reference_view(items)
-    results, l1, l2 = [], {}, {}
+    results, l1, l2, zeroed, crops_per_item = [], {}, {}, [], 1
+    counts_failures = mode == "corrected" and not skip_missing  # one rule for overall and categories
     for item in items.values():
         got = answers.get(item.item_id, "no image")
         if isinstance(got, str):
-            failed = ItemResult(item.item_id, None if (mode == "reference" or skip_missing) else 0.0, [], got)
+            failed = ItemResult(item.item_id, 0.0 if counts_failures else None, [], got)
             results.append(failed)
+            zeroed += [item] if counts_failures else []
             continue
+        crops_per_item = len(got)
         try:
             result, per_crop = score_item(item, got, mode)
         except KeyError as err:  # the reference loses a parent row: its scorer fails on the item
@@ -242,14 +245,22 @@ def summarize(
             for q in item.questions:
                 l1.setdefault(q.l1, Tally()).add(used[q.proposition_id])
                 l2.setdefault(q.l2, Tally()).add(used[q.proposition_id])
+    for item in zeroed:  # every question of a failed item is a "no", in its category as in the overall
+        for q in item.questions:
+            for _ in range(crops_per_item if mode == "corrected" else 1):
+                l1.setdefault(q.l1, Tally()).add(0)
+                l2.setdefault(q.l2, Tally()).add(0)
     scored = [r.score for r in results if r.score is not None]
+    n_failed = sum(r.failure is not None for r in results)
     summary = {
         "mode": mode,
+        "failed_items": ("score 0 in the overall and every category" if counts_failures
+                         else "left out of the overall and the categories"),
         "overall": 100.0 * sum(scored) / len(scored) if scored else float("nan"),
         "l1": {k: v.mean for k, v in sorted(l1.items())},
         "l2": {k: v.mean for k, v in sorted(l2.items())},
         "n_items": len(scored),
-        "n_failed": sum(r.failure is not None for r in results),
+        "n_failed": n_failed,
         "failures": {r.item_id: r.failure for r in results if r.failure is not None},
     }
     return summary, results
