@@ -18,7 +18,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from ella.shapes.models import CONNECTORS
+from ella.shapes.catalog import CONNECTORS
 
 
 def copy_fp16(src: str, dst: str) -> None:
@@ -37,9 +37,8 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
-    runs_of = {"tsc": "ella-tsc-relative", "tsc-dense": "ella-tsc"}  # else ella-VARIANT
-    for variant in CONNECTORS:
-        export = os.path.join(runs, f"{runs_of.get(variant, f'ella-{variant}')}-seed{seed}", "export")
+    for variant, shipped in CONNECTORS.items():
+        export = os.path.join(runs, f"{shipped.run}-seed{seed}", "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

@@ -18,6 +18,7 @@ import random
 
 import torch
 
+from ella.shapes.catalog import CONNECTORS
 from ella.shapes.judge import analyse
 from ella.shapes.models import load_shapes_pipeline
 from ella.shapes.world import COLORS, SHAPES, SIZES, place_phrase
@@ -59,7 +60,7 @@ def main(model_dir: str | None = None, connector: str | None = None, dense: bool
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", nargs="?", default=None)
-    parser.add_argument("--connector", choices=("tsc", "resampler", "mlp"), default=None, help="ELLA instead of the base")
+    parser.add_argument("--connector", choices=list(CONNECTORS), default=None, help="ELLA instead of the base")
     parser.add_argument("--dense", action="store_true", help="one-object dense prompts instead of short captions")
     args = parser.parse_args()
     main(args.model_dir, args.connector, args.dense)

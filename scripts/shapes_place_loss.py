@@ -23,8 +23,9 @@ from diffusers import DDPMScheduler
 from shapes_follow import prompt
 
 from ella.models import ELLA
+from ella.shapes.catalog import CONNECTORS, shipped_model_dir
 from ella.shapes.data import to_tensor
-from ella.shapes.models import CONNECTORS, load_shapes_pipeline, shipped_model_dir
+from ella.shapes.models import load_shapes_pipeline
 from ella.shapes.world import COLORS, SHAPES, SIZES, Obj, Scene, render
 from ella.text_encoders import MINILM
 

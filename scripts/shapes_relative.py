@@ -18,6 +18,7 @@ import random
 
 import torch
 
+from ella.shapes.catalog import CONNECTORS, DEFAULT_CONNECTOR
 from ella.shapes.judge import analyse
 from ella.shapes.models import load_shapes_pipeline
 from ella.shapes.world import COLORS, RELATIVE_STEPS, SHAPES, SIZES, Obj, place_phrase, relative_phrase
@@ -62,6 +63,6 @@ def main(model_dir: str | None = None, connector: str = "tsc", n: int = 32) -> N
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", nargs="?", default=None)
-    parser.add_argument("--connector", default="tsc", help="a shipped connector: tsc, tsc-dense, resampler, ...")
+    parser.add_argument("--connector", default=DEFAULT_CONNECTOR, choices=list(CONNECTORS), help="a shipped connector")
     args = parser.parse_args()
     main(args.model_dir, args.connector)

