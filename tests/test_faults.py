@@ -183,3 +183,43 @@ def test_generate_names_the_words_shapesworld_never_saw_and_bad_prompts(tmp_path
         with pytest.raises(SystemExit) as exit_info:
             main(["generate", "a red circle", *args])
         assert exit_info.value.code == 2
+
+
+def test_malformed_inputs_from_elsewhere_are_one_line(tmp_path, capsys):
+    manifest = tmp_path / "data.csv"
+    manifest.write_text("file,caption\na.png,a red square\n")
+    config = ["train", CONFIG, "--train-data", str(manifest), "--output-dir", str(tmp_path / "run")]
+    assert "no 'image'" in one_line_error(capsys, config)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('["item", 0]\n')
+    assert "not an answer record" in one_line_error(capsys, ["bench", "dpg", "score", "--images", str(tmp_path),
+                                                            "--csv", _shapes_items(tmp_path)[0], "--vqa",
+                                                            f"replay:{answers}", "--out", str(tmp_path / "s")])
+    (tmp_path / "nosummary").mkdir()
+    (tmp_path / "nosummary" / "summary.json").write_text('{"mode": "corrected"}')
+    assert "no overall score" in one_line_error(capsys, ["bench", "dpg", "compare", str(tmp_path / "nosummary")])
+    sd = tmp_path / "sd"
+    (sd / "unet").mkdir(parents=True)
+    from ella import ELLA
+
+    ELLA.from_preset("tiny").save_pretrained(str(tmp_path / "connector"))
+    message = one_line_error(capsys, ["generate", "a cat", "--model", str(sd), "--ella", str(tmp_path / "connector"),
+                                      "--out", str(tmp_path / "x.png")])
+    assert "is not a Stable Diffusion folder: it has no unet/config.json" in message
+    from ella.text_encoders import load_text_encoder
+
+    with pytest.raises(ValueError, match="not a text encoder folder: it has no config.json"):
+        load_text_encoder(str(sd))
+
+
+def test_interrupted_saves_leave_nothing_that_counts(tmp_path):
+    from ella.train.checkpoint import list_checkpoints, save_training_state
+
+    root = tmp_path / "checkpoints"
+    (root / ".tmp-step-00000009").mkdir(parents=True)  # a save killed before its rename
+    (root / "step-00000003").mkdir()  # a prune killed after it deleted the state
+    (root / "step-00000003" / "config.yaml").write_text("x")
+    for step in (4, 5, 6):
+        save_training_state(str(tmp_path), step, {"step": torch.tensor(step)}, "y", keep=2)
+    assert sorted(os.listdir(root)) == ["step-00000005", "step-00000006"]
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000005", "step-00000006"]

@@ -54,6 +54,8 @@ def load_text_encoder(
         path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
     else:
         require_local_folder(path, "text encoder folder")
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not a text encoder folder: it has no config.json")
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)

@@ -50,7 +50,8 @@ def generate_images(
     todo = [i for i in shard(sorted(prompts), rank, world) if not os.path.isfile(os.path.join(out_dir, f"{i}.png"))]
     per_batch = max(1, batch_size // samples)
     written = []
-    for start in tqdm(range(0, len(todo), per_batch), desc="generating", unit="batch", disable=not todo):
+    progress = tqdm(total=len(todo) * samples, desc="generating", unit="image", disable=not todo)  # with its ETA
+    for start in range(0, len(todo), per_batch):
         ids = todo[start : start + per_batch]
         generators = [torch.Generator("cpu").manual_seed(sample_seed(seed, i, k)) for i in ids for k in range(samples)]
         images = pipe([prompts[i] for i in ids], num_images_per_prompt=samples, generator=generators, **call_kwargs).images
@@ -58,6 +59,8 @@ def generate_images(
             tiles = images[j * samples : (j + 1) * samples]
             save_atomic(make_grid(tiles, cols=math.ceil(math.sqrt(samples))), os.path.join(out_dir, f"{item_id}.png"))
             written.append(item_id)
+        progress.update(len(ids) * samples)
+    progress.close()
     return written
 
 
@@ -269,7 +272,10 @@ def compare_runs(run_dirs: list[str]) -> str:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no summary.json in {d}")
         with open(path) as f:
-            summaries[os.path.basename(os.path.normpath(d))] = json.load(f)
+            summary = json.load(f)
+        if not isinstance(summary, dict) or not isinstance(summary.get("overall"), (int, float)):
+            raise ValueError(f"{path} is not a score summary (no overall score): pass `ella bench dpg score` folders")
+        summaries[os.path.basename(os.path.normpath(d))] = summary
     table = markdown_table(summaries)
     names = list(summaries)
     base = row_values(summaries[names[0]])

@@ -79,8 +79,12 @@ class ReplayBackend(VQABackend):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"replay answers not found: {path}")
         self.answers = {}
-        for record in read_jsonl(path):
-            self.answers[(record["item_id"], int(record["crop"]), record["question"])] = record["answer"]
+        for n, record in enumerate(read_jsonl(path), start=1):
+            try:
+                self.answers[(str(record["item_id"]), int(record["crop"]), str(record["question"]))] = str(record["answer"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}, record {n}: not an answer record (item_id, crop, question, answer):"
+                                 f" {str(record)[:80]}") from err
 
     def answer(self, image, questions, *, item_id, crop):
         try:

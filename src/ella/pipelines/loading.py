@@ -126,6 +126,10 @@ def load_pipeline(
     if ella is None:
         raise ValueError(f"{model} is not an ELLA pipeline folder: pass the connector with --ella PATH")
     connector = load_connector(ella, torch_dtype)  # first: small, local, and the likeliest typo
+    missing = [f for f in ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+               if os.path.isdir(model) and not os.path.isfile(os.path.join(model, f))]
+    if missing:  # said here, not as the hub client's "couldn't connect" for a local folder
+        raise ValueError(f"{model} is not a Stable Diffusion folder: it has no {', '.join(missing)}")
     try:
         unet = load_unet(model, "unet", torch_dtype)
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype)

@@ -74,6 +74,9 @@ def scan_records(source: str) -> list[Record]:
             rows = list(csv.DictReader(f))
     else:
         raise ValueError(f"unknown training data format: {source} (folder, .jsonl, .csv or shards/*.tar)")
+    bad = next((i for i, row in enumerate(rows, start=1) if not isinstance(row, dict) or not row.get("image")), None)
+    if bad is not None:
+        raise ValueError(f"{source}, record {bad}: no 'image' (a manifest has an image and a caption per record)")
     return [
         Record(str(row.get("key", i)), os.path.join(root, row["image"]), (row.get("caption") or None))
         for i, row in enumerate(rows)

@@ -12,6 +12,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -158,11 +159,19 @@ def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> 
 
 
 def export(config: TrainConfig, ella: ELLA) -> str:
-    """The slim export: `save_pretrained` of the (EMA) connector plus the resolved config."""
+    """The slim export: `save_pretrained` of the (EMA) connector plus the resolved config, written
+    to a temporary folder that replaces `export/` whole (a kill never leaves half an export)."""
     path = os.path.join(config.output_dir, "export")
-    ella.save_pretrained(path)
-    with open(os.path.join(path, "training_config.yaml"), "w") as f:
+    tmp, old = path + ".tmp", path + ".old"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    ella.save_pretrained(tmp)
+    with open(os.path.join(tmp, "training_config.yaml"), "w") as f:
         f.write(config.to_yaml())
+    if os.path.isdir(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
