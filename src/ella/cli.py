@@ -52,7 +52,18 @@ def positive_int(text: str) -> int:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Model options shared by `generate` and `bench dpg generate`."""
+    """Model and sampling options shared by `generate` and `bench dpg generate`."""
+    add_model_source_args(p)
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--size", type=_size, default=None, help="N or HxW in pixels")
+    p.add_argument("--negative", default=None, help="negative prompt (default: empty prompt)")
+    p.add_argument("--scheduler", default=None, help="sampler: dpm++ (default), unipc, ddim, ddpm, pndm,"
+                   " euler, euler-a, heun, or a diffusers scheduler class name")
+
+
+def add_model_source_args(p: argparse.ArgumentParser) -> None:
+    """Which model, on which device: `generate`, `bench dpg generate` and `demo`."""
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
                    "default: " + _default_model_help())
     p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder"
@@ -61,12 +72,6 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--size", type=_size, default=None, help="N or HxW in pixels")
-    p.add_argument("--negative", default=None, help="negative prompt (default: empty prompt)")
-    p.add_argument("--scheduler", default=None, help="sampler: dpm++ (default), unipc, ddim, ddpm, pndm,"
-                   " euler, euler-a, heun, or a diffusers scheduler class name")
 
 
 def default_model():
@@ -114,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="base vs ELLA side by side in the browser (Gradio: pip install -e '.[demo]')")
+    d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    d.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    d.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    add_model_source_args(d)
+    d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("convert", help="official single file <-> save_pretrained folder")
     c.add_argument("src", help="a .safetensors connector file or an ELLA folder")
@@ -194,6 +206,13 @@ def cmd_convert(args) -> None:
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    args.scheduler = None  # the page picks the sampler per request
+    run_demo(args)
 
 
 def cmd_train(args) -> None:

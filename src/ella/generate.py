@@ -94,16 +94,23 @@ def generate_cli(args) -> list[str]:
     if args.compare and pipe.clip_text_encoder is None:
         raise ValueError("--compare needs a model with a base (CLIP) text encoder, such as the ShapesWorld default")
     pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty(), leave=False)
-    rows = {}
-    for conditioning in COMPARE if args.compare else ("ella",):
-        # One generator per image, seeded from --seed: image i is the same whatever --num-images is.
-        generators = [torch.Generator("cpu").manual_seed(args.seed + i) for i in range(args.num_images)]
-        rows[conditioning] = pipe(
-            args.prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
-            negative_prompt=args.negative, num_images_per_prompt=args.num_images, generator=generators,
-            conditioning=conditioning,
-        ).images
+    rows = render(pipe, args.prompt, COMPARE if args.compare else ("ella",), args.seed, args.num_images, steps,
+                  guidance, args.negative, height, width)
     return write_outputs(args.out, rows, defaults.get("view_size"))
+
+
+def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: int, guidance: float,
+           negative: str | None = None, height: int | None = None, width: int | None = None) -> dict[str, list]:
+    """{conditioning: images}: what `ella generate` draws (and `ella demo`, through the same
+    function). One generator per image, seeded seed + i: image i is the same whatever the count."""
+    rows = {}
+    for conditioning in conditionings:
+        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
+        rows[conditioning] = pipe(
+            prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
+            negative_prompt=negative, num_images_per_prompt=num_images, generator=generators, conditioning=conditioning,
+        ).images
+    return rows
 
 
 def write_outputs(out: str, rows: dict[str, list], view_size: int | None) -> list[str]:

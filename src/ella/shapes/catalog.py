@@ -93,6 +93,24 @@ class ShippedModel:
                             " work")
         return warnings
 
+    example_prompts = (
+        "a large red circle at the top left, a small blue square below it",
+        "a small green triangle in the center, a large yellow square to its right on a white background",
+        "draw a big purple square in the lower right and a tiny yellow dot top left, black background",
+        "An image with three objects on a gray background. It shows a large blue triangle at the top, a small red"
+        " square in the center and a large green circle at the bottom right. The blue triangle is above the red square.",
+    )
+
+    @staticmethod
+    def describe(image) -> str:
+        """What the exact judge sees in an image: the background and the object in each grid cell."""
+        from .judge import analyse
+        from .world import cell_name
+
+        background, cells = analyse(image)
+        found = [f"{cell_name(i)}: {seen.size} {seen.color} {seen.shape}" for i, seen in enumerate(cells) if seen]
+        return f"background {background}; " + ("; ".join(found) if found else "no object")
+
     @staticmethod
     def accepts(connector: str) -> bool:
         """A shipped connector's name, or the path of a connector trained on this base."""

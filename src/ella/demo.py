@@ -1,0 +1,192 @@
+"""`ella demo`: the paper's side-by-side demo in the browser (Gradio, `pip install -e ".[demo]"`).
+
+The base model and ELLA draw the same prompt with the same seeds, side by side. The images come
+from `ella.generate.render`, the function `ella generate` uses, so a result reproduces from the
+terminal with the command line shown under it. With the shipped ShapesWorld model, each image
+also shows what the exact judge sees in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shlex
+import socket
+import tempfile
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+LIMITS = dict(steps=(1, 100), images=(1, 8), guidance=(0.0, 30.0))
+SAMPLERS = ("dpm++", "unipc", "euler", "euler-a", "ddpm", "pndm")  # the ones that work with every shipped model
+
+
+class DemoInputError(ValueError):
+    """Bad input from the page: shown in the page, never as a stack trace."""
+
+
+@dataclass
+class DemoModel:
+    """What the page serves: a pipeline, its defaults, and the default model's extras (connectors,
+    examples, the judge) when it is the shipped one."""
+
+    pipe: object
+    defaults: dict
+    shipped: object | None  # the default model provider (ShapesWorld), or None for --model
+    connector: str | None
+    cli_model_args: list[str]  # how `ella generate` names this model
+
+    @property
+    def has_base(self) -> bool:
+        return getattr(self.pipe, "clip_text_encoder", None) is not None
+
+
+def check_request(prompt: str, steps, images, guidance) -> None:
+    from .generate import MAX_PROMPT_CHARS
+
+    if not prompt or not prompt.strip():
+        raise DemoInputError("the prompt is empty: type what to draw")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise DemoInputError(f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted")
+    for name, value in (("steps", steps), ("images", images), ("guidance", guidance)):
+        low, high = LIMITS[name]
+        if value is None or not low <= value <= high:
+            raise DemoInputError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def command_line(model: DemoModel, prompt: str, negative: str, seed: int, steps: int, guidance: float, sampler: str,
+                 images: int) -> str:
+    """The `ella generate` line that draws the same images."""
+    args = ["ella", "generate", prompt, *model.cli_model_args, "--seed", str(seed), "--steps", str(steps),
+            "--guidance", f"{guidance:g}", "--num-images", str(images), "--scheduler", sampler]
+    if model.shipped is not None and model.connector != model.shipped.default_connector:
+        args += ["--ella", model.connector]
+    if negative:
+        args += ["--negative", negative]
+    if model.has_base:
+        args.append("--compare")
+    return shlex.join(args)
+
+
+def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int, guidance: float, sampler: str,
+             images: int, out_dir: str) -> dict:
+    """Both sides for one request: {"base"/"ella": [(view image, original PNG path, judge text)],
+    "command": str}. The same code path as `ella generate --compare`."""
+    from .generate import COMPARE, COMPARE_NAMES, render
+    from .images import save_atomic, upscale
+    from .pipelines.loading import scheduler_class
+
+    check_request(prompt, steps, images, guidance)
+    steps, images, seed = int(steps), int(images), int(seed)
+    model.pipe.scheduler = scheduler_class(sampler).from_config(model.pipe.scheduler.config)
+    height, width = model.defaults["size"]
+    rows = render(model.pipe, prompt, COMPARE if model.has_base else ("ella",), seed, images, steps, guidance,
+                  negative or None, height, width)
+    result = {"command": command_line(model, prompt, negative, seed, steps, guidance, sampler, images)}
+    for conditioning, row in rows.items():
+        side = []
+        for i, image in enumerate(row):
+            path = os.path.join(out_dir, f"{COMPARE_NAMES[conditioning]}-seed{seed + i}.png")
+            save_atomic(image, path)
+            seen = model.shipped.describe(image) if model.shipped is not None else ""
+            side.append((upscale(image, model.defaults.get("view_size") or 256), path, seen))
+        result[COMPARE_NAMES[conditioning]] = side
+    return result
+
+
+def load_demo_model(args) -> DemoModel:
+    from .generate import load_for_cli
+
+    pipe, defaults, shipped = load_for_cli(args)
+    connector = (args.ella or shipped.default_connector) if shipped is not None else None
+    cli_args = [] if args.model is None else ["--model", args.model, "--ella", args.ella] + (
+        ["--llm", args.llm] if args.llm else [])
+    return DemoModel(pipe, defaults, shipped, connector, cli_args)
+
+
+def build_app(model: DemoModel, loader=None):
+    """The Gradio page. `loader(connector) -> DemoModel` switches the shipped connector."""
+    import gradio as gr
+
+    out_dir = tempfile.mkdtemp(prefix="ella-demo-")
+    state = {"model": model}
+    default_steps, default_guidance = model.defaults["steps"], model.defaults["guidance"]
+
+    def on_generate(prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector,
+                    progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's own idiom)
+        try:
+            if loader is not None and connector and connector != state["model"].connector:
+                state["model"] = loader(connector)
+            if random_seed:
+                seed = random.randrange(2**31)
+            state["model"].pipe.set_progress_bar_config(disable=False, leave=False)  # what the page's bar tracks
+            result = generate(state["model"], prompt, negative, seed, steps, guidance, sampler, images, out_dir)
+        except ValueError as err:  # DemoInputError and the library's own one-line errors
+            return [], [], "", "", "", [], f"**Error:** {err}"
+        base, ella = result.get("base", []), result["ella"]
+        files = [path for _, path, _ in base + ella]
+        judge = lambda side: "\n".join(f"- seed {int(seed) + i}: {seen}" for i, (_, _, seen) in enumerate(side))  # noqa: E731
+        return ([(v, f"seed {int(seed) + i}") for i, (v, _, _) in enumerate(base)],
+                [(v, f"seed {int(seed) + i}") for i, (v, _, _) in enumerate(ella)],
+                judge(base), judge(ella), f"```\n{result['command']}\n```", files, "Done.")
+
+    with gr.Blocks(title="ELLA: base vs ELLA") as app:
+        gr.Markdown("# ELLA: the same prompt and seeds, base model and ELLA side by side")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=3, elem_id="negative")
+        with gr.Row():
+            seed = gr.Number(label="Seed", value=1001, precision=0, elem_id="seed")
+            random_seed = gr.Checkbox(label="Random seed", value=False)
+            steps = gr.Slider(*LIMITS["steps"], value=default_steps, step=1, label="Steps")
+            guidance = gr.Slider(*LIMITS["guidance"], value=default_guidance, step=0.5, label="Guidance")
+            sampler = gr.Dropdown(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
+            images = gr.Slider(*LIMITS["images"], value=4, step=1, label="Images")
+            connectors = list(model.shipped.connectors) if model.shipped is not None else []
+            connector = gr.Dropdown(connectors, value=model.connector, label="Connector", visible=bool(connectors))
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Base model (its own text encoder)")
+                base_gallery = gr.Gallery(label="base", columns=4, elem_id="base-gallery")
+                base_judge = gr.Markdown(elem_id="base-judge")
+            with gr.Column():
+                gr.Markdown("### ELLA")
+                ella_gallery = gr.Gallery(label="ELLA", columns=4, elem_id="ella-gallery")
+                ella_judge = gr.Markdown(elem_id="ella-judge")
+        command = gr.Markdown(elem_id="command")
+        files = gr.File(label="Original PNGs", file_count="multiple")
+        if model.shipped is not None:
+            gr.Examples([[p] for p in model.shipped.example_prompts], inputs=[prompt])
+        button.click(on_generate, [prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector],
+                     [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status])
+    app.queue(default_concurrency_limit=1)  # one job at a time on the CPU: visitors wait in line
+    return app
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run_demo(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError('ella demo needs Gradio: pip install -e ".[demo]"') from None
+    if not port_free(args.host, args.port):
+        raise ValueError(f"port {args.port} on {args.host} is in use: pass --port N")
+    model = load_demo_model(args)
+    loader = None
+    if model.shipped is not None:
+        def loader(connector):
+            return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype), model.defaults,
+                             model.shipped, connector, [])
+    print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)
