@@ -1,0 +1,92 @@
+"""`ella demo` against `ella generate`, side by side in one run: the time from a click on
+Generate to both images (base and ELLA) on the page, in headless Chromium, and the time the CLI's
+own generation (`ella.generate.render`, the same function) takes for the same two images. Main
+prompt, 25 steps with CFG, one seed, the shipped model on the CPU; best and worst of N clicks.
+
+    python benchmarks/demo_latency.py [--runs 3] [--out benchmarks/results/demo_latency_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+PROMPT = "a large red circle at the top left, a small blue square below it"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_demo import _browser
+
+    from ella.demo import DemoModel, build_app
+    from ella.generate import COMPARE, render
+    from ella.shapes.catalog import SHIPPED
+
+    model = DemoModel(SHIPPED.load("tsc"), dict(SHIPPED.defaults), SHIPPED, "tsc", [])
+    steps, guidance = model.defaults["steps"], model.defaults["guidance"]
+    render(model.pipe, PROMPT, COMPARE, 1001, 1, steps, guidance)  # warm-up
+    cli = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        render(model.pipe, PROMPT, COMPARE, 1001, 1, steps, guidance)
+        cli.append(time.perf_counter() - start)
+
+    app = build_app(model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    browser, why = _browser()
+    if browser is None:
+        raise SystemExit(why)
+    clicks = []
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(browser, 300)
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea"))).send_keys(PROMPT)
+        images = browser.find_element(By.CSS_SELECTOR, "#generate")
+        slider = browser.find_elements(By.CSS_SELECTOR, "input[type=number]")  # steps, guidance, images
+        for box in slider:
+            if box.get_attribute("value") == "4":  # images: one seed, two images in all
+                box.clear()
+                box.send_keys("1")
+        for i in range(args.runs + 1):  # the first click warms the page up
+            start = time.perf_counter()
+            images.click()
+            wait.until(lambda b, n=i: b.find_element(By.ID, "status").text == "Done."
+                       and len(b.find_elements(By.CSS_SELECTOR, "#ella-gallery img")) >= 1)
+            if i:
+                clicks.append(time.perf_counter() - start)
+            browser.execute_script("document.querySelector('#status').innerText = ''")
+    finally:
+        browser.quit()
+        app.close()
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "click to both images (s, best/worst)": [min(clicks), max(clicks)],
+        "CLI generation of the same two images (s, best/worst)": [min(cli), max(cli)],
+        "ratio (best/best)": min(clicks) / min(cli),
+    }
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
