@@ -10,12 +10,13 @@ def run_train_command(args) -> None:
     if args.command == "cache":
         import torch
 
+        from ..devices import resolve_device
         from .cache import build_cache, require_cache_dir
         from .components import load_frozen_parts
 
         require_cache_dir(config)  # before loading any model
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device("auto")
         index = build_cache(config, load_frozen_parts(config, device, torch.float32, need_unet=False))
         print(f"cached {sum(s['count'] for s in index['shards'])} samples to {config.cache_dir} "
               f"({index['skipped']} skipped)")
