@@ -111,7 +111,7 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    model = dataclasses.replace(demo_model, defaults={**demo_model.defaults, "steps": 8})  # a quicker page
+    model = dataclasses.replace(demo_model, defaults={**demo_model.defaults, "steps": 8, "images": 1})  # quicker
     app = build_app(model)
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)

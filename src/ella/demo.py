@@ -142,7 +142,7 @@ def build_app(model: DemoModel, loader=None):
             steps = gr.Slider(*LIMITS["steps"], value=default_steps, step=1, label="Steps")
             guidance = gr.Slider(*LIMITS["guidance"], value=default_guidance, step=0.5, label="Guidance")
             sampler = gr.Dropdown(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
-            images = gr.Slider(*LIMITS["images"], value=4, step=1, label="Images")
+            images = gr.Slider(*LIMITS["images"], value=model.defaults.get("images", 4), step=1, label="Images")
             connectors = list(model.shipped.connectors) if model.shipped is not None else []
             connector = gr.Dropdown(connectors, value=model.connector, label="Connector", visible=bool(connectors))
         button = gr.Button("Generate", variant="primary", elem_id="generate")
