@@ -108,6 +108,7 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
     if browser is None:
         pytest.skip(why)
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -133,7 +134,8 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
         screenshot = os.environ.get("ELLA_DEMO_SCREENSHOT", str(tmp_path / "demo.png"))
         browser.save_screenshot(screenshot)
         assert os.path.getsize(screenshot) > 10_000
-        box.clear()
+        box.send_keys(Keys.CONTROL, "a")  # as a user empties it (clear() sends no input event to the page)
+        box.send_keys(Keys.DELETE)
         browser.find_element(By.ID, "generate").click()
         wait.until(lambda b: "Error" in b.find_element(By.ID, "status").text)
         assert "the prompt is empty" in browser.find_element(By.ID, "status").text
