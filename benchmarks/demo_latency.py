@@ -28,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     from test_demo import _browser
@@ -36,7 +37,7 @@ def main() -> None:
     from ella.generate import COMPARE, render
     from ella.shapes.catalog import SHIPPED
 
-    model = DemoModel(SHIPPED.load("tsc"), dict(SHIPPED.defaults), SHIPPED, "tsc", [])
+    model = DemoModel(SHIPPED.load("tsc"), {**SHIPPED.defaults, "images": 1}, SHIPPED, "tsc", [])  # one seed
     steps, guidance = model.defaults["steps"], model.defaults["guidance"]
     render(model.pipe, PROMPT, COMPARE, 1001, 1, steps, guidance)  # warm-up
     cli = []
@@ -58,20 +59,16 @@ def main() -> None:
         browser.get(f"http://127.0.0.1:{port}")
         wait = WebDriverWait(browser, 300)
         wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea"))).send_keys(PROMPT)
-        images = browser.find_element(By.CSS_SELECTOR, "#generate")
-        slider = browser.find_elements(By.CSS_SELECTOR, "input[type=number]")  # steps, guidance, images
-        for box in slider:
-            if box.get_attribute("value") == "4":  # images: one seed, two images in all
-                box.clear()
-                box.send_keys("1")
-        for i in range(args.runs + 1):  # the first click warms the page up
+        button = browser.find_element(By.CSS_SELECTOR, "#generate")
+        seed_box = browser.find_element(By.CSS_SELECTOR, "#seed input")
+        for i in range(args.runs + 1):  # the first click warms the page up; each click a new seed
+            seed_box.send_keys(Keys.CONTROL, "a")
+            seed_box.send_keys(str(2001 + i))
             start = time.perf_counter()
-            images.click()
-            wait.until(lambda b, n=i: b.find_element(By.ID, "status").text == "Done."
-                       and len(b.find_elements(By.CSS_SELECTOR, "#ella-gallery img")) >= 1)
+            button.click()
+            wait.until(lambda b, s=2001 + i: f"--seed {s} " in b.find_element(By.ID, "command").text)
             if i:
                 clicks.append(time.perf_counter() - start)
-            browser.execute_script("document.querySelector('#status').innerText = ''")
     finally:
         browser.quit()
         app.close()
