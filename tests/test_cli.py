@@ -39,7 +39,7 @@ def test_generate_writes_a_png_and_a_grid(pipe_dir, tmp_path):
     args = ["generate", "two cats", "--model", str(pipe_dir), "--steps", "2", "--num-images", "3", "--out", str(grid),
             "--compare", "--size", "32", "--negative", "blurry"]
     assert main(args) == 0
-    assert Image.open(grid).size == (3 * 32, 2 * 32)  # base row, ELLA row
+    assert Image.open(grid).size == (2 * 32, 3 * 32)  # base column, ELLA column; a row per seed
 
 
 def test_generate_with_another_scheduler_is_seeded(pipe_dir, tmp_path):
@@ -173,7 +173,7 @@ def test_convert_refuses_bad_weights_and_paths(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "a cat", "--size", "0x32"], "size must be positive"),
+        (["generate", "a cat", "--size", "0x32"], "size must be 1-8192"),
         (["generate", "a cat", "--size", "32x"], "size must be N or HxW"),
         (["generate", "a cat", "--steps", "0"], "argument --steps: must be at least 1"),
         (["generate", "a cat", "--num-images", "two"], "expected a whole number"),
