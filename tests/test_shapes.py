@@ -223,9 +223,9 @@ def test_shapes_unet_position_embedding_loads_plain_weights_and_round_trips(tmp_
     from diffusers import UNet2DConditionModel
 
     from ella import ELLAStableDiffusionPipeline
-    from ella.shapes.unet import ShapesUNet2DConditionModel
     from ella.pipelines.loading import load_pipeline, load_unet
     from ella.shapes.base import BaseConfig, build_base_models, load_base_weights
+    from ella.shapes.unet import ShapesUNet2DConditionModel
     from ella.testing import tiny_components
 
     config = BaseConfig(unet_channels=[16, 32], max_tokens=16, position_embedding="input")
