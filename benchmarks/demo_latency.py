@@ -9,7 +9,6 @@ prompt, 25 steps with CFG, one seed, the shipped model on the CPU; best and wors
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -31,6 +30,7 @@ def main() -> None:
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
+    from startup import report
     from test_demo import _browser
 
     from ella.demo import DemoModel, build_app
@@ -78,11 +78,7 @@ def main() -> None:
         "CLI generation of the same two images (s, best/worst)": [min(cli), max(cli)],
         "ratio (best/best)": min(clicks) / min(cli),
     }
-    for key, value in result.items():
-        print(f"{key}: {value}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,15 @@ def main() -> None:
         "whole command / pipeline call (best/best)": min(job_times) / call[0],
         "import alone, one cold-ish run (s)": imports,
     }
+    report(result, args.out)
+
+
+def report(result: dict, out: str | None) -> None:
+    """Print a benchmark's results, one per line, and write them as JSON to `out` if given."""
     for key, value in result.items():
         print(f"{key}: {value}")
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump(result, f, indent=1)
 
 
