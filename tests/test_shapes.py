@@ -331,24 +331,26 @@ def test_paraphrase_style_is_refused_for_training_scenes():
 
 
 def test_generate_takes_a_connector_trained_with_ella_train(tmp_path, capsys):
-    """`--ella FOLDER` on the shipped model: the export of `ella train` on its base, read with the
-    LLM of its training_config.yaml; a connector whose LLM width does not fit is one line."""
+    """`--ella FOLDER` on the shipped model: an export of `ella train` (a `save_pretrained`
+    folder with its training_config.yaml) on its base, read with the LLM that config names; a
+    connector whose LLM does not load or fit is one line."""
     import os
 
     from PIL import Image
 
+    from ella import ELLA
     from ella.cli import main
     from ella.shapes.catalog import ASSETS
+    from ella.train import load_config
 
-    run = tmp_path / "run"
-    assert main(["train", "configs/shapes/ella-tsc.yaml", "--model", ASSETS, "--train-data", "shapes:4",
-                 "--cache-dir", "null", "--max-steps", "1", "--batch-size", "2", "--output-dir", str(run),
-                 "--validate-every", "0", "--checkpoint-every", "10"]) == 0
-    export = run / "export"
+    export = tmp_path / "run" / "export"
+    ELLA.from_pretrained(os.path.join(ASSETS, "ella-tsc-dense")).save_pretrained(str(export))  # as `export` writes
+    config = load_config("configs/shapes/ella-tsc.yaml", {"model": ASSETS, "output_dir": str(tmp_path / "run")})
+    (export / "training_config.yaml").write_text(config.to_yaml())
     assert main(["generate", "a red circle", "--ella", str(export), "--steps", "2", "--out", str(tmp_path / "o.png")]) == 0
     assert Image.open(tmp_path / "o.png").size == (32, 32)
-    config = (export / "training_config.yaml").read_text().replace("llm: minilm", "llm: tiny-missing-llm")
-    (export / "training_config.yaml").write_text(config)
+    text = (export / "training_config.yaml").read_text().replace("llm: minilm", "llm: tiny-missing-llm")
+    (export / "training_config.yaml").write_text(text)
     capsys.readouterr()
     assert main(["generate", "a red circle", "--ella", str(export), "--out", str(tmp_path / "p.png")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "p.png")
