@@ -141,8 +141,8 @@ def _group(members: list[Obj], lex: Lexicon, rng: random.Random) -> str:
     """Objects of one colour and shape as a count: 'two red circles, a big one at the top left
     and a small one in the center'."""
     o = members[0]
-    each = " and ".join(f"{'an' if s[0] in 'aeiou' else 'a'} {s} one {rng.choice(lex.places[m.cell])}"
-                        for m in members for s in [rng.choice(lex.sizes[m.size])])
+    each = " and ".join(f"a {rng.choice(lex.sizes[m.size])} one {rng.choice(lex.places[m.cell])}"
+                        for m in members)  # "a enormous" becomes "an enormous" with the whole caption
     form = rng.choice(lex.count_forms)
     return form.format(k=NUMBER_WORDS[len(members)], color=rng.choice(lex.colors[o.color]),
                        shapes=rng.choice(lex.shapes[o.shape])[1], each=each)
