@@ -15,7 +15,11 @@ _EXPORTS = {
     "PRESETS": "ella.models.connector",
     "CheckpointError": "ella.models.checkpoint",
     "ELLAStableDiffusionPipeline": "ella.pipelines.pipeline_ella",
+    "ELLAStableDiffusionImg2ImgPipeline": "ella.pipelines.pipeline_ella_img2img",
+    "ELLAStableDiffusionInpaintPipeline": "ella.pipelines.pipeline_ella_img2img",
     "ELLAStableDiffusionXLPipeline": "ella.pipelines.pipeline_ella_xl",
+    "ELLAStableDiffusionXLImg2ImgPipeline": "ella.pipelines.pipeline_ella_img2img",
+    "ELLAStableDiffusionXLInpaintPipeline": "ella.pipelines.pipeline_ella_img2img",
     "LLMEncoder": "ella.text_encoders",
     "load_text_encoder": "ella.text_encoders",
 }

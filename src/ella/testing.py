@@ -45,15 +45,16 @@ def tiny_clip(hidden_size: int = 16, max_length: int = 16, seed: int = 0, with_p
 
 
 def tiny_unet(cross_attention_dim: int = 16, in_channels: int = 4, sample_size: int = 8, seed: int = 0,
-              pooled_dim: int | None = None):
-    """A 2-level UNet; with `pooled_dim`, SDXL-style (pooled text + size/crop ids as added conditions)."""
+              pooled_dim: int | None = None, out_channels: int | None = None):
+    """A 2-level UNet; with `pooled_dim`, SDXL-style (pooled text + size/crop ids as added conditions);
+    `in_channels=9, out_channels=4` is an inpainting UNet."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     sdxl = {} if pooled_dim is None else dict(
         addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=pooled_dim + 6 * 4)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+        sample_size=sample_size, in_channels=in_channels, out_channels=out_channels or in_channels,
         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -104,3 +105,32 @@ def tiny_sdxl_components(with_clip: bool = True, seed: int = 0) -> dict:
         components["clip_text_encoder"], components["clip_tokenizer"] = tiny_clip(seed=seed)
         components["clip_text_encoder_2"], components["clip_tokenizer_2"] = tiny_clip(seed=seed + 1, with_projection=True)
     return components
+
+
+def tiny_image_encoder(embed_dim: int = 8, image_size: int = 32, seed: int = 0):
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor), tiny and random: IP-Adapters' image side."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, projection_dim=embed_dim)
+    size = {"shortest_edge": image_size}
+    crop = {"height": image_size, "width": image_size}
+    return CLIPVisionModelWithProjection(config).eval(), CLIPImageProcessor(size=size, crop_size=crop)
+
+
+def tiny_ip_adapter(unet, image_embed_dim: int = 8, seed: int = 0) -> dict:
+    """A plain IP-Adapter's state dict in the released layout, random: `image_proj` maps the image
+    embedding to 4 tokens of the UNet's cross-attention width; `ip_adapter` holds one key and one
+    value projection per cross-attention layer, numbered as diffusers reads them (1, 3, 5, ...)."""
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    image_proj = {"proj.weight": torch.randn(4 * cross, image_embed_dim, generator=g) * 0.2,
+                  "proj.bias": torch.zeros(4 * cross), "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    ip_layers = {}
+    cross_layers = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    for i, name in enumerate(cross_layers):
+        block = unet.get_submodule(name.rsplit(".processor", 1)[0])
+        for proj in ("to_k_ip", "to_v_ip"):
+            ip_layers[f"{2 * i + 1}.{proj}.weight"] = torch.randn(block.to_q.out_features, cross, generator=g) * 0.3
+    return {"image_proj": image_proj, "ip_adapter": ip_layers}

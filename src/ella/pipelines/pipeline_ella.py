@@ -15,30 +15,38 @@ import math
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import IPAdapterMixin
+from diffusers.models.embeddings import ImageProjection
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.connector import ELLA
 from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
+from .init_image import Inpainting, check_same_size, cut_timesteps, image_size, mask_to_latents
 
 logger = logging.getLogger(__name__)
 
 CONDITIONINGS = ("ella", "ella+clip", "clip")
 
 
-class ELLAStableDiffusionPipeline(DiffusionPipeline):
-    """Text-to-image with an LLM + ELLA connector in place of (or beside) CLIP.
+class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
+    """Text-to-image with an LLM + ELLA connector in place of (or beside) CLIP, and from an image:
+    `init_image` + `strength` (img2img), `mask_image` (inpainting; the Img2Img and Inpaint
+    subclasses take these under diffusers' names).
 
     Components: `unet`, `scheduler` (any diffusers scheduler), `vae` (None for a pixel-space
     UNet), `text_encoder` + `tokenizer` (the frozen LLM), `ella` (the connector), and optional
     `clip_text_encoder` + `clip_tokenizer` for `conditioning="ella+clip"` (community checkpoints,
     LoRA trigger words) or `"clip"` (the plain base model, for comparisons). An optional
     `controlnet` (diffusers `ControlNetModel`) is steered by `image` and sees the same conditioning
-    tokens as the UNet.
+    tokens as the UNet. `image_encoder` + `feature_extractor` serve IP-Adapters (`load_ip_adapter`
+    registers them): the image tokens join ELLA's in the UNet's cross-attention, as they join CLIP's.
     """
 
-    model_cpu_offload_seq = "text_encoder->clip_text_encoder->ella->controlnet->unet->vae"
+    # The connector and a ControlNet run at every step, beside the UNet: out of the chain, so that
+    # model offload keeps them on the device for the whole loop instead of swapping them each step.
+    model_cpu_offload_seq = "text_encoder->clip_text_encoder->image_encoder->unet->vae"
     _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer",
-                             "controlnet"]
+                             "controlnet", "image_encoder", "feature_extractor"]
 
     def __init__(
         self,
@@ -51,6 +59,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         clip_text_encoder=None,
         clip_tokenizer=None,
         controlnet=None,
+        image_encoder=None,
+        feature_extractor=None,
         text_max_length: int = 128,
         text_mode: str = "fixed",
         text_echo: bool = False,
@@ -68,10 +78,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             clip_text_encoder=clip_text_encoder,
             clip_tokenizer=clip_tokenizer,
             controlnet=controlnet,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
         )
         self.register_to_config(text_max_length=text_max_length, text_mode=text_mode, text_echo=text_echo)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True)
+        self.mask_processor = VaeImageProcessor(  # white = repaint: {0, 1}, one channel
+            vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True)
         # ControlNet inputs stay in [0, 1] (diffusers' convention), at the output resolution.
         self.control_image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
@@ -199,14 +213,110 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             raise ValueError("this UNet is SDXL-style (it needs pooled text and size ids): use ELLAStableDiffusionXLPipeline")
         return None
 
+    def _expand_rows(self, x: torch.Tensor, batch: int, n: int, what: str) -> torch.Tensor:
+        """One row for every prompt, or one per prompt -> (batch * n, ...) on the execution device."""
+        if x.shape[0] not in (1, batch):
+            raise ValueError(f"got {x.shape[0]} {what} for {batch} prompts: pass 1 or {batch}")
+        x = x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x
+        return x.repeat_interleave(n, dim=0).to(self._execution_device)
+
     def prepare_control_image(self, image, height: int, width: int, batch: int, n: int) -> torch.Tensor:
-        """The control image(s) as (batch * n, C, H, W) in [0, 1]: one image for every prompt,
-        or one per prompt."""
+        """The control image(s) as (batch * n, C, H, W) in [0, 1]."""
         control = self.control_image_processor.preprocess(image, height=height, width=width)
-        if control.shape[0] not in (1, batch):
-            raise ValueError(f"got {control.shape[0]} control images for {batch} prompts: pass 1 or {batch}")
-        control = control.expand(batch, -1, -1, -1) if control.shape[0] == 1 else control
-        return control.repeat_interleave(n, dim=0).to(self._execution_device, self.controlnet.dtype)
+        return self._expand_rows(control, batch, n, "control images").to(self.controlnet.dtype)
+
+    # ---- starting from an image: img2img and inpainting ----------------------------------------
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels if self.vae is not None else self.unet.config.in_channels
+
+    @torch.no_grad()
+    def encode_init_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> the UNet's latents: the VAE posterior's mean, scaled (deterministic,
+        so strength 1.0 draws exactly text-to-image's noise); the pixels themselves for a
+        pixel-space UNet."""
+        if self.vae is None:
+            return image.to(self.unet.dtype)
+        latents = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
+
+    def prepare_image_latents(self, init_image, mask_image, strength: float, timesteps: torch.Tensor,
+                              num_inference_steps: int, batch: int, n: int, height: int, width: int, generator):
+        """(the cut timesteps, the initial latents, Inpainting or None) for img2img/inpainting."""
+        timesteps = cut_timesteps(self.scheduler, timesteps, num_inference_steps, strength)
+        image = self.image_processor.preprocess(init_image, height=height, width=width)
+        image = self._expand_rows(image, batch, n, "init images")  # (B * n, 3, H, W) in [-1, 1]
+        image_latents = self.encode_init_image(image)
+        noise = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
+                             dtype=self.unet.dtype)
+        if strength == 1.0:  # pure noise: exactly text-to-image's start
+            latents = noise * self.scheduler.init_noise_sigma
+        else:
+            latents = self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(image_latents.shape[0]))
+        if mask_image is None:
+            return timesteps, latents, None
+        check_same_size(init_image, mask_image)
+        mask = self._expand_rows(self.mask_processor.preprocess(mask_image, height=height, width=width), batch, n,
+                                 "masks")  # (B * n, 1, H, W), 1 = repaint
+        unet_channels, c = self.unet.config.in_channels, self.latent_channels
+        if unet_channels not in (c, 2 * c + 1):
+            raise ValueError(f"inpainting needs a UNet of {c} input channels (latent blending) or {2 * c + 1} (an"
+                             f" inpainting UNet); this one has {unet_channels}")
+        masked = None
+        if unet_channels == 2 * c + 1:  # an inpainting UNet reads the masked image itself
+            masked = self.encode_init_image(image * (mask < 0.5))
+        inpaint = Inpainting(mask_to_latents(mask, tuple(image_latents.shape[-2:])).to(self.unet.dtype),
+                             image_latents, noise, masked)
+        return timesteps, latents, inpaint
+
+    # ---- IP-Adapter ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_ip_image(self, image, hidden_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image features, unconditional features), each (1, images, ...): the image encoder's
+        projected embedding (plain IP-Adapters; zeros unconditionally) or its penultimate hidden
+        states (IP-Adapter Plus; those of a black image unconditionally)."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            raise ValueError("ip_adapter_image needs the image_encoder and feature_extractor (load_ip_adapter loads"
+                             " them), or pass ip_adapter_image_embeds")
+        dtype = next(self.image_encoder.parameters()).dtype
+        if not isinstance(image, torch.Tensor):
+            image = self.feature_extractor(image, return_tensors="pt").pixel_values
+        image = image.to(self._execution_device, dtype)
+        if hidden_states:
+            pos, neg = (self.image_encoder(x, output_hidden_states=True).hidden_states[-2]
+                        for x in (image, torch.zeros_like(image)))
+        else:
+            pos = self.image_encoder(image).image_embeds
+            neg = torch.zeros_like(pos)
+        return pos[None], neg[None]
+
+    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, batch: int, n: int,
+                                        do_cfg: bool) -> list[torch.Tensor]:
+        """One tensor per loaded IP-Adapter, (rows, images, ...) in the prompts' CFG row order.
+        `ip_adapter_image`: an image (or list of images) per adapter; `ip_adapter_image_embeds`:
+        diffusers' layout, unconditional rows first when CFG is on."""
+        projection = getattr(self.unet, "encoder_hid_proj", None)
+        if projection is None or not hasattr(projection, "image_projection_layers"):
+            raise ValueError("ip_adapter_image was given but no IP-Adapter is loaded: call load_ip_adapter first")
+        if ip_adapter_image_embeds is None:
+            images = ip_adapter_image if isinstance(ip_adapter_image, list) else [ip_adapter_image]
+            layers = projection.image_projection_layers
+            if len(images) != len(layers):
+                raise ValueError(f"got {len(images)} IP-Adapter images for {len(layers)} loaded IP-Adapters")
+            embeds = []
+            for image, layer in zip(images, layers):
+                pos, neg = self.encode_ip_image(image, hidden_states=not isinstance(layer, ImageProjection))
+                embeds.append(torch.cat([neg, pos]) if do_cfg else pos)
+        else:
+            embeds = list(ip_adapter_image_embeds)
+        rows = []
+        for e in embeds:
+            parts = e.chunk(2) if do_cfg else (e,)
+            rows.append(torch.cat([self._expand_rows(p, batch, n, "IP-Adapter image rows") for p in parts])
+                        .to(self.unet.dtype))
+        return rows
 
     # ---- the denoising loop -------------------------------------------------------------------
 
@@ -274,11 +384,18 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts), n)
         return text, clip_embeds
 
-    def prepare_unet_inputs(self, prompts, negatives, batch: int, height: int, width: int, image, do_cfg: bool, n: int):
+    def prepare_unet_inputs(self, prompts, negatives, batch: int, height: int, width: int, image, do_cfg: bool, n: int,
+                            ip_adapter_image=None, ip_adapter_image_embeds=None):
         """(added_cond_kwargs, ControlNet image), in the rows' CFG order and repeated n times."""
         rows = None if prompts is None else (negatives + prompts if do_cfg else prompts)
         added = self.added_cond_kwargs(rows, height, width, batch * (2 if do_cfg else 1))
         added = None if added is None else {k: self._repeat(v, n) for k, v in added.items()}
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            added = dict(added or {}, image_embeds=self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, batch, n, do_cfg))
+        elif getattr(self.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
+            raise ValueError("an IP-Adapter is loaded: pass ip_adapter_image (or ip_adapter_image_embeds), or call"
+                             " unload_ip_adapter()")
         control = None
         if image is not None:
             control = self.prepare_control_image(image, height, width, batch, n)
@@ -286,10 +403,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         return added, control
 
     def denoise(self, latents, timesteps, text, clip_embeds, added, control, guidance_scale: float,
-                controlnet_conditioning_scale: float, step_kwargs: dict, precompute_connector: bool):
+                controlnet_conditioning_scale: float, step_kwargs: dict, precompute_connector: bool,
+                inpaint: Inpainting | None = None):
         """The loop: the connector runs at every step with that step's timestep (or ran for all of
-        them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step."""
+        them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step; when
+        inpainting, the mask and masked image join the UNet's input (9 channels) or the known
+        region is put back after the step (4 channels)."""
         do_cfg = guidance_scale > 1.0
+        extra = None if inpaint is None else inpaint.extra_channels(do_cfg)
         precomputed = None
         if precompute_connector and text is not None:
             precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
@@ -297,6 +418,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
+                unet_input = model_input if extra is None else torch.cat([model_input, extra], dim=1)
                 step_output = None if precomputed is None else precomputed[i]
                 cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
                 residuals = {}
@@ -307,13 +429,15 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
                     )
                     residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
                 noise_pred = self.unet(
-                    model_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
+                    unet_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
                     added_cond_kwargs=added, **residuals,
                 ).sample
                 if do_cfg:
                     uncond, cond_pred = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond_pred - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                if inpaint is not None:
+                    latents = inpaint.blend(self.scheduler, latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
                 progress.update()
         return latents
 
@@ -344,6 +468,17 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         sample_size = self.unet.config.sample_size
         return (sample_size if isinstance(sample_size, int) else sample_size[0]) * self.vae_scale_factor
 
+    def _size(self, height: int | None, width: int | None, init_image) -> tuple[int, int]:
+        """The output size: as given, else the init image's (which must then suit the UNet), else the model's."""
+        if init_image is None or (height is not None and width is not None):
+            return height or self.default_size(), width or self.default_size()
+        h, w = image_size(init_image)
+        f = self.size_factor
+        if h % f or w % f:
+            raise ValueError(f"the init image is {w}x{h} pixels and this model needs multiples of {f}: pass height"
+                             " and width to resize it")
+        return height or h, width or w
+
     @torch.no_grad()
     def __call__(
         self,
@@ -366,6 +501,11 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         conditioning: str = "ella",
         image=None,
         controlnet_conditioning_scale: float = 1.0,
+        init_image=None,
+        mask_image=None,
+        strength: float = 1.0,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         precompute_connector: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -373,7 +513,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         """Generate images: 1. check inputs; 2. encode the prompts once (the LLM, unless given as
         `prompt_embeds` etc. from `encode_prompt`: then no text_encoder/tokenizer is needed; CLIP if
         used); 3. timesteps (`retrieve_timesteps`: custom `timesteps` or `sigmas` too) and latents;
-        4. `denoise`; 5. decode. `image` steers a `controlnet`. `precompute_connector=True` runs the
+        4. `denoise`; 5. decode. `image` steers a `controlnet`. `init_image` starts from an image
+        noised to `strength` (img2img; height and width default to its size), `mask_image` repaints
+        where it is white (inpainting). `ip_adapter_image` conditions a loaded IP-Adapter.
+        `precompute_connector=True` runs the
         connector for all steps in one batched call before the loop (the same conditioning; faster
         where calls are bound by kernel launches, as on GPUs). `eta` is DDIM's; stochastic
         schedulers draw their per-step noise from `generator` too."""
@@ -387,25 +530,35 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline):
         prompts = None if prompt is None and embeds else [prompt] if isinstance(prompt, str) else list(prompt or [])
         batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         negatives = self._negatives(negative_prompt, batch)
-        height = self.default_size() if height is None else height
-        width = self.default_size() if width is None else width
+        height, width = self._size(height, width, init_image)
         do_cfg, n = guidance_scale > 1.0, num_images_per_prompt
+        if init_image is None and (mask_image is not None or strength != 1.0):
+            raise ValueError("mask_image and strength need an init_image")
+        if init_image is not None and latents is not None:
+            raise ValueError("pass init_image or latents, not both: the image's latents are noised to `strength`")
         self._check_call(prompts, negatives, height, width, conditioning, image,
                          embeds and (prompt_embeds, negative_prompt_embeds, do_cfg), guidance_scale,
                          num_inference_steps, n, generator)
 
         # 2. Prompts, encoded once
         text, clip_embeds = self.prepare_conditioning(prompts, negatives, embeds, conditioning, do_cfg, n)
-        added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n)
+        added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n,
+                                                  ip_adapter_image, ip_adapter_image_embeds)
 
-        # 3. Timesteps and initial noise
-        timesteps, _ = retrieve_timesteps(self.scheduler, num_inference_steps, self._execution_device, timesteps, sigmas)
-        latents = self.prepare_latents(batch * n, height, width, generator, latents)
+        # 3. Timesteps and initial latents: noise, or the init image noised to `strength`
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, self._execution_device, timesteps, sigmas)
+        inpaint = None
+        if init_image is None:
+            latents = self.prepare_latents(batch * n, height, width, generator, latents)
+        else:
+            timesteps, latents, inpaint = self.prepare_image_latents(
+                init_image, mask_image, strength, timesteps, num_inference_steps, batch, n, height, width, generator)
 
         # 4. Denoising loop
         latents = self.denoise(latents, timesteps, text, clip_embeds, added, control, guidance_scale,
                                controlnet_conditioning_scale, self.prepare_extra_step_kwargs(generator, eta),
-                               precompute_connector)
+                               precompute_connector, inpaint)
 
         # 5. Decode
         images = self.decode_latents(latents, output_type)

@@ -28,14 +28,16 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
     and `clip_tokenizer_2` (both optional) for SDXL's second CLIP encoder. `conditioning="clip"`
     and `"ella+clip"` need both CLIP encoders."""
 
-    model_cpu_offload_seq = "text_encoder->clip_text_encoder->clip_text_encoder_2->ella->controlnet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->clip_text_encoder->clip_text_encoder_2->image_encoder->unet->vae"
     _optional_components = ELLAStableDiffusionPipeline._optional_components + ["clip_text_encoder_2", "clip_tokenizer_2"]
 
     def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None, ella=None,
                  clip_text_encoder=None, clip_tokenizer=None, clip_text_encoder_2=None, clip_tokenizer_2=None,
-                 controlnet=None, text_max_length: int = 128, text_mode: str = "fixed", text_echo: bool = False):
+                 controlnet=None, image_encoder=None, feature_extractor=None, text_max_length: int = 128,
+                 text_mode: str = "fixed", text_echo: bool = False):
         super().__init__(unet, scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=ella,
                          clip_text_encoder=clip_text_encoder, clip_tokenizer=clip_tokenizer, controlnet=controlnet,
+                         image_encoder=image_encoder, feature_extractor=feature_extractor,
                          text_max_length=text_max_length, text_mode=text_mode, text_echo=text_echo)
         self.register_modules(clip_text_encoder_2=clip_text_encoder_2, clip_tokenizer_2=clip_tokenizer_2)
         if unet.config.addition_embed_type != "text_time":
