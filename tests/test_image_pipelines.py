@@ -163,3 +163,50 @@ def test_ip_adapter_image_embeds_equal_the_image_and_missing_input_is_refused():
         pipe(PROMPT, **kw)
     with pytest.raises(ValueError, match="2 IP-Adapter images for 1"):
         pipe(PROMPT, ip_adapter_image=[image, image], **kw)
+
+
+def test_cli_inpaints_with_the_shipped_model_and_keeps_the_rest(tmp_path):
+    import random
+
+    from ella.cli import main
+    from ella.shapes.world import render, sample_scene
+
+    truth = render(sample_scene(random.Random(3)))
+    truth.save(tmp_path / "truth.png")
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, :11] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    assert main(["generate", "a large red circle on the left", "--init-image", str(tmp_path / "truth.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--steps", "5", "--out", str(out), "-q"]) == 0
+    drawn = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    np.testing.assert_array_equal(drawn[:, 11:], np.asarray(truth, dtype=np.int16)[:, 11:])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init-image", "{bad}"], "not a readable image"),
+    (["--init-image", "{missing}"], "does not exist"),
+    (["--init-image", "{good}", "--mask", "{small}"], "must be the same size"),
+    (["--mask", "{good}"], "go with --init-image"),
+])
+def test_cli_refuses_bad_init_images_in_one_line(tmp_path, capsys, flags, message):
+    from ella.cli import main
+
+    paths = dict(bad=tmp_path / "bad.png", missing=tmp_path / "missing.png", good=tmp_path / "good.png",
+                 small=tmp_path / "small.png")
+    paths["bad"].write_bytes(b"not an image")
+    picture(16).save(paths["good"])
+    picture(8).save(paths["small"])
+    args = [f.format(**paths) for f in flags]
+    assert main(["generate", "a red circle", *args, "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-1", "x"])
+def test_cli_strength_outside_zero_one_is_refused(value, capsys):
+    from ella.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "a red circle", "--init-image", "x.png", "--strength", value])
+    assert exit_info.value.code == 2 and "--strength" in capsys.readouterr().err

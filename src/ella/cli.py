@@ -40,6 +40,17 @@ def seed(text: str) -> int:
     return value
 
 
+def strength(text: str) -> float:
+    """argparse type for --strength: a share of the schedule in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 = from pure noise), got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts (steps, images, prompts, batch sizes): 0 would silently do nothing."""
     try:
@@ -116,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-images", type=positive_int, default=1)
     g.add_argument("--compare", action="store_true", help="base model (left column) and ELLA (right) side by side,"
                    " one row per seed; also writes OUT.base.png and OUT.ella.png")
+    g.add_argument("--init-image", metavar="IMG", help="img2img: start from this image (resized to --size if given)")
+    g.add_argument("--strength", type=strength, default=None, help="img2img/inpainting: how much of the schedule"
+                   " repaints the init image, in (0, 1]; 1 = from pure noise (default: 0.8 img2img, 1.0 with --mask)")
+    g.add_argument("--mask", metavar="MASK", help="inpainting: repaint where this image is white (same size as"
+                   " --init-image)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .images import check_image_path, label_columns, make_grid, save_atomic, upscale
+from .images import check_image_path, label_columns, make_grid, open_image, save_atomic, upscale
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,25 @@ def check_settings(args, pipe, steps: int, shipped) -> None:
             warn(message)
 
 
+def init_image_args(args) -> dict:
+    """The pipeline's init_image / mask_image / strength from --init-image, --mask, --strength."""
+    if args.init_image is None:
+        if args.mask is not None or args.strength is not None:
+            raise ValueError("--mask and --strength go with --init-image (the image to start from)")
+        return {}
+    image = open_image(args.init_image, "--init-image").convert("RGB")
+    mask = None if args.mask is None else open_image(args.mask, "--mask")
+    if mask is not None and mask.size != image.size:
+        raise ValueError(f"--mask is {mask.width}x{mask.height} pixels but --init-image is {image.width}x{image.height}:"
+                         " they must be the same size")
+    strength = args.strength if args.strength is not None else (1.0 if mask is not None else 0.8)
+    return dict(init_image=image, mask_image=mask, strength=strength)
+
+
 def generate_cli(args) -> list[str]:
     check_prompt(args.prompt)
     check_image_path(args.out)
+    start = init_image_args(args)  # a bad image fails before the model loads
     pipe, defaults, shipped = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     check_settings(args, pipe, steps, shipped)
@@ -95,20 +111,23 @@ def generate_cli(args) -> list[str]:
         raise ValueError("--compare needs a model with a base (CLIP) text encoder, such as the ShapesWorld default")
     pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty(), leave=False)
     rows = render(pipe, args.prompt, COMPARE if args.compare else ("ella",), args.seed, args.num_images, steps,
-                  guidance, args.negative, height, width)
+                  guidance, args.negative, height, width, **start)
     return write_outputs(args.out, rows, defaults.get("view_size"))
 
 
 def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: int, guidance: float,
-           negative: str | None = None, height: int | None = None, width: int | None = None) -> dict[str, list]:
+           negative: str | None = None, height: int | None = None, width: int | None = None,
+           **image_kwargs) -> dict[str, list]:
     """{conditioning: images}: what `ella generate` draws (and `ella demo`, through the same
-    function). One generator per image, seeded seed + i: image i is the same whatever the count."""
+    function). One generator per image, seeded seed + i: image i is the same whatever the count.
+    `image_kwargs`: init_image, mask_image, strength for img2img and inpainting."""
     rows = {}
     for conditioning in conditionings:
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
         rows[conditioning] = pipe(
             prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
             negative_prompt=negative, num_images_per_prompt=num_images, generator=generators, conditioning=conditioning,
+            **image_kwargs,
         ).images
     return rows
 

@@ -60,6 +60,22 @@ def check_image_path(path: str) -> str:
     return image_format
 
 
+def open_image(path: str, what: str = "image") -> Image.Image:
+    """An image file read whole, or a one-line ValueError saying why not (missing, unreadable, corrupt)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a folder, not an image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except PermissionError:
+        raise ValueError(f"{what} {path!r} cannot be read: permission denied") from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated files
+        raise ValueError(f"{what} {path!r} is not a readable image ({type(err).__name__})") from None
+
+
 def save_atomic(image: Image.Image, path: str) -> None:
     """Write to a temporary file beside `path`, then rename: a killed run leaves no half image."""
     image_format = check_image_path(path)
