@@ -46,7 +46,7 @@ def img2img(pipe, n: int, strength: float, steps: int, guidance: float, batch: i
         truths = [render(scene) for scene, _, _ in chunk]
         edited = draw(pipe, prompts, start, steps, guidance, init_image=truths, strength=strength)
         fresh = draw(pipe, prompts, start, steps, guidance)
-        for (scene, text, rows), truth, a, b in zip(chunk, truths, edited, fresh):
+        for (_, _, rows), truth, a, b in zip(chunk, truths, edited, fresh):
             questions = [r["question_natural_language"] for r in rows]
             for name, image in (("ground truth", truth), (f"img2img {strength}", a), ("text-to-image", b)):
                 kept[name].append(np.mean([ans == "yes" for ans in judge.answer(image, questions)]))
