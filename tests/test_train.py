@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -290,3 +291,60 @@ def test_sigterm_and_ctrl_c_set_the_stop_flag_and_restore_puts_the_handler_back(
     assert stop["requested"] is True
     restore()
     assert signal.getsignal(signum) == before
+
+
+def test_sdxl_training_with_the_connectors_pool_exports_it_and_the_xl_pipeline_uses_it(tmp_path):
+    """3 steps on tiny SDXL parts: the UNet gets size ids and the connector's pooled embedding;
+    the pool is exported with the connector and drives the XL pipeline without CLIP."""
+    from ella import ELLA, ELLAStableDiffusionXLPipeline
+    from ella.testing import tiny_sdxl_components
+
+    config = tiny_config(tmp_path, model="tiny-sdxl", max_steps=3, validate_every=3, ema_decay=0)
+    seen = []
+    parts = load_frozen_parts(config, torch.device("cpu"), torch.float32)
+    hook = parts.unet.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["added_cond_kwargs"]),
+                                                with_kwargs=True)
+    result = train(config, parts)
+    hook.remove()
+    assert len(seen) == 3 + 4  # 3 training steps, then the validation grid's 4 denoising steps (XL pipeline)
+    added = seen[0]
+    assert added["time_ids"][0].tolist() == [16, 16, 0, 0, 16, 16] and added["text_embeds"].shape == (2, 16)
+    ella = ELLA.from_pretrained(result.export_dir)
+    assert ella.config.pooled_dim == 16 and "pool.proj.weight" in ella.state_dict()
+    assert ella.state_dict()["pool.proj.weight"].abs().sum() > 0  # trained away from its zero init
+
+    components = tiny_sdxl_components(with_clip=False)
+    components["ella"] = ella
+    pipe = ELLAStableDiffusionXLPipeline(**components, text_max_length=16, text_mode="flexible")
+    pipe.set_progress_bar_config(disable=True)
+    pooled = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args, kw: pooled.append(kw["added_cond_kwargs"]["text_embeds"]),
+                                               with_kwargs=True)
+    images = pipe("a red square", num_inference_steps=2, output_type="np").images
+    hook.remove()
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    assert all(p.abs().sum() > 0 for p in pooled)  # the pool's, not SDXL's zeros
+
+
+def test_sdxl_training_with_a_clip_pooled_encoder_from_raw_data_and_the_cache(tmp_path):
+    from ella.testing import tiny_clip
+    from ella.train.cache import build_cache
+
+    encoder, tokenizer = tiny_clip(seed=1, with_projection=True)
+    encoder.save_pretrained(tmp_path / "clip2")
+    tokenizer.save_pretrained(tmp_path / "clip2")
+    overrides = dict(model="tiny-sdxl", max_steps=1, caption_dropout=0.5, pooled_text_encoder=str(tmp_path / "clip2"))
+    raw = train(tiny_config(tmp_path / "raw", **overrides))
+    config = tiny_config(tmp_path / "cached", cache_dir=str(tmp_path / "cache"), **overrides)
+    build_cache(config, load_frozen_parts(config, torch.device("cpu"), torch.float32, need_unet=False))
+    cached = train(config)
+    for (_, a), (_, b) in zip(raw.losses, cached.losses):
+        assert abs(a - b) <= 1e-5
+    from ella import ELLA
+
+    assert ELLA.from_pretrained(raw.export_dir).config.pooled_dim is None  # CLIP gives the pooled embedding
+    encoder, tokenizer = tiny_clip(seed=1, hidden_size=8, with_projection=True)
+    encoder.save_pretrained(tmp_path / "narrow")
+    tokenizer.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ValueError, match="8-wide pooled embeddings but the UNet takes 16"):
+        train(tiny_config(tmp_path / "bad", **{**overrides, "pooled_text_encoder": str(tmp_path / "narrow")}))

@@ -83,6 +83,9 @@ def add_model_source_args(p: argparse.ArgumentParser) -> None:
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--llm-precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+                   help="the LLM's alone (default: --dtype); int8: weight-only, a quarter of fp32's memory;"
+                   " measured in docs/pipeline.md")
 
 
 def default_model():
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    " repaints the init image, in (0, 1]; 1 = from pure noise (default: 0.8 img2img, 1.0 with --mask)")
     g.add_argument("--mask", metavar="MASK", help="inpainting: repaint where this image is white (same size as"
                    " --init-image)")
+    g.add_argument("--prompt-weighting", nargs="?", const="attention", choices=("attention", "anchor", "scale"),
+                   default=None, help="read (words:1.3), (words), [words] in the prompts; how a weight acts:"
+                   " attention (the default), anchor or scale (docs/pipeline.md)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)

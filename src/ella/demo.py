@@ -186,7 +186,8 @@ def run_demo(args) -> None:
     loader = None
     if model.shipped is not None:
         def loader(connector):
-            return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype), model.defaults,
+            return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype,
+                                                llm_precision=args.llm_precision), model.defaults,
                              model.shipped, connector, [])
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
     build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -51,10 +51,11 @@ def _load_model(args):
         if not shipped.accepts(connector):
             raise ValueError(f"with {shipped.name}, --ella is one of {', '.join(shipped.connectors)} or the export"
                              f" folder of a connector trained on it; got {connector!r}")
-        return shipped.load(connector, device=args.device, dtype=args.dtype), shipped.defaults, shipped
+        return (shipped.load(connector, device=args.device, dtype=args.dtype, llm_precision=args.llm_precision),
+                shipped.defaults, shipped)
     from .pipelines.loading import load_pipeline
 
-    pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype)
+    pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype, llm_precision=args.llm_precision)
     # Published ELLA-SD1.5 defaults of the web demo (reference doc, Sec. 3).
     return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None), None
 
@@ -101,7 +102,13 @@ def init_image_args(args) -> dict:
 def generate_cli(args) -> list[str]:
     check_prompt(args.prompt)
     check_image_path(args.out)
-    start = init_image_args(args)  # a bad image fails before the model loads
+    options = init_image_args(args)  # a bad image fails before the model loads
+    if args.prompt_weighting:
+        from .prompt_weighting import parse_prompt_weights
+
+        for text in (args.prompt, args.negative or ""):  # a syntax error fails before the model loads
+            parse_prompt_weights(text)
+        options["prompt_weighting"] = args.prompt_weighting
     pipe, defaults, shipped = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     check_settings(args, pipe, steps, shipped)
@@ -111,23 +118,23 @@ def generate_cli(args) -> list[str]:
         raise ValueError("--compare needs a model with a base (CLIP) text encoder, such as the ShapesWorld default")
     pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty(), leave=False)
     rows = render(pipe, args.prompt, COMPARE if args.compare else ("ella",), args.seed, args.num_images, steps,
-                  guidance, args.negative, height, width, **start)
+                  guidance, args.negative, height, width, **options)
     return write_outputs(args.out, rows, defaults.get("view_size"))
 
 
 def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: int, guidance: float,
            negative: str | None = None, height: int | None = None, width: int | None = None,
-           **image_kwargs) -> dict[str, list]:
+           **pipe_kwargs) -> dict[str, list]:
     """{conditioning: images}: what `ella generate` draws (and `ella demo`, through the same
     function). One generator per image, seeded seed + i: image i is the same whatever the count.
-    `image_kwargs`: init_image, mask_image, strength for img2img and inpainting."""
+    `pipe_kwargs`: more pipeline arguments (init_image, mask_image, strength, prompt_weighting)."""
     rows = {}
     for conditioning in conditionings:
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
         rows[conditioning] = pipe(
             prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
             negative_prompt=negative, num_images_per_prompt=num_images, generator=generators, conditioning=conditioning,
-            **image_kwargs,
+            **pipe_kwargs,
         ).images
     return rows
 

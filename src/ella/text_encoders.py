@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
 DEFAULT_LLM = "google/flan-t5-xl"  # the LLM the released connector was trained on
+QUANTIZATIONS = ("int8",)
+LLM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # docs/pipeline.md: what each changes, measured
 @dataclass
 class TextFeatures:
     hidden_states: torch.Tensor  # (B, L, D)
@@ -39,11 +41,16 @@ class TextFeatures:
 
 
 def load_text_encoder(
-    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None
+    name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
+    quantization: str | None = None,
 ):
     """Load (model, tokenizer) for any HF LLM: an encoder-decoder's encoder, a decoder-only LLM's
     base model, or an encoder; a hub id, a folder, or a `.gguf` file (dequantized by transformers).
-    Frozen and in eval mode."""
+    Frozen and in eval mode. `quantization="int8"` stores the linear layers' weights in int8
+    (`Int8Linear`), computing in `torch_dtype`: a quarter of fp32's memory for those weights, half
+    of fp16's."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS} or None, got {quantization!r}")
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
     path = resolve_model_path(name_or_path)
@@ -66,19 +73,73 @@ def load_text_encoder(
     if config.is_encoder_decoder and hasattr(model, "get_encoder"):
         model = model.get_encoder()
     model.requires_grad_(False).eval().to(device)
+    if quantization == "int8":
+        quantize_int8(model)
     return model, tokenizer
+
+
+class Int8Linear(torch.nn.Module):
+    """A frozen linear layer with int8 weights: one absmax scale per output channel (the scheme of
+    torchao's and bitsandbytes' weight-only int8), dequantized to the input's dtype at each call.
+    Plain torch, so the same on the CPU and on any GPU; no dependency, no custom kernel (the
+    saving is memory, not time)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()  # (out, in)
+        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # (out, 1)
+        self.register_buffer("weight_int8", torch.round(weight / scale).to(torch.int8))
+        self.register_buffer("scale", scale.to(linear.weight.dtype))
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)
+        return torch.nn.functional.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Every nn.Linear of `model` as an Int8Linear, in place (embeddings and norms stay as they are)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, Int8Linear(child))
+    return model
+
+
+def convert_llm(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """A loaded LLM in another precision, in place: its dtype, or int8 weights."""
+    dtype, quantization = llm_precision_args(precision, next(model.parameters()).dtype)
+    model.to(dtype)
+    return quantize_int8(model) if quantization else model
+
+
+def llm_precision_args(precision: str | None, default_dtype: torch.dtype) -> tuple[torch.dtype, str | None]:
+    """(torch_dtype, quantization) for `load_text_encoder` from a precision name (None = the
+    pipeline's dtype); int8 computes in the pipeline's dtype."""
+    if precision is None:
+        return default_dtype, None
+    if precision not in LLM_PRECISIONS:
+        raise ValueError(f"LLM precision must be one of {', '.join(LLM_PRECISIONS)}, got {precision!r}")
+    if precision == "int8":
+        return default_dtype, "int8"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision], None
 
 
 class LLMEncoder:
     """Encode prompts with a frozen LLM. Each prompt is encoded once per call."""
 
-    def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed", echo: bool = False):
+    def __init__(self, model, tokenizer, max_length: int = 128, mode: str = "fixed", echo: bool = False,
+                 device: torch.device | None = None):
         if mode not in TEXT_MODES:
             raise ValueError(f"text mode must be one of {TEXT_MODES}, got {mode!r}")
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.mode, self.echo = max_length, mode, echo
+        # Where the token ids go: the model's device, or the pipeline's execution device when
+        # offloading hooks keep the weights elsewhere (on "meta") until the model runs.
+        self.device = device
         if tokenizer.pad_token is None:  # decoder-only LLMs usually have none
             tokenizer.pad_token = tokenizer.eos_token
         # Right padding: with a causal LLM, left padding would shift every real token's position.
@@ -112,7 +173,7 @@ class LLMEncoder:
             # inside a batch of longer prompts.
             tokens = self.tokenizer(prompts, padding="max_length", max_length=1, return_tensors="pt")
         self._warn_truncation(prompts, tokens["attention_mask"])
-        device = self.model.device
+        device = self.device or self.model.device
         ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
         return (self._echo_hidden_state if self.echo else self._last_hidden_state)(ids, mask), mask
 

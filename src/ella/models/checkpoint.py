@@ -78,6 +78,9 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], heads: int = 8) 
         raise CheckpointError(
             f"not an ELLA connector checkpoint: connector.latents and connector.proj_in.weight are missing (has {some})"
         )
+    if "pool.proj.weight" in state_dict:  # an SDXL connector trained with its own pooled embedding
+        return {**config_from_state_dict({k: v for k, v in state_dict.items() if not k.startswith("pool.")}, heads),
+                "pooled_dim": _shape(state_dict, "pool.proj.weight")[0]}
     if "connector.latents" not in state_dict:
         # Only the per-token MLP connector has no latents.
         width, input_dim = _shape(state_dict, "connector.proj_in.weight")

@@ -140,7 +140,12 @@ class PerceiverResampler(nn.Module):
             latents = latents + self.time_aware_linear(F.silu(temb))  # (B, N, W)
         h = self.proj_in(x)  # (B, L, W), computed once: blocks read it, never update it
         key_padding_mask = None
-        if text_mask is not None:
+        if text_mask is not None and text_mask.is_floating_point():
+            # Weighted tokens (prompt weighting's "attention" mode): a token of weight w gets
+            # log(w) added to its attention logits, as if it were written w times; 0 = padding.
+            latent_keys = torch.zeros(latents.shape[:2], dtype=h.dtype, device=x.device)
+            key_padding_mask = torch.cat([latent_keys, text_mask.to(h.dtype).log()], dim=1)  # (B, N + L)
+        elif text_mask is not None:
             # The latents' own keys are never masked; padded text positions always are.
             latent_keys = torch.zeros(latents.shape[:2], dtype=torch.bool, device=x.device)
             key_padding_mask = torch.cat([latent_keys, ~text_mask.bool()], dim=1)  # (B, N + L)
@@ -164,6 +169,27 @@ class MLPConnector(nn.Module):
         return self.proj_out(F.gelu(self.proj_in(x)))  # (B, L, O)
 
 
+class AttentionPool(nn.Module):
+    """SDXL's pooled text embedding from the connector's output tokens: one learned query attends
+    to them, then a projection (zero-initialised, so a fresh pool gives SDXL's unconditional
+    zeros and training grows it from there). Not in the released SD1.5 connector."""
+
+    def __init__(self, width: int, out_dim: int, heads: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.norm = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.proj = nn.Linear(width, out_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, N, O) -> (B, P)."""
+        kv = self.norm(tokens)
+        pooled = self.attn(self.query.expand(tokens.shape[0], -1, -1), kv, kv, need_weights=False)[0]  # (B, 1, O)
+        return self.proj(pooled[:, 0])
+
+
 class ELLA(ModelMixin, ConfigMixin):
     """Timestep-aware Semantic Connector between a frozen LLM and a frozen diffusion UNet.
 
@@ -184,6 +210,7 @@ class ELLA(ModelMixin, ConfigMixin):
         input_dim: int = 2048,  # LLM hidden size (FLAN-T5-XL: 2048)
         output_dim: int | None = None,  # UNet cross-attention width; None = width
         connector_type: str = "tsc",  # one of CONNECTOR_TYPES
+        pooled_dim: int | None = None,  # SDXL: also a pooled text embedding of this width (`pool`)
     ):
         super().__init__()
         if connector_type not in CONNECTOR_TYPES:
@@ -208,6 +235,15 @@ class ELLA(ModelMixin, ConfigMixin):
                 time_dim=time_embed_dim if uses_time else None,
                 num_chunks=3 if connector_type == "adaln-zero" else 2,
             )
+        if pooled_dim is not None:
+            self.pool = AttentionPool(output_dim, pooled_dim, heads)
+
+    def pooled(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """SDXL's pooled text embedding (B, pooled_dim) from this connector's output (B, N, O)."""
+        if not hasattr(self, "pool"):
+            raise ValueError("this connector has no pool (pooled_dim is None): SDXL's pooled embedding must come from"
+                             " a CLIP encoder")
+        return self.pool(encoder_hidden_states.to(self.dtype))
 
     @property
     def uses_timestep(self) -> bool:
@@ -219,9 +255,11 @@ class ELLA(ModelMixin, ConfigMixin):
         padded tokens itself (pass the text mask as `encoder_attention_mask`)."""
         return self.config.connector_type == "mlp"
 
-    def embed_timestep(self, timestep: torch.Tensor | float | int, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
-        """Raw scheduler timestep (scalar or (B,)) -> (B, 1, T). Sinusoids in fp32, then `dtype`."""
-        t = torch.as_tensor(timestep, device=self.device)
+    def embed_timestep(self, timestep: torch.Tensor | float | int, batch_size: int, dtype: torch.dtype,
+                       device: torch.device | None = None) -> torch.Tensor:
+        """Raw scheduler timestep (scalar or (B,)) -> (B, 1, T). Sinusoids in fp32, then `dtype`.
+        `device`: the text's (the weights may wait elsewhere under offloading hooks)."""
+        t = torch.as_tensor(timestep, device=device or self.device)
         t = t.reshape(-1).expand(batch_size) if t.numel() == 1 else t.reshape(-1)
         if t.shape[0] != batch_size:
             raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch_size}")
@@ -235,7 +273,9 @@ class ELLA(ModelMixin, ConfigMixin):
         text_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """text_hidden_states: (B, L, D); timestep: scalar or (B,); text_attention_mask: (B, L),
-        1 = real token, 0 = padding (None attends every position, as the reference does).
+        1 = real token, 0 = padding (None attends every position, as the reference does); a
+        floating-point mask may hold other positive values, which weight those tokens in the
+        resampler's attention (prompt weighting).
         Returns (B, num_latents, output_dim), or (B, L, output_dim) for the MLP connector."""
         x = text_hidden_states
         if x.ndim != 3 or x.shape[-1] != self.config.input_dim:
@@ -245,7 +285,7 @@ class ELLA(ModelMixin, ConfigMixin):
         if text_attention_mask is not None and text_attention_mask.shape != x.shape[:2]:
             raise ValueError(f"text_attention_mask must be (batch, tokens) = {tuple(x.shape[:2])}, "
                              f"got {tuple(text_attention_mask.shape)}")
-        temb = self.embed_timestep(timestep, x.shape[0], x.dtype) if self.uses_timestep else None
+        temb = self.embed_timestep(timestep, x.shape[0], x.dtype, x.device) if self.uses_timestep else None
         return self.connector(x, temb, text_attention_mask)
 
     def forward_timesteps(

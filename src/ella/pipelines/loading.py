@@ -13,7 +13,7 @@ from ..devices import resolve_device, resolve_dtype
 from ..models import ELLA
 from ..paths import require_local_folder
 from ..plugins import lookup
-from ..text_encoders import DEFAULT_LLM, load_text_encoder
+from ..text_encoders import DEFAULT_LLM, convert_llm, llm_precision_args, load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
 from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
 
@@ -107,12 +107,14 @@ def load_pipeline(
     dtype: str | None = None,
     text_mode: str = "fixed",
     text_max_length: int = 128,
+    llm_precision: str | None = None,
 ) -> ELLAStableDiffusionPipeline:
     """`model` is a saved ELLA pipeline folder, or a Stable Diffusion 1.5 / SDXL folder or hub id;
     in the second case `ella` (connector file or folder) is required and `llm` is the text encoder
     (default: FLAN-T5-XL, as published); a saved pipeline brings its own, so it takes neither.
     An SDXL UNet gets `ELLAStableDiffusionXLPipeline` with SDXL's CLIP encoders (pooled embedding).
-    The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU."""
+    The LLM runs in fp16 on an accelerator (faithful to training), fp32 on the CPU, unless
+    `llm_precision` (fp32, bf16, fp16, int8) says otherwise."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     require_local_folder(model, "model folder")
@@ -120,7 +122,10 @@ def load_pipeline(
     if saved is not None:
         if ella is not None or llm is not None:
             raise ValueError(f"{model} is a saved ELLA pipeline with its own connector and LLM: drop --ella and --llm")
-        return saved.from_pretrained(model, torch_dtype=torch_dtype).to(dev)
+        pipe = saved.from_pretrained(model, torch_dtype=torch_dtype).to(dev)
+        if llm_precision is not None and pipe.text_encoder is not None:
+            convert_llm(pipe.text_encoder, llm_precision)
+        return pipe
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler
 
     if ella is None:
@@ -136,7 +141,8 @@ def load_pipeline(
         scheduler = DPMSolverMultistepScheduler.from_pretrained(model, subfolder="scheduler")
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load Stable Diffusion model {model!r}: {str(err).splitlines()[0]}") from err
-    text_encoder, tokenizer = load_text_encoder(llm or DEFAULT_LLM, dev, torch_dtype)
+    llm_dtype, quantization = llm_precision_args(llm_precision, torch_dtype)
+    text_encoder, tokenizer = load_text_encoder(llm or DEFAULT_LLM, dev, llm_dtype, quantization)
     sdxl = unet.config.addition_embed_type == "text_time"
     cls, clip = (ELLAStableDiffusionXLPipeline, load_sdxl_clip(model, torch_dtype)) if sdxl else (ELLAStableDiffusionPipeline, {})
     pipe = cls(

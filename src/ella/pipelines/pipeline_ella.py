@@ -20,6 +20,7 @@ from diffusers.models.embeddings import ImageProjection
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.connector import ELLA
+from ..prompt_weighting import DEFAULT_MODE, apply_weights, parse_prompt_weights, token_weights
 from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
 from .init_image import Inpainting, check_same_size, cut_timesteps, image_size, mask_to_latents
 
@@ -45,6 +46,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     # The connector and a ControlNet run at every step, beside the UNet: out of the chain, so that
     # model offload keeps them on the device for the whole loop instead of swapping them each step.
     model_cpu_offload_seq = "text_encoder->clip_text_encoder->image_encoder->unet->vae"
+    # Sequential offload leaves the connector whole on the device: it is small next to the LLM and
+    # the UNet, runs at every step, and its nn.MultiheadAttention reads `out_proj.weight` without
+    # calling `out_proj`, which per-module offload hooks cannot serve.
+    _exclude_from_cpu_offload = ["ella"]
     _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer",
                              "controlnet", "image_encoder", "feature_extractor"]
 
@@ -158,14 +163,29 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
 
     # ---- prompt encoding (once per call) ------------------------------------------------------
 
-    def encode_llm(self, prompts: list[str]) -> TextFeatures:
-        """LLM features (B, L, D) and mask of the prompts, in the connector's dtype."""
+    def encode_llm(self, prompts: list[str], prompt_weighting: str | bool | None = None) -> TextFeatures:
+        """LLM features (B, L, D) and mask of the prompts, in the connector's dtype. With
+        `prompt_weighting` ("attention", "anchor", "scale", or True for the default), `(words:1.3)` syntax is
+        parsed and the weights act on those words' features (`ella.prompt_weighting`)."""
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("this pipeline has no text_encoder/tokenizer (the LLM): pass prompt_embeds and "
                              "negative_prompt_embeds from `encode_prompt` of a pipeline that has it")
-        encoder = LLMEncoder(
-            self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode, self.config.text_echo)
-        features = encoder(prompts)
+        encoder = LLMEncoder(self.text_encoder, self.tokenizer, self.config.text_max_length, self.config.text_mode,
+                             self.config.text_echo, device=self._execution_device)
+        mode = DEFAULT_MODE if prompt_weighting is True else prompt_weighting or None
+        if mode == "attention" and self.ella is not None and self.ella.keeps_text_length:
+            raise ValueError("prompt_weighting='attention' weights the resampler's attention; this connector (MLP) has"
+                             " none: use 'anchor' or 'scale'")
+        parsed = None if mode is None else [parse_prompt_weights(p) for p in prompts]
+        features = encoder(prompts if parsed is None else [p.text for p in parsed])
+        if parsed is not None and any(p.weighted for p in parsed):
+            weights = token_weights(self.tokenizer, parsed, self.config.text_max_length, features.hidden_states.shape[1])
+            empty = None
+            if mode == "anchor":  # the empty prompt's mean feature over its real tokens
+                blank = encoder.encode_padded([""])
+                m = blank.attention_mask[..., None].to(blank.hidden_states.dtype)
+                empty = ((blank.hidden_states * m).sum(1) / m.sum(1).clamp(min=1))[0]
+            features = apply_weights(features, weights, mode, empty)
         features.hidden_states = features.hidden_states.to(self.ella.dtype if self.ella is not None else self.unet.dtype)
         return features
 
@@ -175,6 +195,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
         do_classifier_free_guidance: bool = True,
+        prompt_weighting: str | bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """The LLM's features of the prompts, as diffusers' T5 pipelines return them:
         (prompt_embeds (B, L, D), prompt_attention_mask (B, L), negative_prompt_embeds,
@@ -182,10 +203,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         of the conditioning; the negatives are None without CFG. Encode once, free the LLM, then
         call the pipeline with these tensors and `text_encoder=None, tokenizer=None`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        pos = self.encode_llm(prompts)
+        pos = self.encode_llm(prompts, prompt_weighting)
         if not do_classifier_free_guidance:
             return pos.hidden_states, pos.attention_mask, None, None
-        neg = self.encode_llm(self._negatives(negative_prompt, len(prompts)))
+        neg = self.encode_llm(self._negatives(negative_prompt, len(prompts)), prompt_weighting)
         return pos.hidden_states, pos.attention_mask, neg.hidden_states, neg.attention_mask
 
     @staticmethod
@@ -200,7 +221,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             prompts, padding="max_length", truncation=True,
             max_length=self.clip_tokenizer.model_max_length, return_tensors="pt",
         )
-        ids = tok.input_ids.to(self.clip_text_encoder.device)
+        ids = tok.input_ids.to(self._execution_device)
         return self.clip_text_encoder(ids)[0].to(self.unet.dtype)
 
     def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -219,6 +240,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             raise ValueError(f"got {x.shape[0]} {what} for {batch} prompts: pass 1 or {batch}")
         x = x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 else x
         return x.repeat_interleave(n, dim=0).to(self._execution_device)
+
+    def added_cond_at(self, added: dict | None, cond: torch.Tensor) -> dict | None:
+        """This step's added conditions, given this step's tokens `cond` (SDXL's connector pool)."""
+        return added
 
     def prepare_control_image(self, image, height: int, width: int, batch: int, n: int) -> torch.Tensor:
         """The control image(s) as (batch * n, C, H, W) in [0, 1]."""
@@ -365,22 +390,26 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 mask = torch.cat(masks, dim=1)
         return torch.cat(parts, dim=1), mask
 
-    def prepare_conditioning(self, prompts, negatives, embeds, conditioning: str, do_cfg: bool, n: int):
+    def prepare_conditioning(self, prompts, negatives, embeds, conditioning: str, do_cfg: bool, n: int,
+                             prompt_weighting: str | bool | None = None):
         """(LLM features, CLIP tokens), each None when unused; rows are [negatives; positives] when
         CFG is on, each repeated for the `n` images per prompt."""
         text = clip_embeds = None
         if "ella" in conditioning:
             prompt_embeds, prompt_mask, negative_embeds, negative_mask = embeds or (None,) * 4
-            pos = TextFeatures(prompt_embeds.to(self.ella.dtype), prompt_mask) if embeds else self.encode_llm(prompts)
+            pos = (TextFeatures(prompt_embeds.to(self.ella.dtype), prompt_mask) if embeds
+                   else self.encode_llm(prompts, prompt_weighting))
             feats = [pos]
             if do_cfg:
                 neg = (TextFeatures(negative_embeds.to(self.ella.dtype), negative_mask) if negative_embeds is not None
-                       else self.encode_llm(negatives))
+                       else self.encode_llm(negatives, prompt_weighting))
                 feats = [neg, pos]
             text = pad_features([TextFeatures(f.hidden_states.to(self._execution_device), None if f.attention_mask is None
                                               else f.attention_mask.to(self._execution_device)) for f in feats])
             text = TextFeatures(self._repeat(text.hidden_states, n), self._repeat(text.attention_mask, n))
         if "clip" in conditioning:
+            if prompt_weighting:  # CLIP reads the text without the weighting syntax
+                prompts, negatives = ([parse_prompt_weights(p).text for p in ps] for ps in (prompts, negatives))
             clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts), n)
         return text, clip_embeds
 
@@ -421,16 +450,17 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 unet_input = model_input if extra is None else torch.cat([model_input, extra], dim=1)
                 step_output = None if precomputed is None else precomputed[i]
                 cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
+                step_added = self.added_cond_at(added, cond)
                 residuals = {}
                 if control is not None:
                     down, mid = self.controlnet(
                         model_input, t, encoder_hidden_states=cond, controlnet_cond=control,
-                        conditioning_scale=controlnet_conditioning_scale, added_cond_kwargs=added, return_dict=False,
+                        conditioning_scale=controlnet_conditioning_scale, added_cond_kwargs=step_added, return_dict=False,
                     )
                     residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
                 noise_pred = self.unet(
                     unet_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
-                    added_cond_kwargs=added, **residuals,
+                    added_cond_kwargs=step_added, **residuals,
                 ).sample
                 if do_cfg:
                     uncond, cond_pred = noise_pred.chunk(2)
@@ -470,14 +500,15 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
 
     def _size(self, height: int | None, width: int | None, init_image) -> tuple[int, int]:
         """The output size: as given, else the init image's (which must then suit the UNet), else the model's."""
-        if init_image is None or (height is not None and width is not None):
-            return height or self.default_size(), width or self.default_size()
-        h, w = image_size(init_image)
-        f = self.size_factor
-        if h % f or w % f:
-            raise ValueError(f"the init image is {w}x{h} pixels and this model needs multiples of {f}: pass height"
-                             " and width to resize it")
-        return height or h, width or w
+        if init_image is None:
+            h = w = self.default_size()
+        else:
+            h, w = image_size(init_image)
+            f = self.size_factor
+            if (height is None and h % f) or (width is None and w % f):
+                raise ValueError(f"the init image is {w}x{h} pixels and this model needs multiples of {f}: pass"
+                                 " height and width to resize it")
+        return (h if height is None else height), (w if width is None else width)
 
     @torch.no_grad()
     def __call__(
@@ -506,6 +537,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         strength: float = 1.0,
         ip_adapter_image=None,
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        prompt_weighting: str | bool | None = None,
         precompute_connector: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -516,6 +548,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         4. `denoise`; 5. decode. `image` steers a `controlnet`. `init_image` starts from an image
         noised to `strength` (img2img; height and width default to its size), `mask_image` repaints
         where it is white (inpainting). `ip_adapter_image` conditions a loaded IP-Adapter.
+        `prompt_weighting` ("attention", "anchor", "scale" or True) reads `(words:1.3)` in both prompts.
         `precompute_connector=True` runs the
         connector for all steps in one batched call before the loop (the same conditioning; faster
         where calls are bound by kernel launches, as on GPUs). `eta` is DDIM's; stochastic
@@ -541,7 +574,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                          num_inference_steps, n, generator)
 
         # 2. Prompts, encoded once
-        text, clip_embeds = self.prepare_conditioning(prompts, negatives, embeds, conditioning, do_cfg, n)
+        text, clip_embeds = self.prepare_conditioning(prompts, negatives, embeds, conditioning, do_cfg, n,
+                                                      prompt_weighting)
         added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n,
                                                   ip_adapter_image, ip_adapter_image_embeds)
 

@@ -8,8 +8,10 @@ of 2048 (preset `sdxl-t5xl`: `proj_out` maps the 768-wide latents to 2048).
 Where the pooled embedding comes from:
 - `clip_text_encoder_2` (CLIPTextModelWithProjection, SDXL's OpenCLIP-G) when present, for both
   `conditioning="ella"` and `"ella+clip"`: the UNet then sees the pooled prompt it was trained on;
+- otherwise the connector's own pool (`ELLA(pooled_dim=...)`, trained with it by `ella train` on
+  an SDXL UNet) over its output tokens, at every step;
 - otherwise zeros, which is SDXL's own unconditional pooled embedding
-  (`force_zeros_for_empty_prompt`): the prompt then reaches the UNet through ELLA alone.
+  (`force_zeros_for_empty_prompt`): the prompt then reaches the UNet through the tokens alone.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
     @torch.no_grad()
     def _clip_outputs(self, encoder, tokenizer, prompts: list[str]):
         ids = tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                        return_tensors="pt").input_ids.to(encoder.device)
+                        return_tensors="pt").input_ids.to(self._execution_device)
         return encoder(ids, output_hidden_states=True)
 
     def encode_clip(self, prompts: list[str]) -> torch.Tensor:
@@ -73,11 +75,20 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
         if has_clip and rows is None:
             raise ValueError("SDXL's pooled embedding comes from clip_text_encoder_2, which reads the prompt text:"
                              " pass `prompt` along with prompt_embeds")
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(batch, -1)
+        time_ids = time_ids.to(device, dtype)
         if has_clip:
             pooled = self._clip_outputs(self.clip_text_encoder_2, self.clip_tokenizer_2, rows).text_embeds
+        elif self.ella is not None and hasattr(self.ella, "pool"):
+            return {"text_embeds": None, "time_ids": time_ids}  # the connector's pool, at every step
         else:
             logger.info("no clip_text_encoder_2: using SDXL's unconditional (zero) pooled text embedding")
             pooled_dim = self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
             pooled = torch.zeros(batch, pooled_dim)
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(batch, -1)
-        return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.to(device, dtype)}
+        return {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids}
+
+    def added_cond_at(self, added: dict, cond: torch.Tensor) -> dict:
+        if added.get("text_embeds") is not None:
+            return added
+        # Only without clip_text_encoder_2, hence without CLIP tokens: `cond` is the connector's output.
+        return {**added, "text_embeds": self.ella.pooled(cond).to(cond.dtype)}

@@ -62,14 +62,18 @@ def run_shapes_bench(
     batch_size: int = 64,
     device: str | None = None,
     captions: str = "dense",
+    llm_precision: str | None = None,
 ) -> dict[str, dict]:
-    """The benchmark into `out_dir` (held by a lock: a second run on it stops at once)."""
+    """The benchmark into `out_dir` (held by a lock: a second run on it stops at once).
+    `llm_precision` (fp32, bf16, fp16, int8) runs the ELLA rows' LLM so; their images and scores
+    are kept apart from full precision's."""
     with folder_lock(out_dir):
         return _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, seed, batch_size, device,
-                                 captions)
+                                 captions, llm_precision)
 
 
-def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, seed, batch_size, device, captions):
+def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, seed, batch_size, device, captions,
+                      llm_precision=None):
     from .models import load_shapes_pipeline
 
     unknown = [m for m in models if m not in BENCH_MODELS]
@@ -91,15 +95,19 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
     for name in models:
         connector = BENCH_MODELS[name]
         conditioning = "clip" if connector is None else "ella"
-        pipe = load_shapes_pipeline(model_dir, connector=connector, device=device)
-        images_dir = os.path.join(out_dir, "images", name + suffix)
+        precision = llm_precision if connector is not None and llm_precision not in (None, "fp32") else None
+        pipe = load_shapes_pipeline(model_dir, connector=connector, device=device, llm_precision=precision)
+        run_name = name + suffix + (f"-llm-{precision}" if precision else "")
+        images_dir = os.path.join(out_dir, "images", run_name)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,
                         resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__, captions=captions,
                         weights_sha256=weights_sha256(model_dir or shipped_model_dir(), connector))
+        if precision:  # only when set: manifests written before the option existed stay valid
+            settings["llm_precision"] = precision
         write_manifest(images_dir, settings)
         generate_images(pipe, prompts, images_dir, samples=4, seed=seed, batch_size=batch_size,
                         num_inference_steps=steps, guidance_scale=guidance, conditioning=conditioning)
-        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", name + suffix),
+        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", run_name),
                                     settings=settings)
         logger.info("%s: overall %.2f", name, summaries[name]["overall"])
     return summaries

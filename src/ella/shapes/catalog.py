@@ -117,10 +117,11 @@ class ShippedModel:
         return connector in CONNECTORS or os.path.exists(connector)
 
     @staticmethod
-    def load(connector: str | None, device=None, dtype=None):
+    def load(connector: str | None, device=None, dtype=None, llm_precision=None):
         from .models import load_shapes_pipeline
 
-        return load_shapes_pipeline(connector=connector or DEFAULT_CONNECTOR, device=device, dtype=dtype)
+        return load_shapes_pipeline(connector=connector or DEFAULT_CONNECTOR, device=device, dtype=dtype,
+                                    llm_precision=llm_precision)
 
 
 SHIPPED = ShippedModel()

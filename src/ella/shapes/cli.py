@@ -34,6 +34,8 @@ def add_bench_parser(sub) -> None:
     sh.add_argument("--steps", type=positive_int, default=25)
     sh.add_argument("--guidance", type=float, default=5.0)
     sh.add_argument("--captions", choices=CAPTION_STYLES, default="dense", help=CAPTION_HELP)
+    sh.add_argument("--llm-precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+                    help="the ELLA rows' LLM in this precision (default fp32)")
     sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
     sh.set_defaults(func=run_bench)
 
@@ -53,5 +55,5 @@ def run_bench(args) -> None:
     if not models:
         raise ValueError("--models names no model (e.g. --models base,ella)")
     summaries = run_shapes_bench(args.prompts, models, args.out, args.model_dir, args.steps, args.guidance,
-                                 captions=args.captions)
+                                 captions=args.captions, llm_precision=args.llm_precision)
     print(json.dumps(summaries, indent=2) if args.json else markdown_table(summaries))

@@ -8,11 +8,13 @@ from ..offline_llms import MINILM
 from .catalog import CONNECTORS, DEFAULT_CONNECTOR, shipped_model_dir
 
 
-def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = DEFAULT_CONNECTOR, device=None, dtype=None):
+def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = DEFAULT_CONNECTOR, device=None, dtype=None,
+                         llm_precision: str | None = None):
     """The ShapesWorld pipeline: base UNet + base text encoder (conditioning="clip") and the
     frozen LLM of the connector + the connector (conditioning="ella"), sharing one UNet.
     `connector` is a shipped connector's name (`catalog.CONNECTORS`) or the path of one's own
-    (`ella train`'s export, `load_own_connector`); None loads the base model alone (with MiniLM)."""
+    (`ella train`'s export, `load_own_connector`); None loads the base model alone (with MiniLM).
+    `llm_precision` (fp32, bf16, fp16, int8): the LLM's alone (default: the pipeline's dtype)."""
     from diffusers import DPMSolverMultistepScheduler
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -21,7 +23,7 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = D
     from ..offline_llms import MINILM
     from ..pipelines import ELLAStableDiffusionPipeline
     from ..pipelines.loading import load_unet
-    from ..text_encoders import load_text_encoder
+    from ..text_encoders import llm_precision_args, load_text_encoder
 
     model_dir = model_dir or shipped_model_dir()
     if model_dir is None or not os.path.isdir(os.path.join(model_dir, "unet")):
@@ -36,7 +38,8 @@ def load_shapes_pipeline(model_dir: str | None = None, connector: str | None = D
         ella = ELLA.from_pretrained(connector_dir, torch_dtype=torch_dtype)
     elif connector is not None:  # a connector of one's own: `ella train`'s export folder or a single file
         ella, reads = load_own_connector(connector, torch_dtype)
-    text_encoder, tokenizer = load_text_encoder(reads.llm if reads else MINILM, dev, torch_dtype)
+    text_encoder, tokenizer = load_text_encoder(reads.llm if reads else MINILM, dev,
+                                                *llm_precision_args(llm_precision, torch_dtype))
     if ella is not None and ella.config.input_dim != text_encoder.config.hidden_size:
         raise ValueError(f"connector {connector} reads {ella.config.input_dim}-wide LLM features, but its LLM"
                          f" {reads.llm if reads else MINILM} gives {text_encoder.config.hidden_size}")

@@ -18,6 +18,7 @@ from .data import collate, make_dataset
 logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
+FIELDS = ("latents", "text_features", "text_mask")  # per sample; SDXL with a CLIP pooled embedding adds "pooled"
 
 
 def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
@@ -27,6 +28,8 @@ def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
               "llm": config.llm, "text_max_length": config.text_max_length, "resolution": config.resolution}
     if config.text_echo:  # only when set, so that caches built before the option existed stay valid
         values["text_echo"] = True
+    if config.pooled_text_encoder:
+        values["pooled_text_encoder"] = config.pooled_text_encoder
     return values
 
 
@@ -63,13 +66,14 @@ def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024,
     device = parts.text_encoder.device
     store_dtype = getattr(torch, config.cache_dtype) if config.cache_dtype else None
     index = {"fingerprint": fingerprint(config, parts), "shards": [], "keys": {}, "skipped": 0}
-    buffer: dict[str, list] = {"latents": [], "text_features": [], "text_mask": [], "key": []}
+    fields = FIELDS + (("pooled",) if parts.pooled_encoder is not None else ())
+    buffer: dict[str, list] = {k: [] for k in fields + ("key",)}
 
     def flush():
         if not buffer["key"]:
             return
         name = f"shard-{len(index['shards']):05d}.safetensors"
-        tensors = {k: torch.cat(buffer[k]).contiguous().cpu() for k in ("latents", "text_features", "text_mask")}
+        tensors = {k: torch.cat(buffer[k]).contiguous().cpu() for k in fields}
         save_file(tensors, os.path.join(cache_dir, name))
         index["shards"].append({"file": name, "count": len(buffer["key"])})
         index["keys"][name] = list(buffer["key"])
@@ -85,6 +89,8 @@ def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024,
         buffer["latents"].append(encode_images(parts, batch["pixel_values"].to(device)))
         buffer["text_features"].append(text.hidden_states.to(store_dtype or text.hidden_states.dtype))
         buffer["text_mask"].append(text.attention_mask)
+        if "pooled" in buffer:
+            buffer["pooled"].append(parts.encode_pooled(batch["caption"]))
         buffer["key"].extend(batch["key"])
         if len(buffer["key"]) >= shard_size:
             flush()
@@ -131,7 +137,8 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
         name, row = self.locations[index]
         shard = self._shard(name)
         sample = {"key": self.index["keys"][name][row]}
-        for field in ("latents", "text_features", "text_mask"):
+        fields = FIELDS + (("pooled",) if self.index["fingerprint"].get("pooled_text_encoder") else ())
+        for field in fields:
             sample[field] = shard[field][row] if isinstance(shard, dict) else shard.get_slice(field)[row : row + 1][0]
         return sample
 

@@ -23,9 +23,33 @@ class FrozenParts:
     scheduler: object | None  # the training noise scheduler (DDPM), from the model's scheduler config
     text_encoder: torch.nn.Module
     tokenizer: object
+    pooled_encoder: tuple | None = None  # SDXL: (CLIPTextModelWithProjection, tokenizer) for the pooled embedding
 
     def encoder(self, config: TrainConfig) -> LLMEncoder:
         return LLMEncoder(self.text_encoder, self.tokenizer, config.text_max_length, config.text_mode, config.text_echo)
+
+    @property
+    def sdxl(self) -> bool:
+        return self.unet is not None and self.unet.config.addition_embed_type == "text_time"
+
+    @property
+    def pooled_dim(self) -> int | None:
+        """The width of the pooled text embedding an SDXL UNet takes (None for other UNets)."""
+        if not self.sdxl:
+            return None
+        c = self.unet.config
+        return c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+
+    @torch.no_grad()
+    def encode_pooled(self, captions: list[str]) -> torch.Tensor:
+        """(B, P) pooled embeddings of the captions; zeros for the empty caption, as SDXL's
+        pipelines give the unconditional branch (force_zeros_for_empty_prompt)."""
+        model, tokenizer = self.pooled_encoder
+        ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                        return_tensors="pt").input_ids.to(model.device)
+        pooled = model(ids).text_embeds
+        empty = torch.tensor([not c for c in captions], device=pooled.device)
+        return torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
 
 
 def _freeze(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
@@ -40,9 +64,11 @@ def load_frozen_parts(
     from ..pipelines.loading import load_unet
     from ..testing import tiny_t5, tiny_unet, tiny_vae
 
-    if config.model in ("tiny", "tiny-pixel"):
+    if config.model in ("tiny", "tiny-pixel", "tiny-sdxl"):
         pixel = config.model == "tiny-pixel"
-        unet = tiny_unet(in_channels=3 if pixel else 4, sample_size=config.resolution if pixel else config.resolution // 2)
+        sdxl = dict(cross_attention_dim=32, pooled_dim=16) if config.model == "tiny-sdxl" else {}
+        unet = tiny_unet(in_channels=3 if pixel else 4, sample_size=config.resolution if pixel else config.resolution // 2,
+                         **sdxl)
         vae = None if pixel else tiny_vae()
         scheduler = DDPMScheduler(num_train_timesteps=1000)
     else:
@@ -58,13 +84,32 @@ def load_frozen_parts(
         text_encoder, tokenizer = tiny_t5()
     else:
         text_encoder, tokenizer = load_text_encoder(config.llm)
+    pooled = None
+    if config.pooled_text_encoder:
+        model, pooled_tokenizer = load_pooled_encoder(config.pooled_text_encoder)
+        pooled = (_freeze(model, device, dtype), pooled_tokenizer)
     return FrozenParts(
         unet=_freeze(unet, device, dtype) if unet is not None else None,
         vae=_freeze(vae, device, dtype) if vae is not None else None,
         scheduler=scheduler,
         text_encoder=_freeze(text_encoder, device, dtype),
         tokenizer=tokenizer,
+        pooled_encoder=pooled,
     )
+
+
+def load_pooled_encoder(path: str):
+    """(CLIPTextModelWithProjection, tokenizer) from a folder holding both, or from an SDXL
+    folder or hub id: its text_encoder_2/ and tokenizer_2/."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection
+
+    require_local_folder(path, "pooled_text_encoder folder")
+    whole = os.path.isfile(os.path.join(path, "config.json"))
+    try:
+        return (CLIPTextModelWithProjection.from_pretrained(path, subfolder="" if whole else "text_encoder_2"),
+                AutoTokenizer.from_pretrained(path, subfolder="" if whole else "tokenizer_2"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load the pooled text encoder from {path!r}: {str(err).splitlines()[0]}") from err
 
 
 def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
@@ -74,6 +119,13 @@ def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
     kwargs = {**PRESETS[config.connector], **config.connector_overrides, "connector_type": config.connector_type}
     kwargs["input_dim"] = parts.text_encoder.config.hidden_size  # T5 maps hidden_size to d_model
     kwargs["output_dim"] = parts.unet.config.cross_attention_dim
+    if parts.pooled_encoder is not None:
+        width = parts.pooled_encoder[0].config.projection_dim
+        if parts.pooled_dim != width:
+            raise ValueError(f"pooled_text_encoder gives {width}-wide pooled embeddings but the UNet takes"
+                             f" {parts.pooled_dim} ({'not an SDXL-style UNet' if parts.pooled_dim is None else 'SDXL'})")
+    elif parts.sdxl:  # the connector makes SDXL's pooled embedding itself
+        kwargs["pooled_dim"] = parts.pooled_dim
     return ELLA(**kwargs)
 
 

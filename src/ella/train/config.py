@@ -15,7 +15,7 @@ from ..text_encoders import DEFAULT_LLM
 @dataclass
 class TrainConfig:
     # --- frozen models
-    model: str = "runwayml/stable-diffusion-v1-5"  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny" = random tiny parts
+    model: str = "runwayml/stable-diffusion-v1-5"  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny", "tiny-pixel", "tiny-sdxl" = random tiny parts
     llm: str = DEFAULT_LLM  # text encoder: folder, hub id, "minilm", or "tiny"
     text_max_length: int = 128  # the paper's T5 length
     text_mode: str = "fixed"  # fixed: padding attended (as the release); flexible: padding masked
@@ -25,6 +25,10 @@ class TrainConfig:
     connector_type: str = "tsc"  # tsc | adaln-zero | resampler | mlp (the paper's ablations)
     connector_overrides: dict = field(default_factory=dict)  # e.g. {layers: 2}
     init_connector: str | None = None  # fine-tune: start from these weights (export folder or .safetensors file)
+    # SDXL UNets also take a pooled text embedding: from this CLIPTextModelWithProjection (a folder
+    # with its tokenizer, or an SDXL folder: its text_encoder_2/ and tokenizer_2/), or else from a
+    # small attention pool trained with the connector and saved with it (ELLA's pooled_dim).
+    pooled_text_encoder: str | None = None
     # --- data
     train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
     resolution: int = 512  # resize shorter side, then center-crop

@@ -36,16 +36,27 @@ logger = logging.getLogger(__name__)
 
 class ConnectorTrainingModel(torch.nn.Module):
     """One module around the frozen UNet and the trainable connector (as IP-Adapter's trainer):
-    DDP wraps it whole, and only `self.ella`'s parameters reach the optimizer."""
+    DDP wraps it whole, and only `self.ella`'s parameters reach the optimizer. An SDXL UNet also
+    gets its added conditions: the pooled text embedding (a CLIP encoder's, passed in as
+    `pooled`, or the connector's own pool over its output) and the size ids of square training
+    crops at `resolution`."""
 
-    def __init__(self, unet: torch.nn.Module, ella: ELLA):
+    def __init__(self, unet: torch.nn.Module, ella: ELLA, resolution: int = 512):
         super().__init__()
-        self.unet, self.ella = unet, ella
+        self.unet, self.ella, self.resolution = unet, ella, resolution
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                pooled: torch.Tensor | None = None):
         cond = self.ella(text.to(self.ella.dtype), timesteps, text_mask)  # (B, N, C), per-sample timesteps
         unet_mask = text_mask if self.ella.keeps_text_length else None
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond.to(self.unet.dtype), encoder_attention_mask=unet_mask).sample
+        added = None
+        if self.unet.config.addition_embed_type == "text_time":
+            pooled = self.ella.pooled(cond) if pooled is None else pooled
+            r = self.resolution  # original size, crop (0, 0), target size: SDXL's six size ids
+            time_ids = torch.tensor([r, r, 0, 0, r, r], device=noisy.device, dtype=self.unet.dtype).expand(len(noisy), -1)
+            added = {"text_embeds": pooled.to(self.unet.dtype), "time_ids": time_ids}
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond.to(self.unet.dtype),
+                         encoder_attention_mask=unet_mask, added_cond_kwargs=added).sample
 
 
 @dataclass
@@ -81,20 +92,30 @@ def make_batch_tensors(
     batch: dict, config: TrainConfig, parts: FrozenParts, encoder: LLMEncoder, empty: _EmptyPrompt,
     g: torch.Generator, device,
 ):
-    """(clean latents, text features, text mask) of a batch, with caption dropout applied."""
+    """(clean latents, text features, text mask, pooled CLIP embedding or None) of a batch, with
+    caption dropout applied (a dropped caption's pooled embedding is zeros, SDXL's unconditional)."""
     n = len(batch["key"])
     drop = torch.rand(n, generator=g) < config.caption_dropout
+    pooled = None
     if "latents" in batch:  # from the feature cache
         latents = batch["latents"].to(device)
         text, mask = batch["text_features"].clone(), batch["text_mask"].clone()
         text[drop], mask[drop] = empty.features.to(text.dtype), empty.mask.to(mask.dtype)
         text, mask = text.to(device), mask.to(device)
+        if "pooled" in batch:
+            pooled = batch["pooled"].clone()
+            pooled[drop] = 0
+            pooled = pooled.to(device)
     else:
         latents = encode_images(parts, batch["pixel_values"].to(device))
         captions = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"])]
         enc = encoder.encode_padded(captions)
         text, mask = enc.hidden_states, enc.attention_mask
-    return latents.float(), text, mask
+        pooled = parts.encode_pooled(captions) if parts.pooled_encoder is not None else None
+    if parts.pooled_encoder is not None and pooled is None:
+        raise ValueError("pooled_text_encoder is set but the feature cache holds no pooled embeddings: rebuild it"
+                         " with `ella cache`")
+    return latents.float(), text, mask, pooled
 
 
 def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power: float = 1.0) -> torch.Tensor:
@@ -107,7 +128,7 @@ def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power
 
 
 def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool,
-                   timestep_power: float = 1.0) -> torch.Tensor:
+                   timestep_power: float = 1.0, pooled: torch.Tensor | None = None) -> torch.Tensor:
     """MSE to the scheduler's target (epsilon or v) at per-sample random timesteps."""
     sched = parts.scheduler
     noise = torch.randn(latents.shape, generator=g).to(latents.device)
@@ -119,7 +140,7 @@ def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Gene
         target = noise
     else:
         raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
-    pred = model(noisy.to(parts.unet.dtype), t, text, mask if use_mask else None)
+    pred = model(noisy.to(parts.unet.dtype), t, text, mask if use_mask else None, pooled)
     return F.mse_loss(pred.float(), target.float())
 
 
@@ -142,12 +163,13 @@ def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> 
     from diffusers import DPMSolverMultistepScheduler
 
     from ..images import make_grid, save_atomic
-    from ..pipelines import ELLAStableDiffusionPipeline
+    from ..pipelines import ELLAStableDiffusionPipeline, ELLAStableDiffusionXLPipeline
 
-    pipe = ELLAStableDiffusionPipeline(
+    sdxl = {} if not parts.sdxl else dict(zip(("clip_text_encoder_2", "clip_tokenizer_2"), parts.pooled_encoder or ()))
+    pipe = (ELLAStableDiffusionXLPipeline if parts.sdxl else ELLAStableDiffusionPipeline)(
         unet=parts.unet, vae=parts.vae, scheduler=DPMSolverMultistepScheduler.from_config(parts.scheduler.config),
         text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, ella=ella,
-        text_max_length=config.text_max_length, text_mode=config.text_mode, text_echo=config.text_echo,
+        text_max_length=config.text_max_length, text_mode=config.text_mode, text_echo=config.text_echo, **sdxl,
     )
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(i) for i in range(len(config.validation_prompts))]
@@ -218,7 +240,8 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     if ema is not None and init_share > 0.05:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
                        " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
-    return Run(config, accelerator, parts, ella, ConnectorTrainingModel(parts.unet, ella), optimizer, lr_scheduler, ema)
+    model = ConnectorTrainingModel(parts.unet, ella, config.resolution)
+    return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema)
 
 
 def resume(run: Run) -> None:
@@ -260,10 +283,10 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
         if not batch["key"]:
             continue
         g = step_generator(config.seed, accelerator.process_index, result.step, micro)
-        latents, text, mask = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
+        latents, text, mask, pooled = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
         sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(run.model)
         with sync, accelerator.autocast():
-            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config.timestep_power)
+            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config.timestep_power, pooled)
             accelerator.backward(loss / config.grad_accum)
         step_loss += loss.item() / config.grad_accum
         run.seen += len(batch["key"]) * accelerator.num_processes
