@@ -223,3 +223,56 @@ def test_interrupted_saves_leave_nothing_that_counts(tmp_path):
         save_training_state(str(tmp_path), step, {"step": torch.tensor(step)}, "y", keep=2)
     assert sorted(os.listdir(root)) == ["step-00000005", "step-00000006"]
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-00000005", "step-00000006"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "{path}"],
+    ["generate", "a red circle", "--init-image", "{path}"],
+    ["bench", "dpg", "score", "--csv", "{path}", "--images", "{dir}", "--out", "{dir}/out"],
+])
+def test_permission_denied_is_not_reported_as_not_found(tmp_path, monkeypatch, capsys, argv):
+    """os.path.isfile answers False for a file inside a folder that cannot be entered; the error must
+    say so, not "not found". (The suite runs as root, which no permission stops: os.stat is made to
+    answer as it does for another user.)"""
+    import os as os_module
+
+    from ella.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = locked / "thing.yaml"
+    real_stat = os_module.stat
+
+    def stat(p, *a, **k):
+        if str(p).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_stat(p, *a, **k)
+
+    monkeypatch.setattr(os_module, "stat", stat)
+    code = main([a.format(path=path, dir=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "permission denied" in err and "not found" not in err
+
+
+def test_hub_vqa_model_fails_fast_when_the_hub_cannot_be_reached(monkeypatch):
+    import time
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from ella.bench.vqa import TransformersVQABackend
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        TransformersVQABackend("Salesforce/blip-vqa-base")  # the suite runs offline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def unreachable(request, timeout):
+        assert timeout <= 10
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    with pytest.raises(ValueError, match="cannot be reached .*Name or service not known"):
+        TransformersVQABackend("Salesforce/blip-vqa-base")
+    assert time.perf_counter() - start < 30  # not the hub client's minutes of retries

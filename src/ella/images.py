@@ -9,6 +9,7 @@ import os
 from PIL import Image
 
 from .fileio import atomic_path
+from .paths import require_path
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,7 @@ def check_image_path(path: str) -> str:
 
 def open_image(path: str, what: str = "image") -> Image.Image:
     """An image file read whole, or a one-line ValueError saying why not (missing, unreadable, corrupt)."""
-    if not os.path.exists(path):
-        raise ValueError(f"{what} {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path!r} is a folder, not an image file")
+    require_path(path, what)
     try:
         with Image.open(path) as image:
             image.load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..fileio import folder_lock
+from ..paths import require_path
 from .dpg import DPGDataError
 
 # Pinned upstream data (reference doc, Sec. 5; shared/dpg_bench/SOURCE.md).
@@ -137,8 +138,7 @@ def dpg_score(args) -> None:
     from .runner import score_run
     from .vqa import get_backend
 
-    if not os.path.isdir(args.images):
-        raise FileNotFoundError(f"image folder not found: {args.images}")
+    require_path(args.images, "image folder", "folder")
     items, blob = _load_items(args.csv)
     state = PartialState(cpu=not accelerator_available())
     with folder_lock(args.out, enabled=state.num_processes == 1):

@@ -17,6 +17,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from ..paths import require_path
+
 MODES = ("corrected", "reference")
 CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad",
                "category_detailed", "tuple", "question_natural_language")
@@ -70,8 +72,7 @@ def check_item_id(item_id: str, where: str) -> None:
 
 def load_csv(path: str) -> dict[str, Item]:
     """Items keyed by item_id, questions in CSV order (rows of an item need not be adjacent)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"DPG-Bench question file not found: {path}")
+    require_path(path, "DPG-Bench question file")
     items: dict[str, Item] = {}
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
@@ -132,8 +133,7 @@ def _cycle_members(item: Item) -> list[Question]:
 
 def load_prompt_folder(folder: str) -> dict[str, str]:
     """`prompts/<item_id>.txt` -> {item_id: prompt}, whitespace stripped (as SOURCE.md says)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"DPG-Bench prompt folder not found: {folder}")
+    require_path(folder, "DPG-Bench prompt folder", "folder")
     prompts = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".txt"):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 from PIL import Image
+
+from ..paths import require_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ class TransformersVQABackend(VQABackend):
         from transformers import AutoProcessor, BlipForQuestionAnswering
 
         from ..devices import resolve_device
-        from ..paths import require_local_folder
+        from ..paths import require_hub_model, require_local_folder
 
         require_local_folder(model_id, "VQA model folder")
+        require_hub_model(model_id, "VQA model")
         self.device = resolve_device(device)
         self.processor = AutoProcessor.from_pretrained(model_id)
         self.model = BlipForQuestionAnswering.from_pretrained(model_id).to(self.device).eval()
@@ -76,8 +78,7 @@ class ReplayBackend(VQABackend):
     name = "replay"
 
     def __init__(self, path: str):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"replay answers not found: {path}")
+        require_path(path, "replay answers")
         self.answers = {}
         for n, record in enumerate(read_jsonl(path), start=1):
             try:

@@ -11,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..fileio import atomic_path
+from ..paths import require_path
 
 
 class CheckpointError(ValueError):
@@ -19,8 +20,10 @@ class CheckpointError(ValueError):
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        require_path(path, "checkpoint file")
+    except OSError as err:
+        raise CheckpointError(str(err)) from None
     if not path.endswith(".safetensors"):
         raise CheckpointError(f"only .safetensors checkpoints are supported (no pickle): {path}")
     try:

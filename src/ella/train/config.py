@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
+from ..paths import require_path
 from ..text_encoders import DEFAULT_LLM
 
 
@@ -137,8 +137,7 @@ def load_config(path: str | None = None, overrides: dict | None = None, cls: typ
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
+        require_path(path, "config file")
         with open(path) as f:
             try:
                 values = yaml.safe_load(f) or {}

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..paths import require_path
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -63,8 +65,7 @@ def scan_records(source: str) -> list[Record]:
             caption = open(txt, encoding="utf-8").read().strip() if os.path.isfile(txt) else None
             records.append(Record(stem, os.path.join(source, name), caption))
         return records
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"training data not found: {source}")
+    require_path(source, "training data")
     root = os.path.dirname(os.path.abspath(source))
     if source.endswith(".jsonl"):
         with open(source, encoding="utf-8") as f:
