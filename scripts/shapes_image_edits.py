@@ -12,6 +12,8 @@
 
     python scripts/shapes_image_edits.py --out docs/results/shapesworld-image-edits.json
     python scripts/shapes_image_edits.py --what weighting --out docs/results/shapesworld-prompt-weighting.json
+    python scripts/shapes_image_edits.py --what weighting-effect --prompts 16 \
+        --out docs/results/shapesworld-prompt-weighting-effect.json
 """
 
 from __future__ import annotations
@@ -125,9 +127,34 @@ def weighting(pipe, n: int, weight: float, steps: int, guidance: float, batch: i
             "questions answered yes (%), by category": result}
 
 
+def weighting_effect(pipe, n: int, steps: int, guidance: float, batch: int) -> dict:
+    """How far each mode moves the connector's output and the image from the unweighted prompt, by
+    weight: the why behind the default mode (the connector layer-normalises each text token)."""
+    data = ShapesSceneDataset(n, seed=HELDOUT_SEED, captions="dense")
+    texts = [data.item(i)[1] for i in range(n)]
+    plain = np.stack([np.asarray(im, dtype=np.float32) for im in draw(pipe, texts, 0, steps, guidance)])
+    t = torch.tensor([500])
+    base = pipe.encode_prompt(texts, do_classifier_free_guidance=False)
+    base_out = pipe.ella(base[0], t, base[1])
+    result = {}
+    for mode in ("attention", "anchor", "scale"):
+        for weight in (1.3, 2.0, 4.0):
+            weighted = [weight_shapes(x, weight) for x in texts]
+            enc = pipe.encode_prompt(weighted, do_classifier_free_guidance=False, prompt_weighting=mode)
+            out = pipe.ella(enc[0], t, enc[1])
+            images = np.stack([np.asarray(im, dtype=np.float32) for im in
+                               draw(pipe, weighted, 0, steps, guidance, prompt_weighting=mode)])
+            result[f"{mode} {weight}"] = {
+                "connector output mean abs change (t=500)": round((out - base_out).abs().mean().item(), 5),
+                "image mean abs change (0-255)": round(float(np.abs(images - plain).mean()), 3),
+                "images changed by > 8 levels somewhere": int((np.abs(images - plain).max(axis=(1, 2, 3)) > 8).sum())}
+    return {"prompts": n, "connector output mean abs value": round(base_out.abs().mean().item(), 4),
+            "effect of weighting the shape words, by mode and weight": result}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", choices=("edits", "weighting"), default="edits")
+    p.add_argument("--what", choices=("edits", "weighting", "weighting-effect"), default="edits")
     p.add_argument("--connector", default="tsc")
     p.add_argument("--prompts", type=int, default=200, help="weighting: held-out dense prompts")
     p.add_argument("--weight", type=float, default=1.3, help="weighting: the shape words' weight")
@@ -149,8 +176,10 @@ def main() -> None:
         result["img2img scenes"] = args.scenes
         result["inpainting one empty cell: the judge in that cell (%)"] = inpaint(
             pipe, args.inpaint, args.steps, args.guidance, args.batch)
-    else:
+    elif args.what == "weighting":
         result.update(weighting(pipe, args.prompts, args.weight, args.steps, args.guidance, args.batch))
+    else:
+        result.update(weighting_effect(pipe, args.prompts, args.steps, args.guidance, args.batch))
     result.update({
         "machine": "2-core CPU (the development machine), torch " + torch.__version__,
         "command": f"python scripts/shapes_image_edits.py --what {args.what} --out {args.out}",

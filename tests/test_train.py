@@ -348,3 +348,36 @@ def test_sdxl_training_with_a_clip_pooled_encoder_from_raw_data_and_the_cache(tm
     tokenizer.save_pretrained(tmp_path / "narrow")
     with pytest.raises(ValueError, match="8-wide pooled embeddings but the UNet takes 16"):
         train(tiny_config(tmp_path / "bad", **{**overrides, "pooled_text_encoder": str(tmp_path / "narrow")}))
+
+
+def test_logit_normal_timesteps_and_min_snr_weights():
+    from diffusers import DDPMScheduler
+
+    from ella.train.loop import min_snr_weights, sample_timesteps
+
+    t = sample_timesteps(20000, 1000, torch.Generator().manual_seed(0), logit_normal=[0.0, 1.0])
+    assert t.min() >= 0 and t.max() <= 999
+    assert abs(t.float().median().item() - 500) < 15  # sigmoid(N(0, 1)): centred, mass mid-way
+    assert (t < 100).float().mean() < 0.03 and ((t > 300) & (t < 700)).float().mean() > 0.45
+    shifted = sample_timesteps(20000, 1000, torch.Generator().manual_seed(0), logit_normal=[1.0, 1.0])
+    assert shifted.float().median() > 700
+
+    eps = DDPMScheduler(num_train_timesteps=1000)
+    steps = torch.tensor([0, 100, 500, 999])
+    w = min_snr_weights(eps, steps, gamma=5.0)
+    alpha_bar = eps.alphas_cumprod[steps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    assert torch.allclose(w, (snr.clamp(max=5) / snr).float())
+    assert w[0] < 0.01 and w[-1] == 1.0  # clean steps weighted down, noisy steps as plain MSE
+    v = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    assert torch.allclose(min_snr_weights(v, steps, gamma=5.0), (snr.clamp(max=5) / (snr + 1)).float())
+    assert torch.all(min_snr_weights(eps, steps, gamma=1e9) == 1)  # gamma beyond every SNR: plain MSE
+
+
+def test_recipe_options_train_and_are_checked(tmp_path):
+    result = train(tiny_config(tmp_path, max_steps=2, snr_gamma=5.0, timestep_logit_normal=[0.0, 1.0]))
+    assert len(result.losses) == 2 and all(np.isfinite(loss) for _, loss in result.losses)
+    for bad, message in (({"snr_gamma": "-1"}, "snr_gamma"), ({"timestep_logit_normal": "[0.0, 0.0]"}, "std > 0"),
+                         ({"timestep_logit_normal": "[0.0, 1.0]", "timestep_power": "2"}, "not both")):
+        with pytest.raises(ValueError, match=message):
+            load_config(CONFIG, bad).validate()

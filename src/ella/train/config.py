@@ -34,6 +34,8 @@ class TrainConfig:
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
     timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided
+    timestep_logit_normal: list | None = None  # [mean, std]: t = T * sigmoid(N(mean, std)) instead (SD3's sampling)
+    snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023; epsilon and v aware); 0 = plain MSE
     cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
     cache_dtype: str | None = None  # float16 halves the cache; None keeps the encoder's dtype
     num_workers: int = 0
@@ -72,6 +74,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.timestep_power <= 0:
             raise ValueError("timestep_power must be positive (1 = uniform timesteps)")
+        if self.timestep_logit_normal is not None:
+            if len(self.timestep_logit_normal) != 2 or not float(self.timestep_logit_normal[1]) > 0:
+                raise ValueError("timestep_logit_normal must be [mean, std] with std > 0, e.g. [0.0, 1.0]")
+            if self.timestep_power != 1.0:
+                raise ValueError("set timestep_power or timestep_logit_normal, not both")
+        if self.snr_gamma < 0:
+            raise ValueError("snr_gamma must be positive (5 is the paper's), or 0 for plain MSE")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not self.train_data and not self.cache_dir:
@@ -110,7 +119,8 @@ def _convert(name: str, value: str, annotation) -> object:
         return parsed
     if text == "str" or text.startswith("str |"):
         return None if parsed is None and "None" in text else str(value)
-    if text in ("list", "dict") and isinstance(parsed, (list, dict)):
+    if text.split(" |")[0] in ("list", "dict") and (isinstance(parsed, (list, dict)) or
+                                                    (parsed is None and "None" in text)):
         return parsed
     raise ValueError(f"--{name.replace('_', '-')}: cannot read {value!r} as {text}")
 

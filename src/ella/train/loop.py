@@ -118,21 +118,38 @@ def make_batch_tensors(
     return latents.float(), text, mask, pooled
 
 
-def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power: float = 1.0) -> torch.Tensor:
+def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power: float = 1.0,
+                     logit_normal: list | None = None) -> torch.Tensor:
     """(n,) integer timesteps t = floor(T * u**(1/power)), u ~ U[0, 1): uniform for power 1; for
-    power p the density grows as t**(p-1), towards the noisy steps where the layout is decided."""
+    power p the density grows as t**(p-1), towards the noisy steps where the layout is decided.
+    `logit_normal` [mean, std]: t = floor(T * sigmoid(x)), x ~ N(mean, std), most mass mid-way."""
+    if logit_normal is not None:
+        mean, std = (float(v) for v in logit_normal)
+        x = torch.randn(n, generator=g, dtype=torch.float64) * std + mean
+        return (num_train_timesteps * torch.sigmoid(x)).long().clamp_(max=num_train_timesteps - 1)
     if power == 1.0:  # the paper's uniform draw, kept bit-for-bit so earlier runs reproduce
         return torch.randint(0, num_train_timesteps, (n,), generator=g)
     u = torch.rand(n, generator=g, dtype=torch.float64)
     return (num_train_timesteps * u ** (1.0 / power)).long().clamp_(max=num_train_timesteps - 1)
 
 
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B,) min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for an epsilon
+    target, / (SNR + 1) for a v target (whose loss is already SNR + 1 times epsilon's)."""
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    weights = snr.clamp(max=gamma)
+    return (weights / (snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr)).float()
+
+
 def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool,
-                   timestep_power: float = 1.0, pooled: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE to the scheduler's target (epsilon or v) at per-sample random timesteps."""
+                   config: TrainConfig, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE to the scheduler's target (epsilon or v) at per-sample random timesteps, drawn and
+    weighted as `config` says (timestep_power or timestep_logit_normal; snr_gamma)."""
     sched = parts.scheduler
     noise = torch.randn(latents.shape, generator=g).to(latents.device)
-    t = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, g, timestep_power).to(latents.device)
+    t = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, g, config.timestep_power,
+                         config.timestep_logit_normal).to(latents.device)
     noisy = sched.add_noise(latents, noise, t)
     if sched.config.prediction_type == "v_prediction":
         target = sched.get_velocity(latents, noise, t)
@@ -141,7 +158,10 @@ def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Gene
     else:
         raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
     pred = model(noisy.to(parts.unet.dtype), t, text, mask if use_mask else None, pooled)
-    return F.mse_loss(pred.float(), target.float())
+    if not config.snr_gamma:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+    return (per_sample * min_snr_weights(sched, t, config.snr_gamma)).mean()
 
 
 def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, position: DataPosition):
@@ -286,7 +306,7 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
         latents, text, mask, pooled = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
         sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(run.model)
         with sync, accelerator.autocast():
-            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config.timestep_power, pooled)
+            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config, pooled)
             accelerator.backward(loss / config.grad_accum)
         step_loss += loss.item() / config.grad_accum
         run.seen += len(batch["key"]) * accelerator.num_processes
