@@ -15,9 +15,9 @@ import math
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import IPAdapterMixin
 from diffusers.models.embeddings import ImageProjection
 from diffusers.utils.torch_utils import randn_tensor
+from transformers.utils import logging as hf_logging
 
 from ..models.connector import ELLA
 from ..prompt_weighting import DEFAULT_MODE, apply_weights, parse_prompt_weights, token_weights
@@ -25,6 +25,22 @@ from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
 from .init_image import Inpainting, check_same_size, cut_timesteps, image_size, mask_to_latents
 
 logger = logging.getLogger(__name__)
+
+
+def _import_ip_adapter_mixin():
+    """diffusers' IPAdapterMixin. Importing it imports transformers' CLIP and SigLIP image
+    processors, which warn on import when torchvision is absent although their PIL versions serve
+    (IP-Adapter images go through PIL here): that warning is held back, nothing else."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        from diffusers.loaders import IPAdapterMixin
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return IPAdapterMixin
+
+
+IPAdapterMixin = _import_ip_adapter_mixin()
 
 CONDITIONINGS = ("ella", "ella+clip", "clip")
 
