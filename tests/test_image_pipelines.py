@@ -185,7 +185,7 @@ def test_cli_inpaints_with_the_shipped_model_and_keeps_the_rest(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--init-image", "{bad}"], "not a readable image"),
-    (["--init-image", "{missing}"], "does not exist"),
+    (["--init-image", "{missing}"], "not found"),
     (["--init-image", "{good}", "--mask", "{small}"], "must be the same size"),
     (["--mask", "{good}"], "go with --init-image"),
 ])

@@ -145,3 +145,23 @@ def test_weighting_needs_a_fast_tokenizer():
 
     with pytest.raises(ValueError, match="fast tokenizer"):
         token_weights(Slow(), [parse_prompt_weights("(a:2)")], 8, 8)
+
+
+def test_cli_weighting_syntax_errors_are_one_line_before_loading(tmp_path, capsys):
+    from ella.cli import main
+
+    assert main(["generate", "a (red circle", "--prompt-weighting", "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "never closed" in err[0] and not (tmp_path / "o.png").exists()
+
+
+def test_cli_weighted_prompt_with_an_int8_llm_on_the_shipped_model(tmp_path, capsys):
+    from PIL import Image
+
+    from ella.cli import main
+
+    out = tmp_path / "o.png"
+    assert main(["generate", "a large (red:1.5) circle at the top left", "--prompt-weighting", "--llm-precision",
+                 "int8", "--steps", "4", "--out", str(out), "-q"]) == 0
+    assert Image.open(out).size == (32, 32)
+    assert "warning" not in capsys.readouterr().err  # the weighting syntax is no unknown word

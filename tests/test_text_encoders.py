@@ -198,3 +198,42 @@ def test_echo_lets_every_token_of_a_causal_llm_read_the_whole_prompt(tmp_path):
     fixed = LLMEncoder(model, tok, max_length=16, mode="fixed", echo=True)(["a cat"]).hidden_states
     assert fixed.shape == (1, 16, 32)
     torch.testing.assert_close(fixed[0, :4], echo(["a cat"]).hidden_states[0], atol=1e-5, rtol=1e-5)
+
+
+def test_int8_linear_weights_are_int8_and_close_to_the_float_layer():
+    from ella.text_encoders import Int8Linear, convert_llm, quantize_int8
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    q = Int8Linear(linear)
+    assert q.weight.dtype == torch.int8 and q.scale.shape == (32, 1)
+    x = torch.randn(5, 64)
+    ref = linear(x)
+    err = (q(x) - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.01  # quantised, and per-channel absmax keeps it within a percent
+    assert q(x.to(torch.bfloat16)).dtype == torch.bfloat16  # computes in the input's dtype
+
+    model, tokenizer = tiny_t5()
+    before = LLMEncoder(model, tokenizer, 16, "flexible")(["a red circle on the left"]).hidden_states
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    quantize_int8(model)
+    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == n_linear > 0
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    after = LLMEncoder(model, tokenizer, 16, "flexible")(["a red circle on the left"]).hidden_states
+    assert 0 < (after - before).abs().max() < 0.05 * before.abs().max()
+    model, _ = tiny_t5()
+    assert next(convert_llm(model, "bf16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="LLM precision must be one of"):
+        convert_llm(model, "int4")
+
+
+def test_load_text_encoder_quantization_is_checked(tmp_path):
+    model, tokenizer = tiny_t5()
+    model.save_pretrained(tmp_path / "t5")
+    tokenizer.save_pretrained(tmp_path / "t5")
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        load_text_encoder(str(tmp_path / "t5"), quantization="int4")
+    loaded, _ = load_text_encoder(str(tmp_path / "t5"), quantization="int8")
+    from ella.text_encoders import Int8Linear
+
+    assert any(isinstance(m, Int8Linear) for m in loaded.modules())

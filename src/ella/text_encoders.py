@@ -88,13 +88,15 @@ class Int8Linear(torch.nn.Module):
         super().__init__()
         weight = linear.weight.detach().float()  # (out, in)
         scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127  # (out, 1)
-        self.register_buffer("weight_int8", torch.round(weight / scale).to(torch.int8))
+        # `weight` itself is the int8 tensor: models that read `layer.weight.dtype` (T5 keeps its
+        # activations out of an int8 layer's dtype) see what bitsandbytes' int8 layers show them.
+        self.register_buffer("weight", torch.round(weight / scale).to(torch.int8))
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)
+        weight = self.weight.to(x.dtype) * self.scale.to(x.dtype)
         return torch.nn.functional.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
 
 
