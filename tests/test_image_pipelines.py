@@ -210,3 +210,15 @@ def test_cli_strength_outside_zero_one_is_refused(value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a red circle", "--init-image", "x.png", "--strength", value])
     assert exit_info.value.code == 2 and "--strength" in capsys.readouterr().err
+
+
+def test_image_sizes_of_pil_numpy_and_tensors():
+    from ella.pipelines.init_image import check_same_size, image_size
+
+    assert image_size(picture(16)) == (16, 16)
+    assert image_size(np.zeros((12, 20, 3))) == (12, 20)
+    assert image_size(torch.zeros(1, 3, 12, 20)) == (12, 20)
+    assert image_size([Image.new("RGB", (20, 12))]) == (12, 20)
+    check_same_size(np.zeros((12, 20, 3)), Image.new("L", (20, 12)))
+    with pytest.raises(ValueError, match="mask_image is 12x20 pixels but the image is 20x12"):
+        check_same_size(np.zeros((12, 20, 3)), Image.new("L", (12, 20)))

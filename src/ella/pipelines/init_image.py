@@ -1,6 +1,6 @@
 """Starting from an image: img2img's cut schedule and inpainting's mask, for the ELLA pipelines.
 
-diffusers' semantics throughout. `strength` s in (0, 1] keeps the last round(s * N) of the N
+diffusers' semantics throughout. `strength` s in (0, 1] keeps the last int(s * N) of the N
 scheduled steps (`cut_timesteps`) and starts from the init image noised to the first kept step;
 s = 1 starts from pure noise, exactly as text-to-image does, so the same seed gives the same
 image. Inpainting repaints where the mask is white (>= 0.5): with a plain 4-channel UNet the known
@@ -41,10 +41,12 @@ def check_same_size(image, mask_image) -> None:
 
 def image_size(image) -> tuple[int, int]:
     """(height, width) of a PIL image, a (.., H, W) tensor or an (H, W, C) array, or of a list's first."""
+    from PIL import Image
+
     if isinstance(image, list):
         image = image[0]
-    if hasattr(image, "size") and not callable(image.size):
-        return image.size[1], image.size[0]
+    if isinstance(image, Image.Image):
+        return image.height, image.width
     return tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else tuple(image.shape[:2])
 
 
