@@ -240,3 +240,17 @@ def test_misshapen_inputs_are_named():
         model(text, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match=r"text_attention_mask must be \(batch, tokens\) = \(2, 5\), got \(2, 4\)"):
         model(text, 10, torch.ones(2, 4))  # was an assertion deep inside the attention
+
+
+def test_a_connector_with_an_sdxl_pool_round_trips_through_a_file_without_config(tmp_path):
+    from safetensors.torch import save_file
+
+    model = ELLA.from_preset("tiny", output_dim=32, pooled_dim=8)
+    torch.nn.init.normal_(model.pool.proj.weight)  # not the zero init, so the check can fail
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "bare.safetensors"))
+    loaded = ELLA.from_single_file(str(tmp_path / "bare.safetensors"), heads=2)  # shapes only, as the official file
+    assert loaded.config.pooled_dim == 8 and loaded.config.output_dim == 32
+    tokens = torch.randn(2, 4, 32)
+    assert torch.equal(loaded.pooled(tokens), model.pooled(tokens))
+    with pytest.raises(ValueError, match="no pool"):
+        ELLA.from_preset("tiny").pooled(torch.randn(1, 4, 16))
