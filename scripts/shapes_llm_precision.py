@@ -67,6 +67,7 @@ def main() -> None:
     p.add_argument("--bench-prompts", type=int, default=50)
     p.add_argument("--bench-dir", default="runs/shapes-bench50")
     p.add_argument("--llms", default="minilm,smollm2")
+    p.add_argument("--precisions", default=",".join(LLM_PRECISIONS))
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--out")
     p.add_argument("--child", nargs=2, metavar=("LLM", "PRECISION"), help=argparse.SUPPRESS)
@@ -77,7 +78,7 @@ def main() -> None:
     for llm in args.llms.split(","):
         reference, _ = encode(llm, "fp32", texts)
         real = reference.attention_mask.bool()
-        for precision in LLM_PRECISIONS:
+        for precision in args.precisions.split(","):
             features, _ = encode(llm, precision, texts)
             diff = (features.hidden_states.float() - reference.hidden_states)[real].abs()
             memory = json.loads(subprocess.run(
