@@ -84,7 +84,7 @@ def add_model_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--llm-precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
-                   help="the LLM's alone (default: --dtype); int8: weight-only, a quarter of fp32's memory;"
+                   help="the LLM's alone (default: --dtype); int8: its linear layers' weights in int8;"
                    " measured in docs/pipeline.md")
 
 

@@ -424,7 +424,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                                               else f.attention_mask.to(self._execution_device)) for f in feats])
             text = TextFeatures(self._repeat(text.hidden_states, n), self._repeat(text.attention_mask, n))
         if "clip" in conditioning:
-            if prompt_weighting:  # CLIP reads the text without the weighting syntax
+            if prompt_weighting:  # CLIP reads the text without the weighting syntax (parsing is cheap: no model)
                 prompts, negatives = ([parse_prompt_weights(p).text for p in ps] for ps in (prompts, negatives))
             clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts), n)
         return text, clip_embeds

@@ -43,7 +43,11 @@ class ConnectorTrainingModel(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module, ella: ELLA, resolution: int = 512):
         super().__init__()
-        self.unet, self.ella, self.resolution = unet, ella, resolution
+        self.unet, self.ella = unet, ella
+        # SDXL's six size ids (original size, crop (0, 0), target size) of the square training
+        # crops: built once, moved with the module, not rebuilt at every step.
+        r = resolution
+        self.register_buffer("time_ids", torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32), persistent=False)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                 pooled: torch.Tensor | None = None):
@@ -52,9 +56,8 @@ class ConnectorTrainingModel(torch.nn.Module):
         added = None
         if self.unet.config.addition_embed_type == "text_time":
             pooled = self.ella.pooled(cond) if pooled is None else pooled
-            r = self.resolution  # original size, crop (0, 0), target size: SDXL's six size ids
-            time_ids = torch.tensor([r, r, 0, 0, r, r], device=noisy.device, dtype=self.unet.dtype).expand(len(noisy), -1)
-            added = {"text_embeds": pooled.to(self.unet.dtype), "time_ids": time_ids}
+            added = {"text_embeds": pooled.to(self.unet.dtype),
+                     "time_ids": self.time_ids.to(self.unet.dtype).expand(len(noisy), -1)}
         return self.unet(noisy, timesteps, encoder_hidden_states=cond.to(self.unet.dtype),
                          encoder_attention_mask=unet_mask, added_cond_kwargs=added).sample
 
