@@ -64,10 +64,12 @@ def test_resume_equals_a_straight_run(tmp_path):
     (ckpt_root / ".tmp-step-00000009").mkdir()  # interrupted mid-write: never the latest
     (ckpt_root / "step-00000008").mkdir()  # no state file: incomplete
     assert latest_checkpoint(str(tmp_path / "b" / "run")).endswith("step-00000003")
+    at3 = load_training_state(latest_checkpoint(str(tmp_path / "b" / "run")))["cpu_seconds"]
     resumed = train(tiny_config(tmp_path / "b", max_steps=6, checkpoint_every=3, resume=True))
     assert resumed.step == 6
     a = load_training_state(latest_checkpoint(str(tmp_path / "a" / "run")))
     b = load_training_state(latest_checkpoint(str(tmp_path / "b" / "run")))
+    assert 0 < at3 < b["cpu_seconds"] == resumed.cpu_seconds  # CPU time carries over the resume
     assert (a["data_epoch"], a["data_batch"]) == (b["data_epoch"], b["data_batch"])
     for k in a["ella"]:
         torch.testing.assert_close(a["ella"][k], b["ella"][k], atol=1e-6, rtol=0)

@@ -69,6 +69,8 @@ class TrainResult:
     skipped: int = 0  # unusable samples met
     export_dir: str | None = None
     samples_per_second: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time in training steps, summed over resumes
+
 
 
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
@@ -282,6 +284,7 @@ def resume(run: Run) -> None:
         run.lr_scheduler.load_state_dict(state["lr_scheduler"])
         result.step, result.skipped = int(state["step"]), int(state["skipped"])
         result.losses = [tuple(x) for x in state["losses"].tolist()]
+        result.cpu_seconds = float(state.get("cpu_seconds", 0.0))  # absent in older checkpoints
         run.position = DataPosition(int(state["data_epoch"]), int(state["data_batch"]))
         logger.info("resumed from %s at step %d", ckpt, result.step)
         return
@@ -297,7 +300,7 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
     """One optimizer step over `grad_accum` micro-batches; returns the loss averaged over processes."""
     config, accelerator, result = run.config, run.accelerator, run.result
     use_mask = config.text_mode == "flexible" or run.ella.keeps_text_length
-    step_loss = 0.0
+    step_loss, cpu_start = 0.0, time.process_time()
     for micro in range(config.grad_accum):
         batch = next(batches)
         result.skipped += batch["skipped"]
@@ -326,6 +329,9 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
         raise FloatingPointError(f"loss is {step_loss} at step {result.step}: lower lr or use fp32/bf16")
     result.losses.append((result.step, step_loss))
     result.samples_per_second = run.seen / (time.perf_counter() - run.start)
+    # CPU time (all threads of this process), not wall time: recipes are compared by what they
+    # cost, whatever else shares the machine.
+    result.cpu_seconds += time.process_time() - cpu_start
     return step_loss
 
 
@@ -345,6 +351,7 @@ def save_checkpoint(run: Run) -> None:
         "losses": torch.tensor(result.losses or [], dtype=torch.float64).reshape(-1, 2),
         "data_epoch": run.position.epoch,
         "data_batch": run.position.batch,
+        "cpu_seconds": result.cpu_seconds,
     }
     save_training_state(run.config.output_dir, result.step, state, run.config.to_yaml(), run.config.keep_checkpoints)
 
@@ -352,8 +359,8 @@ def save_checkpoint(run: Run) -> None:
 def log_window(run: Run, window: list[float], writer) -> None:
     """One log line (and TensorBoard scalars) for the steps since the last one."""
     lr, mean = run.lr_scheduler.get_last_lr()[0], sum(window) / len(window)
-    logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d", run.result.step, mean, lr,
-                run.result.samples_per_second, run.result.skipped)
+    logger.info("step %d loss %.4f lr %.2e samples/s %.1f skipped %d cpu_min %.2f", run.result.step, mean, lr,
+                run.result.samples_per_second, run.result.skipped, run.result.cpu_seconds / 60)
     if writer:
         writer.add_scalar("loss", mean, run.result.step)
         writer.add_scalar("lr", lr, run.result.step)
