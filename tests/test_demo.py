@@ -150,3 +150,23 @@ def test_concurrent_clicks_wait_in_one_queue(demo_model):
 
     app = build_app(demo_model)
     assert app._queue.default_concurrency_limit == 1  # noqa: SLF001
+
+
+def test_the_demo_leaves_a_core_for_the_page_on_small_cpus():
+    import torch
+
+    from ella.demo import leave_a_core_for_the_page
+
+    class OnCpu:
+        device = torch.device("cpu")
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert leave_a_core_for_the_page(OnCpu()) == 1 and torch.get_num_threads() == 1
+        torch.set_num_threads(1)  # nothing to leave
+        assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 1
+        torch.set_num_threads(8)  # enough cores: the page does not matter
+        assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(before)

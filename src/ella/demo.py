@@ -160,10 +160,30 @@ def build_app(model: DemoModel, loader=None):
         files = gr.File(label="Original PNGs", file_count="multiple")
         if model.shipped is not None:
             gr.Examples([[p] for p in model.shipped.example_prompts], inputs=[prompt])
+        # The progress bar and timer on the status line only: Gradio's default animates a spinner
+        # over all seven outputs, which cost the browser 8.2 CPU-seconds per click here, against
+        # 3.6 on one line (benchmarks/demo_latency.py): CPU the generation needs when the page and
+        # the model share a small machine.
         button.click(on_generate, [prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector],
-                     [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status])
+                     [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status],
+                     show_progress_on=status)
     app.queue(default_concurrency_limit=1)  # one job at a time on the CPU: visitors wait in line
     return app
+
+
+def leave_a_core_for_the_page(pipe) -> int:
+    """On a CPU of a few cores, generate with one thread fewer than torch would take, so the
+    server and a local browser do not pre-empt torch's threads in the middle of every parallel
+    op (on the 2-core development CPU: click to both images 9.5 s with two threads, 5.7 s with one;
+    benchmarks/demo_latency.py). Returns the number of threads set (0: left as it was)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if getattr(pipe, "device", torch.device("cpu")).type != "cpu" or not 1 < threads <= 4:
+        return 0
+    torch.set_num_threads(threads - 1)
+    logger.info("generating with %d of %d CPU threads: one is left for the page", threads - 1, threads)
+    return threads - 1
 
 
 def port_free(host: str, port: int) -> bool:
@@ -189,5 +209,6 @@ def run_demo(args) -> None:
             return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype,
                                                 llm_precision=args.llm_precision), model.defaults,
                              model.shipped, connector, [])
+    leave_a_core_for_the_page(model.pipe)
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
     build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)
