@@ -5,6 +5,11 @@ import torch
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: the workers share the cores, so each takes its share of torch's threads
+    # (two workers with two threads each on two cores stall each other's parallel ops).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
@@ -20,11 +25,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="session")
+def _ella_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ella-cache"))
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # Nothing in the default suite may reach a model hub.
+def _offline(monkeypatch, _ella_cache):
+    # Nothing in the default suite may reach a model hub, or write to the user's cache.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("ELLA_CACHE", _ella_cache)
     torch.manual_seed(0)
 
 

@@ -1,4 +1,5 @@
 import logging
+import os
 import re
 
 import numpy as np
@@ -152,6 +153,29 @@ def test_load_a_gguf_decoder_only_llm(tmp_path):
         alone = ella(empty.hidden_states, 500, empty.attention_mask)
         batched = ella(both.hidden_states, 500, both.attention_mask)
     torch.testing.assert_close(alone[0], batched[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_gguf_file_is_dequantized_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from ella.text_encoders import gguf_cache_folder
+
+    monkeypatch.setenv("ELLA_CACHE", str(tmp_path / "cache"))
+    write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    first, tok = load_text_encoder(str(tmp_path / "tiny.gguf"))
+    folder = gguf_cache_folder(str(tmp_path / "tiny.gguf"))
+    assert "quantization_config" not in open(os.path.join(folder, "config.json")).read() and not [p for p in os.listdir(tmp_path / "cache" / "gguf")
+                                                                       if ".tmp-" in p]
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", lambda *a, **k: pytest.fail("parsed the GGUF file again"))
+    second, tok2 = load_text_encoder(str(tmp_path / "tiny.gguf"))
+    assert type(second) is type(first) and tok2("a cat")["input_ids"] == tok("a cat")["input_ids"]
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    prompts = ["a cat", "a big red car"]
+    torch.testing.assert_close(LLMEncoder(first, tok, 16, "flexible")(prompts).hidden_states,
+                               LLMEncoder(second, tok2, 16, "flexible")(prompts).hidden_states, atol=0, rtol=0)
+    os.utime(tmp_path / "tiny.gguf", ns=(1, 1))  # a changed file is another cache entry
+    assert gguf_cache_folder(str(tmp_path / "tiny.gguf")) != folder
 
 
 def test_offline_llm_alias_names_its_install_command(monkeypatch):

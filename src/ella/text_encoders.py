@@ -19,6 +19,7 @@ Two length modes (see the reference doc, Sec. 3):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -54,11 +55,16 @@ def load_text_encoder(
     from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
     path = resolve_model_path(name_or_path)
-    kwargs = {}
+    kwargs, convert_to = {}, None
     if path.endswith(".gguf"):
         if not os.path.isfile(path):
             raise ValueError(f"GGUF file not found: {path}")
-        path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
+        converted = gguf_cache_folder(path)
+        if os.path.isfile(os.path.join(converted, "config.json")):
+            path = converted
+        else:  # dequantized once (slow: transformers parses the file for each part), then cached
+            path, kwargs["gguf_file"] = os.path.split(os.path.abspath(path))
+            convert_to = converted if torch_dtype in (None, torch.float32) else None
     else:
         require_local_folder(path, "text encoder folder")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
@@ -70,12 +76,55 @@ def load_text_encoder(
         model = model_cls.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except (OSError, ImportError) as err:  # ImportError: a GGUF file without the `gguf` package
         raise ValueError(f"cannot load text encoder {name_or_path!r}: {str(err).splitlines()[0]}") from err
+    if convert_to:
+        save_converted_gguf(model, tokenizer, convert_to)
     if config.is_encoder_decoder and hasattr(model, "get_encoder"):
         model = model.get_encoder()
     model.requires_grad_(False).eval().to(device)
     if quantization == "int8":
         quantize_int8(model)
     return model, tokenizer
+
+
+def gguf_cache_folder(gguf_path: str) -> str:
+    """Where the dequantized copy of a GGUF file lives: `$ELLA_CACHE` (default
+    `~/.cache/ella`)/gguf/<file>-<digest of its path, size and time>, so a changed file is
+    converted again."""
+    import hashlib
+
+    stat = os.stat(gguf_path)
+    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("ELLA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ella")
+    return os.path.join(root, "gguf", f"{os.path.basename(gguf_path)[:-5]}-{key}")
+
+
+def save_converted_gguf(model, tokenizer, folder: str) -> None:
+    """The fp32 model and its tokenizer as a plain folder, written whole or not at all: loading a
+    GGUF file parses it once per part (SmolLM2-135M: about 45 s on a 2-core CPU), the folder loads
+    in seconds. A cache that cannot be written costs only the speed."""
+    import shutil
+
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    try:
+        from safetensors.torch import save_model
+
+        os.makedirs(tmp)
+        # Not `model.save_pretrained`: transformers refuses it for a model loaded from GGUF, although
+        # its weights are plain dequantized tensors by now.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the folder holds plain fp32 weights
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        save_model(model, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)
+        logger.info("cached the dequantized GGUF model in %s", folder)
+    except OSError as err:
+        logger.warning("could not cache the dequantized GGUF model in %s (%s); it is converted again next time",
+                       folder, err)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Int8Linear(torch.nn.Module):
