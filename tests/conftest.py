@@ -26,8 +26,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def _ella_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("ella-cache"))
+def _ella_cache(request, tmp_path_factory):
+    # What the library caches (a GGUF LLM's converted folder) goes to pytest's own cache folder,
+    # kept between runs of this checkout, never to the user's.
+    cache = getattr(request.config, "cache", None)
+    return str(cache.mkdir("ella-cache")) if cache is not None else str(tmp_path_factory.mktemp("ella-cache"))
 
 
 @pytest.fixture(autouse=True)
