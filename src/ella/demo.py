@@ -174,8 +174,8 @@ def build_app(model: DemoModel, loader=None):
 def leave_a_core_for_the_page(pipe) -> int:
     """On a CPU of a few cores, generate with one thread fewer than torch would take, so the
     server and a local browser do not pre-empt torch's threads in the middle of every parallel
-    op (on the 2-core development CPU: click to both images 9.5 s with two threads, 5.7 s with one;
-    benchmarks/demo_latency.py). Returns the number of threads set (0: left as it was)."""
+    op (on the 2-core development CPU, click to both images took 7.95 s with two threads and 5.72 s
+    with one; docs/benchmarks.md). Returns the number of threads set (0: left as it was)."""
     import torch
 
     threads = torch.get_num_threads()

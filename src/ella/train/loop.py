@@ -72,7 +72,6 @@ class TrainResult:
     cpu_seconds: float = 0.0  # this process's CPU time in training steps, summed over resumes
 
 
-
 def step_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
     """Noise, timesteps and caption dropout of one micro-batch come from a generator seeded by
     (seed, process, step, micro-batch): a resumed run draws exactly what a straight run draws."""
