@@ -354,3 +354,15 @@ def test_generate_takes_a_connector_trained_with_ella_train(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "a red circle", "--ella", str(export), "--out", str(tmp_path / "p.png")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "p.png")
+
+
+def test_bench_keeps_each_caption_style_apart_from_models_of_similar_names(tmp_path):
+    """`ella-relative` on dense prompts and `ella` on relative prompts share one output folder
+    without either taking the other's images (once both were named `ella-relative`)."""
+    from ella.shapes.bench import run_shapes_bench
+
+    dense = run_shapes_bench(1, ["ella-relative"], str(tmp_path), steps=2)
+    relative = run_shapes_bench(1, ["ella"], str(tmp_path), steps=2, captions="relative")
+    assert dense["ella-relative"]["settings"]["model"] == "ella-relative"
+    assert relative["ella"]["settings"]["captions"] == "relative"
+    assert (tmp_path / "images" / "ella-relative").is_dir() and (tmp_path / "images" / "relative" / "ella").is_dir()

@@ -80,7 +80,9 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
     if unknown:
         raise ValueError(f"unknown ShapesWorld model(s) {', '.join(unknown)}; known: {', '.join(BENCH_MODELS)}")
     csv_path, prompts, scenes = write_heldout(n_prompts, out_dir, captions)
-    suffix = "" if captions == "dense" else f"-{captions}"  # brief prompts' images and scores apart
+    # Other styles' images and scores in a folder of their own: a suffix ("ella" + "-relative")
+    # could name another model's folder.
+    style = () if captions == "dense" else (captions,)
     items = load_csv(csv_path)
     judge = ShapesBackend()
     summaries = {}
@@ -97,8 +99,8 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
         conditioning = "clip" if connector is None else "ella"
         precision = llm_precision if connector is not None and llm_precision not in (None, "fp32") else None
         pipe = load_shapes_pipeline(model_dir, connector=connector, device=device, llm_precision=precision)
-        run_name = name + suffix + (f"-llm-{precision}" if precision else "")
-        images_dir = os.path.join(out_dir, "images", run_name)
+        run_name = name + (f"-llm-{precision}" if precision else "")
+        images_dir = os.path.join(out_dir, "images", *style, run_name)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,
                         resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__, captions=captions,
                         weights_sha256=weights_sha256(model_dir or shipped_model_dir(), connector))
@@ -107,7 +109,7 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
         write_manifest(images_dir, settings)
         generate_images(pipe, prompts, images_dir, samples=4, seed=seed, batch_size=batch_size,
                         num_inference_steps=steps, guidance_scale=guidance, conditioning=conditioning)
-        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", run_name),
+        summaries[name] = score_run(items, images_dir, judge, os.path.join(out_dir, "scores", *style, run_name),
                                     settings=settings)
         logger.info("%s: overall %.2f", name, summaries[name]["overall"])
     return summaries
