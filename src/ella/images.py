@@ -48,7 +48,8 @@ def check_image_path(path: str) -> str:
     """The PIL format for `path` (from its extension), once its folder exists and `path` is not a
     folder. Called before long work, so that a bad output path never costs the images."""
     ext = os.path.splitext(path)[1].lower()
-    image_format = Image.registered_extensions().get(ext)
+    Image.preinit()  # the common formats (PNG, JPEG, ...); every plugin only for a rarer extension
+    image_format = Image.EXTENSION.get(ext) or Image.registered_extensions().get(ext)
     if image_format is None or os.path.isdir(path):
         raise ValueError(f"{path!r} is not an image file name: name a file such as out/ella.png")
     folder = os.path.dirname(os.path.abspath(path))
