@@ -127,7 +127,7 @@ def plot(results: dict, path: str) -> None:
     for name, runs in results.items():
         for key, points in runs.items():
             if key.startswith("seed"):
-                ax.plot([0] + [p["cpu_minutes"] for p in points], [0] + [p["overall"] for p in points], marker="o",
+                ax.plot([p["cpu_minutes"] for p in points], [p["overall"] for p in points], marker="o",
                         label=f"{name} ({key})", linestyle="-" if key == "seed0" else "--")
     ax.set_xlabel("CPU-minutes of training (one thread)")
     ax.set_ylabel("ella bench shapes, dense, overall")
