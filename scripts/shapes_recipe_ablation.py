@@ -13,7 +13,9 @@ thread (OMP_NUM_THREADS=1); `--workers` runs go side by side.
     python scripts/shapes_recipe_ablation.py --root runs/recipe --cache-dir runs/recipe/cache
     python scripts/shapes_recipe_ablation.py ... --variants power2 --seed 1     # a second seed
 
-Writes ROOT/summary.json (merged across invocations) and, with --plot, a figure of the curves.
+Writes ROOT/summary.json (what it held when the invocation started, plus this invocation's runs:
+run invocations one after another; a finished run is not trained again, only re-scored) and,
+with --plot, a figure of the curves.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def bench_checkpoint(run_dir: str, ckpt: str, args) -> dict:
     """The checkpoint's connector (its EMA when the run kept one) as the `tsc` of a model folder
     that shares the shipped base, benched with `ella bench shapes`."""
     import torch
+    import yaml
 
     from ella.models import ELLA
 
@@ -89,7 +92,7 @@ def bench_checkpoint(run_dir: str, ckpt: str, args) -> dict:
                "--out", os.path.join(ckpt, "bench"), "--json"], os.path.join(run_dir, "bench.log"))
     summary = json.loads(out)["ella"]
     return {"step": int(state["step"]), "cpu_minutes": round(state["cpu_seconds"] / 60, 2),
-            "samples": int(state["step"]) * (64 if "batch64" in run_dir else 32),
+            "samples": int(state["step"]) * yaml.safe_load(open(os.path.join(ckpt, "config.yaml")))["batch_size"],
             "overall": summary["overall"], **summary["l1"]}
 
 
