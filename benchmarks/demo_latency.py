@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from ella.shapes.catalog import MAIN_PROMPT as PROMPT
 
-PROMPT = "a large red circle at the top left, a small blue square below it"
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 
 def main() -> None:
@@ -60,7 +60,7 @@ def main() -> None:
     import psutil
 
     server = psutil.Process()
-    browser_procs = psutil.Process(browser.service.process.pid).children(recursive=True) if browser else []
+    browser_procs = psutil.Process(browser.service.process.pid).children(recursive=True)
 
     def cpu(procs):
         return sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())

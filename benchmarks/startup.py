@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 
-PROMPT = "a large red circle at the top left, a small blue square below it"
+from ella.shapes.catalog import MAIN_PROMPT as PROMPT
+
 PIPELINE_CALL = """
 import time, torch
 from ella.shapes.models import load_shapes_pipeline

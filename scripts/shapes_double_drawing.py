@@ -15,12 +15,12 @@ import json
 
 import torch
 
-from ella.shapes.catalog import CONNECTORS, SHAPES_DEFAULTS
+from ella.shapes.catalog import CONNECTORS, MAIN_PROMPT, SHAPES_DEFAULTS
 from ella.shapes.judge import analyse
 from ella.shapes.models import load_shapes_pipeline
 
-MAIN_PROMPT = ("a large red circle at the top left, a small blue square below it", (0, "red", "circle"),
-               (3, "blue", "square"))
+# (cell, colour, shape) of the prompt's two objects: the top-left cell, and the one below it
+FIRST, SECOND = (0, "red", "circle"), (3, "blue", "square")
 
 
 def count(connector: str, prompt: str, first, second, seeds: int) -> dict:
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--out", default=None, help="also write the counts as JSON here")
     args = parser.parse_args()
-    prompt, first, second = MAIN_PROMPT
+    prompt, first, second = MAIN_PROMPT, FIRST, SECOND
     result = {"prompt": prompt, "settings": "ella generate's: 25 DPM-Solver++ steps, guidance 5, seeds from 1001",
               "command": f"python scripts/shapes_double_drawing.py --connectors {args.connectors} --seeds {args.seeds}",
               "connectors": {c: count(c, prompt, first, second, args.seeds) for c in args.connectors.split(",") if c}}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -31,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(REPO, "configs", "shapes", "ella-tsc.yaml")
 SHIPPED = os.path.join(REPO, "src", "ella", "assets", "shapes")
-BASE_PARTS = ("unet", "base_text_encoder", "base_tokenizer", "scheduler", "base_config.yaml")
 
 # One change each from the stage-1 recipe (uniform timesteps, lr 1e-3, batch 32, no EMA).
 # batch64 sees as many samples as the others in half the steps.
@@ -71,29 +71,26 @@ def train(name: str, seed: int, args) -> str:
 
 
 def bench_checkpoint(run_dir: str, ckpt: str, args) -> dict:
-    """The checkpoint's connector (its EMA when the run kept one) as the `tsc` of a model folder
-    that shares the shipped base, benched with `ella bench shapes`."""
+    """The checkpoint's connector (its EMA when the run kept one), saved as an export folder beside
+    it, benched with `ella bench shapes --models FOLDER`."""
     import torch
     import yaml
 
     from ella.models import ELLA
 
     state = torch.load(os.path.join(ckpt, "state.pt"), map_location="cpu", weights_only=False)
-    model_dir = os.path.join(ckpt, "model")
-    os.makedirs(model_dir, exist_ok=True)
-    for part in BASE_PARTS:
-        link = os.path.join(model_dir, part)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(SHIPPED, part), link)
+    export = os.path.join(ckpt, "export")
     ella = ELLA.from_pretrained(os.path.join(run_dir, "export"))
     ella.load_state_dict(state["ema"] or state["ella"])
-    ella.save_pretrained(os.path.join(model_dir, "ella-tsc"))
-    out = run(["ella", "bench", "shapes", "--model-dir", model_dir, "--models", "ella", "--prompts", str(args.prompts),
+    ella.save_pretrained(export)
+    shutil.copyfile(os.path.join(ckpt, "config.yaml"), os.path.join(export, "training_config.yaml"))  # its LLM
+    out = run(["ella", "bench", "shapes", "--models", export, "--prompts", str(args.prompts),
                "--out", os.path.join(ckpt, "bench"), "--json"], os.path.join(run_dir, "bench.log"))
-    summary = json.loads(out)["ella"]
+    summary = json.loads(out)[export]
+    with open(os.path.join(ckpt, "config.yaml")) as f:
+        batch_size = yaml.safe_load(f)["batch_size"]
     return {"step": int(state["step"]), "cpu_minutes": round(state["cpu_seconds"] / 60, 2),
-            "samples": int(state["step"]) * yaml.safe_load(open(os.path.join(ckpt, "config.yaml")))["batch_size"],
-            "overall": summary["overall"], **summary["l1"]}
+            "samples": int(state["step"]) * batch_size, "overall": summary["overall"], **summary["l1"]}
 
 
 def variant(name: str, seed: int, args, results: dict, lock: threading.Lock) -> None:

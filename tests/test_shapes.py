@@ -366,3 +366,18 @@ def test_bench_keeps_each_caption_style_apart_from_models_of_similar_names(tmp_p
     assert dense["ella-relative"]["settings"]["model"] == "ella-relative"
     assert relative["ella"]["settings"]["captions"] == "relative"
     assert (tmp_path / "images" / "ella-relative").is_dir() and (tmp_path / "images" / "relative" / "ella").is_dir()
+
+
+def test_bench_takes_an_own_connectors_folder_and_scores_it_as_the_same_shipped_weights(tmp_path):
+    import os
+
+    from ella.shapes.bench import run_shapes_bench
+    from ella.shapes.catalog import shipped_model_dir
+
+    own = os.path.join(shipped_model_dir(), "ella-tsc")  # no training_config.yaml: read with MiniLM, as `tsc`
+    scores = run_shapes_bench(1, ["ella", own], str(tmp_path), steps=2)
+    assert scores[own]["overall"] == scores["ella"]["overall"]
+    assert scores[own]["settings"]["weights_sha256"] == scores["ella"]["settings"]["weights_sha256"]
+    with pytest.raises(ValueError, match="unknown ShapesWorld model nope"):
+        run_shapes_bench(1, ["ella", "nope"], str(tmp_path / "x"), steps=2)
+    assert not (tmp_path / "x" / "images").exists()  # refused before any work

@@ -17,7 +17,7 @@ from ..bench.dpg import CSV_COLUMNS, load_csv
 from ..bench.runner import file_sha256, generate_images, score_run, write_manifest
 from ..fileio import folder_lock
 from ..images import make_grid, save_atomic
-from .catalog import BENCH_MODELS, shipped_model_dir
+from .catalog import BENCH_MODELS, CONNECTORS, shipped_model_dir
 from .data import HELDOUT_SEED, ShapesSceneDataset
 from .judge import ShapesBackend
 from .world import render
@@ -45,10 +45,24 @@ def write_heldout(n: int, out_dir: str, captions: str = "dense") -> tuple[str, d
 def weights_sha256(model_dir: str, connector: str | None) -> str:
     """One digest of the weight files a bench row draws with (the UNet and the connector, or the
     base text encoder): images made with other weights are never mixed into its score."""
-    parts = ["unet", f"ella-{connector}" if connector else "base_text_encoder"]
-    files = sorted(os.path.join(model_dir, p, f) for p in parts for f in os.listdir(os.path.join(model_dir, p))
-                   if f.endswith(".safetensors"))
-    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+    if connector is None or connector in CONNECTORS:
+        where = os.path.join(model_dir, f"ella-{connector}" if connector else "base_text_encoder")
+    else:  # one's own connector: its export folder or file
+        where = connector
+    files = [os.path.join(model_dir, "unet", f) for f in os.listdir(os.path.join(model_dir, "unet"))]
+    files += [os.path.join(where, f) for f in os.listdir(where)] if os.path.isdir(where) else [where]
+    return hashlib.sha256("".join(file_sha256(f) for f in sorted(files) if f.endswith(".safetensors")).encode()).hexdigest()
+
+
+def bench_row(name: str) -> tuple[str | None, str]:
+    """(the connector `load_shapes_pipeline` takes, the row's folder name) of a bench model name, or
+    of the path of one's own connector (`ella train`'s export, as `ella generate --ella` takes)."""
+    if name in BENCH_MODELS:
+        return BENCH_MODELS[name], name
+    if os.path.exists(name):
+        return name, "own-" + hashlib.sha256(os.path.abspath(name).encode()).hexdigest()[:12]
+    raise ValueError(f"unknown ShapesWorld model {name}: one of {', '.join(BENCH_MODELS)}, or a connector's export"
+                     " folder")
 
 
 def run_shapes_bench(
@@ -76,9 +90,7 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
                       llm_precision=None):
     from .models import load_shapes_pipeline
 
-    unknown = [m for m in models if m not in BENCH_MODELS]
-    if unknown:
-        raise ValueError(f"unknown ShapesWorld model(s) {', '.join(unknown)}; known: {', '.join(BENCH_MODELS)}")
+    rows = {name: bench_row(name) for name in models}  # every name checked before any work
     csv_path, prompts, scenes = write_heldout(n_prompts, out_dir, captions)
     # Other styles' images and scores in a folder of their own: a suffix ("ella" + "-relative")
     # could name another model's folder.
@@ -95,11 +107,11 @@ def _run_shapes_bench(n_prompts, models, out_dir, model_dir, steps, guidance, se
     summaries["ground truth"] = score_run(items, gt_dir, judge, os.path.join(out_dir, "scores", "ground-truth"))
 
     for name in models:
-        connector = BENCH_MODELS[name]
+        connector, row = rows[name]
         conditioning = "clip" if connector is None else "ella"
         precision = llm_precision if connector is not None and llm_precision not in (None, "fp32") else None
         pipe = load_shapes_pipeline(model_dir, connector=connector, device=device, llm_precision=precision)
-        run_name = name + (f"-llm-{precision}" if precision else "")
+        run_name = row + (f"-llm-{precision}" if precision else "")
         images_dir = os.path.join(out_dir, "images", *style, run_name)
         settings = dict(model=name, conditioning=conditioning, steps=steps, guidance=guidance, seed=seed,
                         resolution=32, samples=4, scheduler=type(pipe.scheduler).__name__, captions=captions,

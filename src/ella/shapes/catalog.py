@@ -14,6 +14,7 @@ from ..offline_llms import MINILM, SMOLLM2
 
 # `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
 SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
+MAIN_PROMPT = "a large red circle at the top left, a small blue square below it"  # the README's main job
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "shapes")
 
 
@@ -94,7 +95,7 @@ class ShippedModel:
         return warnings
 
     example_prompts = (
-        "a large red circle at the top left, a small blue square below it",
+        MAIN_PROMPT,
         "a small green triangle in the center, a large yellow square to its right on a white background",
         "draw a big purple square in the lower right and a tiny yellow dot top left, black background",
         "An image with three objects on a gray background. It shows a large blue triangle at the top, a small red"

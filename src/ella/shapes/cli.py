@@ -29,7 +29,8 @@ def add_bench_parser(sub) -> None:
                         " 17 min per model there; --prompts 50 about 4 min)")
     sh.add_argument("--prompts", type=positive_int, default=200)
     sh.add_argument("--models", default=f"base,{CONNECTORS[DEFAULT_CONNECTOR].bench_name}",
-                    help="comma-separated: " + ", ".join(BENCH_MODELS))
+                    help="comma-separated: " + ", ".join(BENCH_MODELS) + ", or the export folder of a connector"
+                    " trained with `ella train` on the ShapesWorld base")
     sh.add_argument("--out", default="runs/shapes-bench")
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
     sh.add_argument("--steps", type=positive_int, default=25)
