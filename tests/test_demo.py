@@ -29,7 +29,10 @@ def demo_model():
 def test_the_buttons_function_draws_what_ella_generate_draws(demo_model, tmp_path):
     from ella.demo import generate
 
-    result = generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "dpm++", 2, str(tmp_path))
+    progress = []
+    result = generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "dpm++", 2, str(tmp_path),
+                      on_step=lambda done, total: progress.append((done, total)))
+    assert progress == [(done, 10) for done in range(1, 11)]  # both sides' steps, counted together
     assert main(["generate", MAIN_PROMPT, "--compare", "--seed", "1001", "--steps", "5", "--num-images", "2",
                  "--out", str(tmp_path / "cli.png")]) == 0
     for side in ("base", "ella"):
@@ -39,6 +42,10 @@ def test_the_buttons_function_draws_what_ella_generate_draws(demo_model, tmp_pat
             assert view.size[0] >= 256 and seen.startswith("background ")
     assert result["command"].startswith("ella generate 'a large red circle") and "--compare" in result["command"]
     assert "--seed 1001 --steps 5" in result["command"]
+    progress.clear()
+    generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "pndm", 1, str(tmp_path),
+             on_step=lambda done, total: progress.append((done, total)))
+    assert progress[-1][0] == progress[-1][1] > 10  # PNDM takes more steps than asked: the bar still ends full
 
 
 @pytest.mark.parametrize("prompt, steps, images, message", [
@@ -144,12 +151,14 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
         app.close()
 
 
-def test_concurrent_clicks_wait_in_one_queue(demo_model):
+def test_concurrent_clicks_wait_in_one_queue_that_polls_slowly(demo_model):
     pytest.importorskip("gradio")
-    from ella.demo import build_app
+    from ella.demo import QUEUE_POLLING, build_app
 
     app = build_app(demo_model)
     assert app._queue.default_concurrency_limit == 1  # noqa: SLF001
+    for name, seconds in QUEUE_POLLING.items():  # fails if a Gradio version renames them
+        assert getattr(app._queue, name) == seconds  # noqa: SLF001
 
 
 def test_the_demo_leaves_a_core_for_the_page_on_small_cpus():
@@ -159,6 +168,10 @@ def test_the_demo_leaves_a_core_for_the_page_on_small_cpus():
 
     class OnCpu:
         device = torch.device("cpu")
+        clip_text_encoder = None
+
+    class TwoSides(OnCpu):
+        clip_text_encoder = object()
 
     before = torch.get_num_threads()
     try:
@@ -168,5 +181,7 @@ def test_the_demo_leaves_a_core_for_the_page_on_small_cpus():
         assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 1
         torch.set_num_threads(8)  # enough cores: the page does not matter
         assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 8
+        torch.set_num_threads(2)  # base and ELLA: each side on its own thread already
+        assert leave_a_core_for_the_page(TwoSides()) == 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

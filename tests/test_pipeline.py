@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,45 @@ def test_connector_runs_once_per_step_with_that_timestep(tiny_pipe, scheduler_cl
     for (batch, t), t_expected in zip(calls, expected):
         assert batch == 4  # both CFG branches of both prompts in one call
         assert float(t) == float(t_expected)
+
+
+def test_callback_on_step_end_sees_and_replaces_the_latents(tiny_pipe):
+    seen = []
+
+    def record(pipe, step, timestep, tensors):
+        seen.append((step, int(timestep), tensors["latents"].shape))
+        return tensors
+
+    plain = run(tiny_pipe, PROMPTS[:1], [1], num_inference_steps=3)
+    assert np.array_equal(run(tiny_pipe, PROMPTS[:1], [1], num_inference_steps=3, callback_on_step_end=record), plain)
+    assert [step for step, _, _ in seen] == [0, 1, 2]
+    assert [t for _, t, _ in seen] == tiny_pipe.scheduler.timesteps.tolist()
+    zeroed = run(tiny_pipe, PROMPTS[:1], [1], num_inference_steps=3,
+                 callback_on_step_end=lambda pipe, step, t, tensors: {"latents": torch.zeros_like(tensors["latents"])})
+    assert not np.array_equal(zeroed, plain)
+    with pytest.raises(ValueError, match="can only name latents"):
+        tiny_pipe("a cat", num_inference_steps=1, callback_on_step_end=record,
+                  callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_render_draws_both_sides_at_once_as_one_after_the_other(tiny_pipe):
+    from ella.generate import COMPARE, render
+
+    threads, drawn_on = torch.get_num_threads(), set()
+    tiny_pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(tiny_pipe.scheduler.config)  # draws step noise
+    together = render(tiny_pipe, PROMPTS[1], COMPARE, 5, 2, 3, 5.0, height=16, width=16,
+                      callback_on_step_end=lambda pipe, step, t, tensors: drawn_on.add(threading.current_thread().name)
+                      or tensors)
+    assert len(drawn_on) == 2 and all(name.startswith("ella-render") for name in drawn_on)  # a thread per side
+    assert torch.get_num_threads() == threads  # shared out while drawing, then given back
+    for conditioning in COMPARE:
+        torch.set_num_threads(max(1, threads // len(COMPARE)))  # as each side had them
+        try:
+            alone = render(tiny_pipe, PROMPTS[1], (conditioning,), 5, 2, 3, 5.0, height=16, width=16)[conditioning]
+        finally:
+            torch.set_num_threads(threads)
+        assert [np.asarray(a).tolist() for a in together[conditioning]] == [np.asarray(a).tolist() for a in alone]
+    assert np.asarray(together["clip"][0]).tolist() != np.asarray(together["ella"][0]).tolist()
 
 
 @pytest.mark.parametrize("scheduler_cls", [DPMSolverMultistepScheduler, HeunDiscreteScheduler])

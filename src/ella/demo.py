@@ -14,6 +14,7 @@ import random
 import shlex
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,26 @@ def command_line(model: DemoModel, prompt: str, negative: str, seed: int, steps:
     return shlex.join(args)
 
 
+class StepCounter:
+    """A `callback_on_step_end` that counts the steps of all sides (drawn at the same time, on
+    threads) and reports `on_step(done, total)` after each. The total is the scheduler's own
+    count: some samplers take more steps than asked (PNDM: 34 for 25)."""
+
+    def __init__(self, sides: int, on_step):
+        self.sides, self.on_step, self.done, self.lock = sides, on_step, 0, threading.Lock()
+
+    def __call__(self, pipe, step, timestep, tensors: dict) -> dict:
+        with self.lock:  # reported in order
+            self.done += 1
+            self.on_step(self.done, self.sides * len(pipe.scheduler.timesteps))
+        return tensors
+
+
 def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int, guidance: float, sampler: str,
-             images: int, out_dir: str) -> dict:
+             images: int, out_dir: str, on_step=None) -> dict:
     """Both sides for one request: {"base"/"ella": [(view image, original PNG path, judge text)],
-    "command": str}. The same code path as `ella generate --compare`."""
+    "command": str}. The same code path as `ella generate --compare`; `on_step(done, total)`
+    follows the denoising steps of both sides."""
     from .generate import COMPARE, COMPARE_NAMES, render
     from .images import save_atomic, upscale
     from .pipelines.loading import scheduler_class
@@ -81,8 +98,10 @@ def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int
     steps, images, seed = int(steps), int(images), int(seed)
     model.pipe.scheduler = scheduler_class(sampler).from_config(model.pipe.scheduler.config)
     height, width = model.defaults["size"]
-    rows = render(model.pipe, prompt, COMPARE if model.has_base else ("ella",), seed, images, steps, guidance,
-                  negative or None, height, width)
+    sides = COMPARE if model.has_base else ("ella",)
+    counter = None if on_step is None else StepCounter(len(sides), on_step)
+    rows = render(model.pipe, prompt, sides, seed, images, steps, guidance, negative or None, height, width,
+                  callback_on_step_end=counter)
     result = {"command": command_line(model, prompt, negative, seed, steps, guidance, sampler, images)}
     for conditioning, row in rows.items():
         side = []
@@ -114,14 +133,15 @@ def build_app(model: DemoModel, loader=None):
     default_steps, default_guidance = model.defaults["steps"], model.defaults["guidance"]
 
     def on_generate(prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector,
-                    progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's own idiom)
+                    progress=gr.Progress()):  # noqa: B008 (Gradio's own idiom)
         try:
             if loader is not None and connector and connector != state["model"].connector:
                 state["model"] = loader(connector)
             if random_seed:
                 seed = random.randrange(2**31)
-            state["model"].pipe.set_progress_bar_config(disable=False, leave=False)  # what the page's bar tracks
-            result = generate(state["model"], prompt, negative, seed, steps, guidance, sampler, images, out_dir)
+            state["model"].pipe.set_progress_bar_config(disable=True)  # the page has its own
+            result = generate(state["model"], prompt, negative, seed, steps, guidance, sampler, images, out_dir,
+                              on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"))
         except ValueError as err:  # DemoInputError and the library's own one-line errors
             return [], [], "", "", "", [], f"**Error:** {err}"
         base, ella = result.get("base", []), result["ella"]
@@ -168,18 +188,38 @@ def build_app(model: DemoModel, loader=None):
                      [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status],
                      show_progress_on=status)
     app.queue(default_concurrency_limit=1)  # one job at a time on the CPU: visitors wait in line
+    slow_down_queue_polling(app)
     return app
+
+
+# Gradio's queue looks for work every 1 ms on Linux (50 ms on Windows) and for progress to send
+# every 10 ms, busy or idle: CPU the generation needs on a small machine, and progress the page
+# redraws 100 times a second. Looked up by name, as these are the queue's own attributes.
+QUEUE_POLLING = {"sleep_when_free": 0.05, "progress_update_sleep_when_free": 0.25}
+
+
+def slow_down_queue_polling(app) -> None:
+    """Gradio's queue polls at `QUEUE_POLLING`'s periods (seconds): a click waits at most 50 ms
+    more to start, the progress moves 4 times a second."""
+    for name, seconds in QUEUE_POLLING.items():
+        if not hasattr(app._queue, name):
+            logger.warning("Gradio's queue has no attribute %s (another Gradio version): left as it is", name)
+            continue
+        setattr(app._queue, name, seconds)
 
 
 def leave_a_core_for_the_page(pipe) -> int:
     """On a CPU of a few cores, generate with one thread fewer than torch would take, so the
     server and a local browser do not pre-empt torch's threads in the middle of every parallel
     op (on the 2-core development CPU, click to both images took 7.95 s with two threads and 5.72 s
-    with one; docs/benchmarks.md). Returns the number of threads set (0: left as it was)."""
+    with one; docs/benchmarks.md). Not with a base model: its two sides are drawn at the same time,
+    each on its own thread (`ella.generate.render`), which the page does not stall. Returns the
+    number of threads set (0: left as it was)."""
     import torch
 
     threads = torch.get_num_threads()
-    if getattr(pipe, "device", torch.device("cpu")).type != "cpu" or not 1 < threads <= 4:
+    two_sides = getattr(pipe, "clip_text_encoder", None) is not None
+    if getattr(pipe, "device", torch.device("cpu")).type != "cpu" or two_sides or not 1 < threads <= 4:
         return 0
     torch.set_num_threads(threads - 1)
     logger.info("generating with %d of %d CPU threads: one is left for the page", threads - 1, threads)

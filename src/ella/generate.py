@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -127,16 +128,51 @@ def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: 
            **pipe_kwargs) -> dict[str, list]:
     """{conditioning: images}: what `ella generate` draws (and `ella demo`, through the same
     function). One generator per image, seeded seed + i: image i is the same whatever the count.
-    `pipe_kwargs`: more pipeline arguments (init_image, mask_image, strength, prompt_weighting)."""
-    rows = {}
-    for conditioning in conditionings:
+    `pipe_kwargs`: more pipeline arguments (init_image, mask_image, strength, prompt_weighting).
+    On the CPU, several conditionings (--compare) are drawn at the same time (`_concurrently`)."""
+
+    def draw(side_pipe, conditioning):
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(num_images)]
-        rows[conditioning] = pipe(
+        return side_pipe(
             prompt, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance,
             negative_prompt=negative, num_images_per_prompt=num_images, generator=generators, conditioning=conditioning,
             **pipe_kwargs,
         ).images
-    return rows
+
+    if len(conditionings) > 1 and pipe.device.type == "cpu":
+        return _concurrently(pipe, conditionings, draw)
+    return {conditioning: draw(pipe, conditioning) for conditioning in conditionings}
+
+
+def _concurrently(pipe, conditionings, draw) -> dict[str, list]:
+    """Each conditioning on its own Python thread, torch's CPU threads shared out between them.
+    Why: a small model's ops are too short for torch's threads to share one well (on the 2-core
+    development CPU the two sides of the main prompt take 3.7 s one after the other on two
+    threads, 2.4 s side by side on one thread each; docs/benchmarks.md), and a side on its own
+    thread does not stall when another process takes a core. The images are the same as drawn one
+    after the other: each side has its own generators, and its own pipeline object and scheduler
+    (the scheduler keeps the step in progress); the modules are shared, read-only. Each thread
+    runs in a copy of the caller's context, so what the caller set in contextvars (a web app's
+    progress tracker) holds in the threads too."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    sides = []
+    for position, conditioning in enumerate(conditionings):
+        side = copy.copy(pipe)
+        side.scheduler = copy.deepcopy(pipe.scheduler)
+        side._progress_bar_config = {**getattr(pipe, "_progress_bar_config", {}),
+                                     "desc": COMPARE_NAMES.get(conditioning, conditioning), "position": position}
+        sides.append(side)
+    torch.set_num_threads(max(1, threads // len(conditionings)))  # global: set before the threads start
+    try:
+        with ThreadPoolExecutor(len(conditionings), thread_name_prefix="ella-render") as pool:
+            futures = {c: pool.submit(contextvars.copy_context().run, draw, side, c)
+                       for side, c in zip(sides, conditionings)}
+            return {c: future.result() for c, future in futures.items()}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_outputs(out: str, rows: dict[str, list], view_size: int | None) -> list[str]:

@@ -449,7 +449,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
 
     def denoise(self, latents, timesteps, text, clip_embeds, added, control, guidance_scale: float,
                 controlnet_conditioning_scale: float, step_kwargs: dict, precompute_connector: bool,
-                inpaint: Inpainting | None = None):
+                inpaint: Inpainting | None = None, callback_on_step_end=None):
         """The loop: the connector runs at every step with that step's timestep (or ran for all of
         them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step; when
         inpainting, the mask and masked image join the UNet's input (9 channels) or the known
@@ -484,6 +484,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if inpaint is not None:
                     latents = inpaint.blend(self.scheduler, latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
                 progress.update()
         return latents
 
@@ -557,6 +559,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         precompute_connector: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
         """Generate images: 1. check inputs; 2. encode the prompts once (the LLM, unless given as
         `prompt_embeds` etc. from `encode_prompt`: then no text_encoder/tokenizer is needed; CLIP if
@@ -568,7 +572,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         `precompute_connector=True` runs the
         connector for all steps in one batched call before the loop (the same conditioning; faster
         where calls are bound by kernel launches, as on GPUs). `eta` is DDIM's; stochastic
-        schedulers draw their per-step noise from `generator` too."""
+        schedulers draw their per-step noise from `generator` too. `callback_on_step_end(pipe, step,
+        timestep, {"latents": ...})` runs after each step, as in diffusers; the latents it returns
+        replace the step's."""
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 
         # 1. Inputs
@@ -585,6 +591,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             raise ValueError("mask_image and strength need an init_image")
         if init_image is not None and latents is not None:
             raise ValueError("pass init_image or latents, not both: the image's latents are noised to `strength`")
+        if not set(callback_on_step_end_tensor_inputs) <= {"latents"}:
+            raise ValueError(f"callback_on_step_end_tensor_inputs can only name latents, got "
+                             f"{list(callback_on_step_end_tensor_inputs)}")
         self._check_call(prompts, negatives, height, width, conditioning, image,
                          embeds and (prompt_embeds, negative_prompt_embeds, do_cfg), guidance_scale,
                          num_inference_steps, n, generator)
@@ -608,7 +617,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         # 4. Denoising loop
         latents = self.denoise(latents, timesteps, text, clip_embeds, added, control, guidance_scale,
                                controlnet_conditioning_scale, self.prepare_extra_step_kwargs(generator, eta),
-                               precompute_connector, inpaint)
+                               precompute_connector, inpaint, callback_on_step_end)
 
         # 5. Decode
         images = self.decode_latents(latents, output_type)
