@@ -23,6 +23,12 @@ from ella.shapes.catalog import MAIN_PROMPT as PROMPT
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+IDLE_SECONDS = 5
+COUNT_FRAMES = """
+window.animationFrames = 0;
+const request = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.animationFrames++; return request(callback); };
+"""
 # Timed inside the page, from the click to both galleries showing their new images, loaded: no
 # WebDriver polling (its 0.5 s period quantized the time and its requests cost the browser CPU);
 # the check every 20 ms reads no layout (textContent, not innerText), so it costs the page little.
@@ -96,6 +102,8 @@ def main() -> None:
                 p.resume()
 
     cli, cli_cpu, clicks, browser_cpu, server_cpu = [], [], [], [], []
+    # Counts the page's animation frames: Gradio's status trackers request one per frame.
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": COUNT_FRAMES})
     try:
         browser.get(f"http://127.0.0.1:{port}")
         wait = WebDriverWait(browser, 300)
@@ -104,6 +112,11 @@ def main() -> None:
         browser_procs = psutil.Process(browser.service.process.pid).children(recursive=True)
         browser.set_script_timeout(300)
         seed_box = browser.find_element(By.CSS_SELECTOR, "#seed input")
+        time.sleep(2)  # the page settles
+        b0, frames0 = cpu(browser_procs), browser.execute_script("return window.animationFrames")
+        time.sleep(IDLE_SECONDS)
+        idle_cpu = (cpu(browser_procs) - b0) / IDLE_SECONDS
+        idle_frames = (browser.execute_script("return window.animationFrames") - frames0) / IDLE_SECONDS
         # Pairs, a CLI run then a click, so that both see the machine in the same state (this
         # shared CPU's speed drifts by 20-30% over minutes); the first click warms the page up.
         for i in range(args.runs + 1):
@@ -131,6 +144,8 @@ def main() -> None:
         "CPU seconds per click: browser (Chromium), server (the demo's process), mean": [
             statistics.mean(browser_cpu), statistics.mean(server_cpu)],
         "CPU seconds of the CLI generation, mean": statistics.mean(cli_cpu),
+        "the page open, before any click: browser CPU-s per second, animation frames per second": [
+            idle_cpu, idle_frames],
         "runs": args.runs,
     }
     report(result, args.out)
