@@ -108,6 +108,15 @@ def _gallery_images(browser, element_id: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(urllib.request.urlopen(src)).convert("RGB")) for src in sources if src]
 
 
+# Every text the status line shows while generating (the progress is there, not on the outputs).
+WATCH_PROGRESS = """
+window.progressSeen = [];
+const status = document.getElementById('status');
+new MutationObserver(() => window.progressSeen.push(status.textContent.trim()))
+  .observe(status, {subtree: true, childList: true, characterData: true});
+"""
+
+
 def test_the_page_in_a_real_browser(demo_model, tmp_path):
     from ella.demo import build_app
 
@@ -128,8 +137,11 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
         wait = WebDriverWait(browser, 120)
         box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
         box.send_keys(MAIN_PROMPT)
+        browser.execute_script(WATCH_PROGRESS)
         browser.find_element(By.ID, "generate").click()
         wait.until(lambda b: "Done." in b.find_element(By.ID, "status").text)
+        seen = browser.execute_script("return window.progressSeen")
+        assert any("denoising" in text and "/16 steps" in text for text in seen), sorted(set(seen))
         time.sleep(0.5)  # the galleries render after the status
         base, ella = _gallery_images(browser, "base-gallery"), _gallery_images(browser, "ella-gallery")
         assert len(base) >= 1 and len(ella) >= 1
