@@ -139,7 +139,9 @@ def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: 
             **pipe_kwargs,
         ).images
 
-    if len(conditionings) > 1 and pipe.device.type == "cpu":
+    # The execution device, not `pipe.device`: with model offload the modules sit on the CPU
+    # between calls, and offload hooks are not for two threads at once.
+    if len(conditionings) > 1 and pipe._execution_device.type == "cpu":
         return _concurrently(pipe, conditionings, draw)
     return {conditioning: draw(pipe, conditioning) for conditioning in conditionings}
 
@@ -147,10 +149,11 @@ def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: 
 def _concurrently(pipe, conditionings, draw) -> dict[str, list]:
     """Each conditioning on its own Python thread, torch's CPU threads shared out between them.
     Why: a small model's ops are too short for torch's threads to share one well (on the 2-core
-    development CPU the two sides of the main prompt take 3.7 s one after the other on two
-    threads, 2.4 s side by side on one thread each; docs/benchmarks.md), and a side on its own
-    thread does not stall when another process takes a core. The images are the same as drawn one
-    after the other: each side has its own generators, and its own pipeline object and scheduler
+    development CPU the two sides of the main prompt take 4.30 s one after the other on two
+    threads, 2.73 s at once on one thread each, medians in
+    benchmarks/results/compare_sides_cpu.json), and a side on its own thread does not stall when
+    another process takes a core. The images are those drawn one after the other at the same
+    thread count: each side has its own generators, and its own pipeline object and scheduler
     (the scheduler keeps the step in progress); the modules are shared, read-only. Each thread
     runs in a copy of the caller's context, so what the caller set in contextvars (a web app's
     progress tracker) holds in the threads too."""

@@ -560,7 +560,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
-        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
     ):
         """Generate images: 1. check inputs; 2. encode the prompts once (the LLM, unless given as
         `prompt_embeds` etc. from `encode_prompt`: then no text_encoder/tokenizer is needed; CLIP if
