@@ -129,7 +129,7 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     # One seed, quicker; the default 25 steps, so that the progress has time to show on any CPU
-    # (the page gets it 4 times a second).
+    # (the page gets it twice a second).
     model = dataclasses.replace(demo_model, defaults={**demo_model.defaults, "steps": 25, "images": 1})
     app = build_app(model)
     port = _free_port()

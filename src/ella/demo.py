@@ -194,13 +194,15 @@ def build_app(model: DemoModel, loader=None):
 
 # Gradio's queue looks for work every 1 ms on Linux (50 ms on Windows) and for progress to send
 # every 10 ms, busy or idle: CPU the generation needs on a small machine, and progress the page
-# redraws 100 times a second. Looked up by name, as these are the queue's own attributes.
-QUEUE_POLLING = {"sleep_when_free": 0.05, "progress_update_sleep_when_free": 0.25}
+# redraws up to 100 times a second (each redraw costs the browser CPU the generation needs too:
+# 1.35 CPU-s per click at 4 a second, 1.0 at 2; docs/benchmarks.md). Looked up by name, as these
+# are the queue's own attributes.
+QUEUE_POLLING = {"sleep_when_free": 0.05, "progress_update_sleep_when_free": 0.5}
 
 
 def slow_down_queue_polling(app) -> None:
     """Gradio's queue polls at `QUEUE_POLLING`'s periods (seconds): a click waits at most 50 ms
-    more to start, the progress moves 4 times a second."""
+    more to start, the progress moves twice a second."""
     for name, seconds in QUEUE_POLLING.items():
         if not hasattr(app._queue, name):
             logger.warning("Gradio's queue has no attribute %s (another Gradio version): left as it is", name)
