@@ -170,6 +170,7 @@ def main() -> None:
         "the whole `ella generate --compare` command, for comparison (s, best/worst of 2)": [
             min(commands), max(commands)],
         "runs": args.runs,
+        "per pair: click (s), CLI (s)": [[round(click, 4), round(c, 4)] for click, c in zip(clicks, cli)],
     }
     report(result, args.out)
 
