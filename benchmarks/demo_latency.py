@@ -72,7 +72,7 @@ def main() -> None:
     model = DemoModel(SHIPPED.load("tsc"), {**SHIPPED.defaults, "images": 1}, SHIPPED, "tsc", [])  # one seed
     steps, guidance = model.defaults["steps"], model.defaults["guidance"]
     render(model.pipe, PROMPT, COMPARE, 1001, 1, steps, guidance)  # warm-up
-    leave_a_core_for_the_page(model.pipe)  # as `ella demo` does
+    leave_a_core_for_the_page(model)  # as `ella demo` does
     app = build_app(model)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -178,24 +178,26 @@ def test_concurrent_clicks_wait_in_one_queue_that_polls_slowly(demo_model):
 def test_the_demo_leaves_a_core_for_the_page_on_small_cpus():
     import torch
 
-    from ella.demo import leave_a_core_for_the_page
+    from ella.demo import DemoModel, leave_a_core_for_the_page
 
     class OnCpu:
         device = torch.device("cpu")
         clip_text_encoder = None
 
-    class TwoSides(OnCpu):
+    class WithBase(OnCpu):
         clip_text_encoder = object()
+
+    one_side, two_sides = DemoModel(OnCpu(), {}, None, None, []), DemoModel(WithBase(), {}, None, None, [])
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert leave_a_core_for_the_page(OnCpu()) == 1 and torch.get_num_threads() == 1
+        assert leave_a_core_for_the_page(one_side) == 1 and torch.get_num_threads() == 1
         torch.set_num_threads(1)  # nothing to leave
-        assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 1
+        assert leave_a_core_for_the_page(one_side) == 0 and torch.get_num_threads() == 1
         torch.set_num_threads(8)  # enough cores: the page does not matter
-        assert leave_a_core_for_the_page(OnCpu()) == 0 and torch.get_num_threads() == 8
+        assert leave_a_core_for_the_page(one_side) == 0 and torch.get_num_threads() == 8
         torch.set_num_threads(2)  # base and ELLA: each side on its own thread already
-        assert leave_a_core_for_the_page(TwoSides()) == 0 and torch.get_num_threads() == 2
+        assert leave_a_core_for_the_page(two_sides) == 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -210,7 +210,7 @@ def slow_down_queue_polling(app) -> None:
         setattr(app._queue, name, seconds)
 
 
-def leave_a_core_for_the_page(pipe) -> int:
+def leave_a_core_for_the_page(model: DemoModel) -> int:
     """On a CPU of a few cores, generate with one thread fewer than torch would take, so the
     server and a local browser do not pre-empt torch's threads in the middle of every parallel
     op (on the 2-core development CPU, click to both images took 7.95 s with two threads and 5.72 s
@@ -220,8 +220,7 @@ def leave_a_core_for_the_page(pipe) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    two_sides = getattr(pipe, "clip_text_encoder", None) is not None
-    if getattr(pipe, "device", torch.device("cpu")).type != "cpu" or two_sides or not 1 < threads <= 4:
+    if model.pipe.device.type != "cpu" or model.has_base or not 1 < threads <= 4:
         return 0
     torch.set_num_threads(threads - 1)
     logger.info("generating with %d of %d CPU threads: one is left for the page", threads - 1, threads)
@@ -251,6 +250,6 @@ def run_demo(args) -> None:
             return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype,
                                                 llm_precision=args.llm_precision), model.defaults,
                              model.shipped, connector, [])
-    leave_a_core_for_the_page(model.pipe)
+    leave_a_core_for_the_page(model)
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
     build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)
