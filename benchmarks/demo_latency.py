@@ -27,14 +27,9 @@ from ella.shapes.catalog import MAIN_PROMPT as PROMPT
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 IDLE_SECONDS = 5
-COUNT_FRAMES = """
-window.animationFrames = 0;
-const request = window.requestAnimationFrame.bind(window);
-window.requestAnimationFrame = (callback) => { window.animationFrames++; return request(callback); };
-"""
 # Timed inside the page, from the click to both galleries showing their new images, loaded: no
-# WebDriver polling (its 0.5 s period quantized the time and its requests cost the browser CPU);
-# the check every 20 ms reads no layout (textContent, not innerText), so it costs the page little.
+# WebDriver polling (its 0.5 s period quantized the time and its requests cost the browser CPU).
+# Checked when the page changes or an image loads, not on a timer, so that it costs the page little.
 CLICK_AND_WAIT = """
 const [seed, done] = arguments;
 const images = () => [...document.querySelectorAll('#base-gallery img, #ella-gallery img')];
@@ -44,10 +39,15 @@ const check = () => {
   const now = images();
   const ready = document.getElementById('command').textContent.includes(`--seed ${seed} `) && now.length >= 2
     && now.every(img => !before.has(img.src) && img.complete && img.naturalWidth > 0);
-  if (ready) done((performance.now() - start) / 1000); else setTimeout(check, 20);
+  if (!ready) return;
+  observer.disconnect();
+  document.removeEventListener('load', check, true);
+  done((performance.now() - start) / 1000);
 };
+const observer = new MutationObserver(check);
+observer.observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
+document.addEventListener('load', check, true);  // an image loaded (load does not bubble: captured)
 document.querySelector('#generate').click();
-check();
 """
 
 
@@ -62,9 +62,9 @@ def main() -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     from startup import report
-    from test_demo import _browser
+    from test_demo import COUNT_FRAMES, _browser
 
-    from ella.demo import DemoModel, build_app, leave_a_core_for_the_page
+    from ella.demo import DemoModel, build_app, launch, leave_a_core_for_the_page
     from ella.generate import COMPARE, render
     from ella.shapes.catalog import SHIPPED
 
@@ -77,7 +77,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     browser, why = _browser()
     if browser is None:
         raise SystemExit(why)
@@ -121,7 +121,6 @@ def main() -> None:
             return time.perf_counter() - start
 
     cli, cli_cpu, clicks, browser_cpu, server_cpu = [], [], [], [], []
-    # Counts the page's animation frames: Gradio's status trackers request one per frame.
     browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": COUNT_FRAMES})
     try:
         browser.get(f"http://127.0.0.1:{port}")

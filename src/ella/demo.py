@@ -210,6 +210,58 @@ def slow_down_queue_polling(app) -> None:
         setattr(app._queue, name, seconds)
 
 
+# Gradio 6's status trackers time a pending job on requestAnimationFrame, and the loading screen's
+# tracker is never stopped: an open page asks for 60 frames a second for as long as it is open
+# (0.09-0.12 CPU-s a second of Chromium, idle, on the 2-core development CPU; docs/benchmarks.md),
+# CPU the model needs when the page and the model share a small machine. Nothing on this page moves
+# faster than that timer's tenths of a second, so animation frames come from a 10-per-second timer,
+# which draws nothing when nothing changed. It has to run before Gradio's modules keep their own
+# reference to requestAnimationFrame: the server puts it first in the page's <head>.
+PAGE_SCRIPT = """<script>
+window.requestAnimationFrame = (callback) => setTimeout(() => callback(performance.now()), 100);
+window.cancelAnimationFrame = (id) => clearTimeout(id);
+</script>"""
+
+
+class FirstInHead:
+    """ASGI middleware: every HTML page the app serves gets `html` first in its <head>, before any
+    script of the page runs. Other responses (the queue's event streams, files) pass untouched."""
+
+    def __init__(self, app, html: str):
+        self.app, self.html = app, html.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return await self.app(scope, receive, send)
+        start, body = None, []
+
+        async def send_page(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"text/html") and b"content-encoding" not in headers:
+                    start = message  # held until the whole page is in
+                    return
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = b"".join(body).replace(b"<head>", b"<head>" + self.html, 1)
+            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+            await send({**start, "headers": headers + [(b"content-length", str(len(page)).encode())]})
+            await send({"type": "http.response.body", "body": page})
+
+        await self.app(scope, receive, send_page)
+
+
+def launch(app, **kwargs):
+    """`app.launch(**kwargs)` with `PAGE_SCRIPT` in the page."""
+    from starlette.middleware import Middleware
+
+    return app.launch(app_kwargs={"middleware": [Middleware(FirstInHead, html=PAGE_SCRIPT)]}, **kwargs)
+
+
 def leave_a_core_for_the_page(model: DemoModel) -> int:
     """On a CPU of a few cores, generate with one thread fewer than torch would take, so the
     server and a local browser do not pre-empt torch's threads in the middle of every parallel
@@ -252,4 +304,4 @@ def run_demo(args) -> None:
                              model.shipped, connector, [])
     leave_a_core_for_the_page(model)
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
-    build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)
+    launch(build_app(model, loader), server_name=args.host, server_port=args.port, share=args.share)
