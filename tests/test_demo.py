@@ -147,7 +147,7 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
         wait = WebDriverWait(browser, 120)
         box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
         frames = browser.execute_script("return window.animationFrames")
-        time.sleep(1)  # the page open, idle: Gradio's own would ask for 60 frames in this second
+        time.sleep(1)  # the page open, idle: without PAGE_SCRIPT, Gradio asks for 60 frames or more a second
         assert browser.execute_script("return window.animationFrames") - frames <= 12
         box.send_keys(MAIN_PROMPT)
         browser.execute_script(WATCH_PROGRESS)

@@ -212,11 +212,12 @@ def slow_down_queue_polling(app) -> None:
 
 # Gradio 6's status trackers time a pending job on requestAnimationFrame, and the loading screen's
 # tracker is never stopped: an open page asks for 60 frames a second for as long as it is open
-# (0.09-0.12 CPU-s a second of Chromium, idle, on the 2-core development CPU; docs/benchmarks.md),
-# CPU the model needs when the page and the model share a small machine. Nothing on this page moves
-# faster than that timer's tenths of a second, so animation frames come from a 10-per-second timer,
-# which draws nothing when nothing changed. It has to run before Gradio's modules keep their own
-# reference to requestAnimationFrame: the server puts it first in the page's <head>.
+# (Chromium, idle, on the 2-core development CPU: 0.11-0.13 CPU-s a second, 0.024-0.030 with this
+# script; docs/benchmarks.md), CPU the model needs when the page and the model share a machine.
+# Nothing on this page moves faster than that timer's tenths of a second, so animation frames come
+# from a 10-per-second timer, which draws nothing when nothing changed. It has to run before
+# Gradio's modules keep their own reference to requestAnimationFrame: the server puts it first in
+# the page's <head>.
 PAGE_SCRIPT = """<script>
 window.requestAnimationFrame = (callback) => setTimeout(() => callback(performance.now()), 100);
 window.cancelAnimationFrame = (id) => clearTimeout(id);
