@@ -14,8 +14,7 @@ import pytest
 from PIL import Image
 
 from ella.cli import main
-
-MAIN_PROMPT = "a large red circle at the top left, a small blue square below it"
+from ella.shapes.catalog import MAIN_PROMPT
 
 
 @pytest.fixture(scope="module")
