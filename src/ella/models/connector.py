@@ -285,7 +285,12 @@ class ELLA(ModelMixin, ConfigMixin):
         if text_attention_mask is not None and text_attention_mask.shape != x.shape[:2]:
             raise ValueError(f"text_attention_mask must be (batch, tokens) = {tuple(x.shape[:2])}, "
                              f"got {tuple(text_attention_mask.shape)}")
-        temb = self.embed_timestep(timestep, x.shape[0], x.dtype, x.device) if self.uses_timestep else None
+        t = torch.as_tensor(timestep, device=x.device)
+        if not bool(torch.isfinite(x).all() & (t >= 0).all()):  # one check (one device sync) for both
+            problem = ("text_hidden_states hold NaN or inf values" if not torch.isfinite(x).all()
+                       else f"timesteps must be >= 0 (the scheduler's 0..999), got {t.min().item()}")
+            raise ValueError(problem)
+        temb = self.embed_timestep(t, x.shape[0], x.dtype, x.device) if self.uses_timestep else None
         return self.connector(x, temb, text_attention_mask)
 
     def forward_timesteps(

@@ -14,8 +14,10 @@ import math
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.embeddings import ImageProjection
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 from transformers.utils import logging as hf_logging
 
@@ -43,6 +45,21 @@ def _import_ip_adapter_mixin():
 IPAdapterMixin = _import_ip_adapter_mixin()
 
 CONDITIONINGS = ("ella", "ella+clip", "clip")
+CALLBACK_TENSOR_INPUTS = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+
+def _positive_rows(x, rows: int):
+    """The last `rows` rows (the positive prompts, under diffusers' [negatives; positives] CFG
+    order) of a tensor, TextFeatures or dict of tensors that holds 2 * rows; anything else as it is."""
+    if isinstance(x, dict):
+        return {k: _positive_rows(v, rows) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_positive_rows(v, rows) for v in x)
+    if isinstance(x, TextFeatures):
+        return TextFeatures(_positive_rows(x.hidden_states, rows), _positive_rows(x.attention_mask, rows))
+    if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == 2 * rows:
+        return x[rows:]
+    return x
 
 
 class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
@@ -68,6 +85,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     _exclude_from_cpu_offload = ["ella"]
     _optional_components = ["vae", "text_encoder", "tokenizer", "ella", "clip_text_encoder", "clip_tokenizer",
                              "controlnet", "image_encoder", "feature_extractor"]
+    _callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
 
     def __init__(
         self,
@@ -202,8 +220,17 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 m = blank.attention_mask[..., None].to(blank.hidden_states.dtype)
                 empty = ((blank.hidden_states * m).sum(1) / m.sum(1).clamp(min=1))[0]
             features = apply_weights(features, weights, mode, empty)
-        features.hidden_states = features.hidden_states.to(self.ella.dtype if self.ella is not None else self.unet.dtype)
+        features.hidden_states = features.hidden_states.to(self.features_dtype)
         return features
+
+    @property
+    def features_dtype(self) -> torch.dtype:
+        """The dtype the LLM features are kept in: the connector's, or the LLM's own when the
+        pipeline holds only the text components (`encode_prompt` in isolation)."""
+        for module in (self.ella, self.text_encoder, self.unet):
+            if module is not None:
+                return module.dtype
+        return torch.float32
 
     @torch.no_grad()
     def encode_prompt(
@@ -220,10 +247,12 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         call the pipeline with these tensors and `text_encoder=None, tokenizer=None`."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         pos = self.encode_llm(prompts, prompt_weighting)
-        if not do_classifier_free_guidance:
-            return pos.hidden_states, pos.attention_mask, None, None
-        neg = self.encode_llm(self._negatives(negative_prompt, len(prompts)), prompt_weighting)
-        return pos.hidden_states, pos.attention_mask, neg.hidden_states, neg.attention_mask
+        prompt_embeds, prompt_attention_mask = pos.hidden_states, pos.attention_mask
+        negative_prompt_embeds = negative_prompt_attention_mask = None
+        if do_classifier_free_guidance:
+            neg = self.encode_llm(self._negatives(negative_prompt, len(prompts)), prompt_weighting)
+            negative_prompt_embeds, negative_prompt_attention_mask = neg.hidden_states, neg.attention_mask
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
 
     @staticmethod
     def _negatives(negative_prompt: str | list[str] | None, batch: int) -> list[str]:
@@ -231,21 +260,35 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         return [negative] * batch if isinstance(negative, str) else list(negative)
 
     @torch.no_grad()
-    def encode_clip(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP-style last hidden state (B, max_length, C), padded like Stable Diffusion's."""
+    def encode_clip(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
+        """CLIP-style last hidden state (B, max_length, C), padded like Stable Diffusion's; with
+        `clip_skip`, the hidden state that many layers before the last, through the final layer
+        norm (as diffusers' Stable Diffusion pipeline reads it)."""
         tok = self.clip_tokenizer(
             prompts, padding="max_length", truncation=True,
             max_length=self.clip_tokenizer.model_max_length, return_tensors="pt",
         )
         ids = tok.input_ids.to(self._execution_device)
-        return self.clip_text_encoder(ids)[0].to(self.unet.dtype)
+        if not clip_skip:
+            return self.clip_text_encoder(ids)[0].to(self.unet.dtype)
+        hidden = self.clip_text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        text_model = getattr(self.clip_text_encoder, "text_model", self.clip_text_encoder)  # transformers 4 nests it; 5 not
+        return text_model.final_layer_norm(hidden).to(self.unet.dtype)
 
     def _repeat(self, x: torch.Tensor | None, n: int) -> torch.Tensor | None:
         return None if x is None else x.repeat_interleave(n, dim=0)
 
-    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int) -> dict | None:
+    def check_pooled(self, pooled_prompt_embeds, negative_pooled_prompt_embeds, do_cfg: bool, batch: int):
+        """SDXL's pooled embeddings in CFG row order, or None; an SD1.5-style UNet takes none."""
+        if pooled_prompt_embeds is not None or negative_pooled_prompt_embeds is not None:
+            raise ValueError("pooled_prompt_embeds are SDXL's: use ELLAStableDiffusionXLPipeline")
+        return None
+
+    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int,
+                          pooled: torch.Tensor | None = None) -> dict | None:
         """Extra UNet inputs for the `batch` prompt rows (in CFG order; `rows` None when the
-        prompts came as embeddings); SD1.5-style UNets take none."""
+        prompts came as embeddings; `pooled` SDXL's pooled embeddings, given); SD1.5-style UNets
+        take none."""
         if self.unet.config.addition_embed_type == "text_time":
             raise ValueError("this UNet is SDXL-style (it needs pooled text and size ids): use ELLAStableDiffusionXLPipeline")
         return None
@@ -283,14 +326,21 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         return (latents * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     def prepare_image_latents(self, init_image, mask_image, strength: float, timesteps: torch.Tensor,
-                              num_inference_steps: int, batch: int, n: int, height: int, width: int, generator):
-        """(the cut timesteps, the initial latents, Inpainting or None) for img2img/inpainting."""
+                              num_inference_steps: int, batch: int, n: int, height: int, width: int, generator,
+                              noise: torch.Tensor | None = None):
+        """(the cut timesteps, the initial latents, Inpainting or None) for img2img/inpainting;
+        `noise` (the call's `latents`), if given, is the noise added to the image's latents."""
         timesteps = cut_timesteps(self.scheduler, timesteps, num_inference_steps, strength)
         image = self.image_processor.preprocess(init_image, height=height, width=width)
         image = self._expand_rows(image, batch, n, "init images")  # (B * n, 3, H, W) in [-1, 1]
         image_latents = self.encode_init_image(image)
-        noise = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
-                             dtype=self.unet.dtype)
+        if noise is None:
+            noise = randn_tensor(image_latents.shape, generator=generator, device=image_latents.device,
+                                 dtype=self.unet.dtype)
+        elif noise.shape != image_latents.shape:
+            raise ValueError(f"latents must have shape {tuple(image_latents.shape)}, got {tuple(noise.shape)}")
+        else:
+            noise = noise.to(image_latents.device, self.unet.dtype)
         if strength == 1.0:  # pure noise: exactly text-to-image's start
             latents = noise * self.scheduler.init_noise_sigma
         else:
@@ -426,14 +476,14 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         if "clip" in conditioning:
             if prompt_weighting:  # CLIP reads the text without the weighting syntax (parsing is cheap: no model)
                 prompts, negatives = ([parse_prompt_weights(p).text for p in ps] for ps in (prompts, negatives))
-            clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts), n)
+            clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts, self.clip_skip), n)
         return text, clip_embeds
 
     def prepare_unet_inputs(self, prompts, negatives, batch: int, height: int, width: int, image, do_cfg: bool, n: int,
-                            ip_adapter_image=None, ip_adapter_image_embeds=None):
+                            ip_adapter_image=None, ip_adapter_image_embeds=None, pooled=None):
         """(added_cond_kwargs, ControlNet image), in the rows' CFG order and repeated n times."""
         rows = None if prompts is None else (negatives + prompts if do_cfg else prompts)
-        added = self.added_cond_kwargs(rows, height, width, batch * (2 if do_cfg else 1))
+        added = self.added_cond_kwargs(rows, height, width, batch * (2 if do_cfg else 1), pooled)
         added = None if added is None else {k: self._repeat(v, n) for k, v in added.items()}
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             added = dict(added or {}, image_embeds=self.prepare_ip_adapter_image_embeds(
@@ -447,47 +497,135 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             control = torch.cat([control] * 2) if do_cfg else control
         return added, control
 
-    def denoise(self, latents, timesteps, text, clip_embeds, added, control, guidance_scale: float,
-                controlnet_conditioning_scale: float, step_kwargs: dict, precompute_connector: bool,
-                inpaint: Inpainting | None = None, callback_on_step_end=None):
+    def denoise(self, latents, timesteps, text, clip_embeds, added, control, step_kwargs: dict,
+                precompute_connector: bool, inpaint: Inpainting | None = None, callback_on_step_end=None,
+                callback_on_step_end_tensor_inputs=("latents",)):
         """The loop: the connector runs at every step with that step's timestep (or ran for all of
         them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step; when
         inpainting, the mask and masked image join the UNet's input (9 channels) or the known
-        region is put back after the step (4 channels)."""
-        do_cfg = guidance_scale > 1.0
-        extra = None if inpaint is None else inpaint.extra_channels(do_cfg)
+        region is put back after the step (4 channels). Guidance is read at every step
+        (`self._guidance_scale`), so a callback may change it, or turn CFG off (diffusers'
+        `SDCFGCutoffCallback`): each per-row input then keeps its positive rows."""
+        rows = latents.shape[0]
+        extra = None if inpaint is None else inpaint.extra_channels(self.do_classifier_free_guidance)
         precomputed = None
         if precompute_connector and text is not None:
             precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
+        self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if do_cfg else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                unet_input = model_input if extra is None else torch.cat([model_input, extra], dim=1)
+                if self.interrupt:  # set by a callback (or another thread): skip the rest, decode what there is
+                    progress.update()
+                    continue
+                do_cfg = self.do_classifier_free_guidance and len(latents) * 2 == self._rows(text, clip_embeds, rows)
                 step_output = None if precomputed is None else precomputed[i]
-                cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
-                step_added = self.added_cond_at(added, cond)
-                residuals = {}
-                if control is not None:
-                    down, mid = self.controlnet(
-                        model_input, t, encoder_hidden_states=cond, controlnet_cond=control,
-                        conditioning_scale=controlnet_conditioning_scale, added_cond_kwargs=step_added, return_dict=False,
-                    )
-                    residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-                noise_pred = self.unet(
-                    unet_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask,
-                    added_cond_kwargs=step_added, **residuals,
-                ).sample
-                if do_cfg:
-                    uncond, cond_pred = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (cond_pred - uncond)
+                if not do_cfg:  # CFG is off, or a callback turned it off: the positive rows only
+                    text, clip_embeds, added, control, extra, step_output = (
+                        _positive_rows(x, rows) for x in (text, clip_embeds, added, control, extra, step_output))
+                noise_pred = self.predict_noise(latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if inpaint is not None:
                     latents = inpaint.blend(self.scheduler, latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
                 if callback_on_step_end is not None:
-                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
+                    given = self._callback_tensors(callback_on_step_end_tensor_inputs, latents, text, clip_embeds, rows)
+                    returned = callback_on_step_end(self, i, t, dict(given))
+                    latents = returned.get("latents", latents)
+                    text, clip_embeds, replaced = self._replace_embeds(given, returned, text, clip_embeds, rows)
+                    precomputed = None if replaced else precomputed
                 progress.update()
         return latents
+
+    def predict_noise(self, latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg: bool):
+        """One step's noise prediction: the conditioning at t, ControlNet, the UNet, guidance
+        (with `guidance_rescale`, Lin et al. 2023, Sec. 3.4, as diffusers' `rescale_noise_cfg`)."""
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        unet_input = model_input if extra is None else torch.cat([model_input, extra], dim=1)
+        cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
+        step_added = self.added_cond_at(added, cond)
+        residuals = {}
+        if control is not None:
+            down, mid = self.controlnet(
+                model_input, t, encoder_hidden_states=cond, controlnet_cond=control,
+                conditioning_scale=self._controlnet_conditioning_scale, added_cond_kwargs=step_added,
+                cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False,
+            )
+            residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        noise_pred = self.unet(
+            unet_input, t, encoder_hidden_states=cond, encoder_attention_mask=cond_mask, added_cond_kwargs=step_added,
+            cross_attention_kwargs=self.cross_attention_kwargs, **residuals,
+        ).sample
+        if not do_cfg:
+            return noise_pred
+        uncond, cond_pred = noise_pred.chunk(2)
+        noise_pred = uncond + self.guidance_scale * (cond_pred - uncond)
+        if self.guidance_rescale > 0:
+            noise_pred = rescale_noise_cfg(noise_pred, cond_pred, guidance_rescale=self.guidance_rescale)
+        return noise_pred
+
+    @staticmethod
+    def _rows(text: TextFeatures | None, clip_embeds: torch.Tensor | None, default: int) -> int:
+        embeds = text.hidden_states if text is not None else clip_embeds
+        return default if embeds is None else embeds.shape[0]
+
+    def _callback_tensors(self, names, latents, text, clip_embeds, rows: int) -> dict:
+        """What a step callback may read (`_callback_tensor_inputs`): the latents, and the prompt
+        conditioning encoded before the loop, as diffusers lays it out: `prompt_embeds` holds every
+        row ([negatives; positives] under CFG), `negative_prompt_embeds` the negatives (None
+        without CFG). They are the LLM features the connector reads, or the CLIP tokens with
+        `conditioning="clip"`."""
+        embeds = text.hidden_states if text is not None else clip_embeds
+        negatives = embeds[:rows] if embeds is not None and embeds.shape[0] == 2 * rows else None
+        available = {"latents": latents, "prompt_embeds": embeds, "negative_prompt_embeds": negatives}
+        return {name: available[name] for name in names}
+
+    def _replace_embeds(self, given: dict, returned: dict, text, clip_embeds, rows: int):
+        """(text, clip_embeds, whether they changed) after a callback returned `returned`."""
+        current = text.hidden_states if text is not None else clip_embeds
+        embeds = returned.get("prompt_embeds", given.get("prompt_embeds", current))
+        negatives = returned.get("negative_prompt_embeds", given.get("negative_prompt_embeds"))
+        if embeds is current and negatives is given.get("negative_prompt_embeds"):
+            return text, clip_embeds, False
+        if negatives is not given.get("negative_prompt_embeds"):
+            if negatives is None or embeds.shape[0] != 2 * rows:
+                raise ValueError("a callback replaced negative_prompt_embeds, but CFG is off for this step")
+            embeds = torch.cat([negatives, embeds[rows:]])
+        if text is None:
+            return text, embeds, True
+        mask = text.attention_mask
+        if mask is not None and mask.shape[0] != embeds.shape[0]:
+            mask = _positive_rows(mask, embeds.shape[0])
+        return TextFeatures(embeds, mask), clip_embeds, True
+
+    # ---- call state, under diffusers' names (a callback may read and set them) ------------------
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def cross_attention_kwargs(self) -> dict | None:
+        return self._cross_attention_kwargs
+
+    @property
+    def clip_skip(self) -> int | None:
+        return self._clip_skip
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, output_type: str):
@@ -499,15 +637,31 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return self.image_processor.postprocess(images.float(), output_type=output_type)
 
-    def _check_call(self, prompts, negatives, height, width, conditioning, image, embeds, guidance_scale: float,
-                    num_inference_steps: int, num_images_per_prompt: int, generator) -> None:
-        self.check_inputs(prompts, negatives, height, width, conditioning, image, embeds)
-        if not math.isfinite(guidance_scale):  # NaN would silently give blank images
-            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
-        if num_inference_steps < 1 or num_images_per_prompt < 1:
-            raise ValueError(f"num_inference_steps ({num_inference_steps}) and num_images_per_prompt"
-                             f" ({num_images_per_prompt}) must be at least 1")
-        batch = len(prompts) if prompts is not None else embeds[0].shape[0]
+    def _check_call(self, prompt, height, width, embeds, guidance_scale,
+                    num_inference_steps, num_images_per_prompt, generator, guidance_rescale) -> None:
+        """What is wrong with the call's own arguments, as one ValueError each, before any work
+        (Python's TypeErrors from deep inside, or a blank image, otherwise)."""
+        if prompt is not None and not isinstance(prompt, str) and not (
+                isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt)):
+            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if prompt is None and embeds is None:
+            raise ValueError("pass a prompt (or prompt_embeds from encode_prompt)")
+        for name, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")  # NaN gives blank images
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        for name, value in zip(("prompt_embeds", "negative_prompt_embeds"), embeds[::2] if embeds else ()):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor (batch, tokens, width), got {type(value).__name__}")
+            if value is not None and not torch.isfinite(value).all():
+                raise ValueError(f"{name} hold NaN or inf values")
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in (height, width)):
+            raise ValueError(f"height and width must be whole numbers, got {height!r} and {width!r}")
+        batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else embeds[0].shape[0]
         if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
             raise ValueError(f"got {len(generator)} generators for {batch * num_images_per_prompt} images"
                              " (one per image, or a single generator)")
@@ -547,6 +701,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
         conditioning: str = "ella",
         image=None,
         controlnet_conditioning_scale: float = 1.0,
@@ -557,52 +713,64 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         prompt_weighting: str | bool | None = None,
         precompute_connector: bool = False,
+        guidance_rescale: float = 0.0,
+        cross_attention_kwargs: dict | None = None,
+        clip_skip: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end=None,
-        callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
         """Generate images: 1. check inputs; 2. encode the prompts once (the LLM, unless given as
         `prompt_embeds` etc. from `encode_prompt`: then no text_encoder/tokenizer is needed; CLIP if
         used); 3. timesteps (`retrieve_timesteps`: custom `timesteps` or `sigmas` too) and latents;
-        4. `denoise`; 5. decode. `image` steers a `controlnet`. `init_image` starts from an image
-        noised to `strength` (img2img; height and width default to its size), `mask_image` repaints
-        where it is white (inpainting). `ip_adapter_image` conditions a loaded IP-Adapter.
-        `prompt_weighting` ("attention", "anchor", "scale" or True) reads `(words:1.3)` in both prompts.
-        `precompute_connector=True` runs the
-        connector for all steps in one batched call before the loop (the same conditioning; faster
-        where calls are bound by kernel launches, as on GPUs). `eta` is DDIM's; stochastic
-        schedulers draw their per-step noise from `generator` too. `callback_on_step_end(pipe, step,
-        timestep, {"latents": ...})` runs after each step, as in diffusers; the latents it returns
-        replace the step's."""
-        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+        4. `denoise`; 5. decode.
 
+        Beyond diffusers' text-to-image arguments: `conditioning` ("ella", "ella+clip", "clip": the
+        base model); `image` steers a `controlnet`; `init_image` starts from an image noised to
+        `strength` (img2img; height and width default to its size), `mask_image` repaints where it
+        is white (inpainting); `ip_adapter_image` conditions a loaded IP-Adapter;
+        `prompt_weighting` ("attention", "anchor", "scale" or True) reads `(words:1.3)` in both
+        prompts; `precompute_connector=True` runs the connector for all steps in one batched call
+        before the loop (the same conditioning; faster where calls are bound by kernel launches,
+        as on GPUs). `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` are SDXL's (from
+        its `encode_prompt`). As in diffusers: `eta` is DDIM's (stochastic schedulers draw their
+        per-step noise from `generator` too); `guidance_rescale` rescales the guided prediction
+        (Lin et al. 2023, 0 = off); `cross_attention_kwargs` reach the UNet's attention
+        processors (`{"scale": 0.5}` sets a loaded LoRA's scale); `clip_skip` skips the CLIP
+        encoder's last layers (the CLIP branch only); `callback_on_step_end(pipe, step, timestep,
+        tensors)` (or a diffusers `PipelineCallback`) runs after each step with the tensors of
+        `_callback_tensor_inputs` it names, and those it returns replace the step's; setting
+        `pipe._interrupt = True` skips the remaining steps."""
         # 1. Inputs
-        if prompt_embeds is not None and not isinstance(prompt_embeds, torch.Tensor):
-            raise ValueError(f"prompt_embeds must be a tensor (batch, tokens, width), got {type(prompt_embeds).__name__}")
         embeds = None if prompt_embeds is None else (
             prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)
-        prompts = None if prompt is None and embeds else [prompt] if isinstance(prompt, str) else list(prompt or [])
+        self._check_call(prompt, height, width, embeds, guidance_scale, num_inference_steps,
+                         num_images_per_prompt, generator, guidance_rescale)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if not set(callback_on_step_end_tensor_inputs) <= set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs can only name {self._callback_tensor_inputs}, got "
+                             f"{list(callback_on_step_end_tensor_inputs)}")
+        prompts = None if prompt is None else [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts) if prompts is not None else prompt_embeds.shape[0]
         negatives = self._negatives(negative_prompt, batch)
         height, width = self._size(height, width, init_image)
-        do_cfg, n = guidance_scale > 1.0, num_images_per_prompt
+        self._guidance_scale, self._guidance_rescale, self._clip_skip = guidance_scale, guidance_rescale, clip_skip
+        self._cross_attention_kwargs, self._controlnet_conditioning_scale = cross_attention_kwargs, controlnet_conditioning_scale
+        self._interrupt, self._num_timesteps = False, 0
+        do_cfg, n = self.do_classifier_free_guidance, num_images_per_prompt
         if init_image is None and (mask_image is not None or strength != 1.0):
             raise ValueError("mask_image and strength need an init_image")
-        if init_image is not None and latents is not None:
-            raise ValueError("pass init_image or latents, not both: the image's latents are noised to `strength`")
-        if not set(callback_on_step_end_tensor_inputs) <= {"latents"}:
-            raise ValueError(f"callback_on_step_end_tensor_inputs can only name latents, got "
-                             f"{list(callback_on_step_end_tensor_inputs)}")
-        self._check_call(prompts, negatives, height, width, conditioning, image,
-                         embeds and (prompt_embeds, negative_prompt_embeds, do_cfg), guidance_scale,
-                         num_inference_steps, n, generator)
+        self.check_inputs(prompts, negatives, height, width, conditioning, image,
+                          embeds and (prompt_embeds, negative_prompt_embeds, do_cfg))
+        pooled = self.check_pooled(pooled_prompt_embeds, negative_pooled_prompt_embeds, do_cfg, batch)
 
         # 2. Prompts, encoded once
         text, clip_embeds = self.prepare_conditioning(prompts, negatives, embeds, conditioning, do_cfg, n,
                                                       prompt_weighting)
         added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n,
-                                                  ip_adapter_image, ip_adapter_image_embeds)
+                                                  ip_adapter_image, ip_adapter_image_embeds, pooled)
 
         # 3. Timesteps and initial latents: noise, or the init image noised to `strength`
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -612,12 +780,13 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             latents = self.prepare_latents(batch * n, height, width, generator, latents)
         else:
             timesteps, latents, inpaint = self.prepare_image_latents(
-                init_image, mask_image, strength, timesteps, num_inference_steps, batch, n, height, width, generator)
+                init_image, mask_image, strength, timesteps, num_inference_steps, batch, n, height, width, generator,
+                latents)
 
         # 4. Denoising loop
-        latents = self.denoise(latents, timesteps, text, clip_embeds, added, control, guidance_scale,
-                               controlnet_conditioning_scale, self.prepare_extra_step_kwargs(generator, eta),
-                               precompute_connector, inpaint, callback_on_step_end)
+        latents = self.denoise(latents, timesteps, text, clip_embeds, added, control,
+                               self.prepare_extra_step_kwargs(generator, eta), precompute_connector, inpaint,
+                               callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         # 5. Decode
         images = self.decode_latents(latents, output_type)

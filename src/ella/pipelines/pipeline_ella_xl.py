@@ -42,7 +42,7 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
                          image_encoder=image_encoder, feature_extractor=feature_extractor,
                          text_max_length=text_max_length, text_mode=text_mode, text_echo=text_echo)
         self.register_modules(clip_text_encoder_2=clip_text_encoder_2, clip_tokenizer_2=clip_tokenizer_2)
-        if unet.config.addition_embed_type != "text_time":
+        if unet is not None and unet.config.addition_embed_type != "text_time":
             raise ValueError("ELLAStableDiffusionXLPipeline needs an SDXL-style UNet (addition_embed_type='text_time');"
                              " use ELLAStableDiffusionPipeline for SD1.5-style UNets")
 
@@ -61,27 +61,68 @@ class ELLAStableDiffusionXLPipeline(ELLAStableDiffusionPipeline):
                         return_tensors="pt").input_ids.to(self._execution_device)
         return encoder(ids, output_hidden_states=True)
 
-    def encode_clip(self, prompts: list[str]) -> torch.Tensor:
-        """SDXL's text tokens: both encoders' penultimate hidden states, concatenated (B, 77, 2048)."""
-        hidden = [self._clip_outputs(enc, tok, prompts).hidden_states[-2]
+    def encode_clip(self, prompts: list[str], clip_skip: int | None = None) -> torch.Tensor:
+        """SDXL's text tokens: both encoders' penultimate hidden states (`clip_skip` layers before
+        that, as diffusers' SDXL pipeline reads them), concatenated (B, 77, 2048)."""
+        hidden = [self._clip_outputs(enc, tok, prompts).hidden_states[-((clip_skip or 0) + 2)]
                   for enc, tok in ((self.clip_text_encoder, self.clip_tokenizer),
                                    (self.clip_text_encoder_2, self.clip_tokenizer_2))]
         return torch.cat(hidden, dim=-1).to(self.unet.dtype)
 
-    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int) -> dict:
+    @property
+    def has_pooled_clip(self) -> bool:
+        return self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None
+
+    def encode_pooled(self, prompts: list[str]) -> torch.Tensor:
+        """SDXL's pooled text embedding (B, P) of the prompts, from clip_text_encoder_2."""
+        return self._clip_outputs(self.clip_text_encoder_2, self.clip_tokenizer_2, prompts).text_embeds
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt, negative_prompt=None, do_classifier_free_guidance: bool = True,
+                      prompt_weighting: str | bool | None = None):
+        """As `ELLAStableDiffusionPipeline.encode_prompt`, plus SDXL's pooled embeddings
+        (pooled_prompt_embeds, negative_pooled_prompt_embeds: (B, P), from clip_text_encoder_2;
+        None without it, and the negatives None without CFG), as diffusers' SDXL pipeline returns them."""
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            super().encode_prompt(prompt, negative_prompt, do_classifier_free_guidance, prompt_weighting))
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        pooled_prompt_embeds = negative_pooled_prompt_embeds = None
+        if self.has_pooled_clip:
+            pooled_prompt_embeds = self.encode_pooled(prompts)
+            if do_classifier_free_guidance:
+                negative_pooled_prompt_embeds = self.encode_pooled(self._negatives(negative_prompt, len(prompts)))
+        return (prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
+                pooled_prompt_embeds, negative_pooled_prompt_embeds)
+
+    def check_pooled(self, pooled_prompt_embeds, negative_pooled_prompt_embeds, do_cfg: bool, batch: int):
+        if pooled_prompt_embeds is None:
+            if negative_pooled_prompt_embeds is not None:
+                raise ValueError("negative_pooled_prompt_embeds given without pooled_prompt_embeds")
+            return None
+        if do_cfg and negative_pooled_prompt_embeds is None:
+            raise ValueError("with guidance_scale > 1, pass negative_pooled_prompt_embeds with pooled_prompt_embeds"
+                             " (encode_prompt returns both)")
+        rows = [negative_pooled_prompt_embeds, pooled_prompt_embeds] if do_cfg else [pooled_prompt_embeds]
+        for x in rows:
+            if x.ndim != 2 or x.shape[0] != batch:
+                raise ValueError(f"pooled embeddings must be (batch, width) = ({batch}, ...), got {tuple(x.shape)}")
+        return torch.cat(rows)
+
+    def added_cond_kwargs(self, rows: list[str] | None, height: int, width: int, batch: int,
+                          pooled: torch.Tensor | None = None) -> dict:
         """`text_embeds` (pooled, (B, P)) and `time_ids` (B, 6): original size, crop (0, 0), target size."""
         device, dtype = self._execution_device, self.unet.dtype
-        has_clip = self.clip_text_encoder_2 is not None and self.clip_tokenizer_2 is not None
+        has_clip = pooled is None and self.has_pooled_clip
         if has_clip and rows is None:
             raise ValueError("SDXL's pooled embedding comes from clip_text_encoder_2, which reads the prompt text:"
-                             " pass `prompt` along with prompt_embeds")
+                             " pass `prompt`, or pooled_prompt_embeds, along with prompt_embeds")
         time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(batch, -1)
         time_ids = time_ids.to(device, dtype)
         if has_clip:
-            pooled = self._clip_outputs(self.clip_text_encoder_2, self.clip_tokenizer_2, rows).text_embeds
-        elif self.ella is not None and hasattr(self.ella, "pool"):
+            pooled = self.encode_pooled(rows)
+        elif pooled is None and self.ella is not None and hasattr(self.ella, "pool"):
             return {"text_embeds": None, "time_ids": time_ids}  # the connector's pool, at every step
-        else:
+        elif pooled is None:
             logger.info("no clip_text_encoder_2: using SDXL's unconditional (zero) pooled text embedding")
             pooled_dim = self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
             pooled = torch.zeros(batch, pooled_dim)
