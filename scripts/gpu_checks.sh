@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one short run (a lent GPU machine has minutes, not hours):
 # the whole test suite on a machine where "auto" means CUDA, the GPU tests (half precision vs
-# fp32 on the CPU), the connector benchmark in fp32 and fp16, and `ella generate` on the GPU.
+# fp32 on the CPU), the connector benchmark in fp32 and fp16, `ella generate` on the GPU, and the
+# published setting (benchmarks/published_setting.py).
 #   scripts/gpu_checks.sh [OUT_DIR] [TEST PATHS...]   (default outputs/gpu_checks, all of tests/)
 set -u
 OUT=${1:-outputs/gpu_checks}
@@ -15,3 +16,6 @@ for dtype in float32 float16; do
 done 2>&1 | grep -v "kept in float32" | tee "$OUT/connector_overhead.txt"
 ella generate "A large red circle at the top left and a small blue square at the bottom right, on a gray background." \
   --out "$OUT/generate.png" 2>&1 | tail -3 | tee "$OUT/generate.txt"
+# The published setting end to end (needs its weights in the Hugging Face cache, or the hub):
+# time to first image, peak GPU memory, images/s at batch 1 and 8.
+python benchmarks/published_setting.py --out "$OUT/published_setting.json" 2>&1 | tail -12 | tee "$OUT/published_setting.txt"

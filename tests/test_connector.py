@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from ella import ELLA, CheckpointError
 
-# The 93 keys of `ella-sd1.5-tsc-t5xl.safetensors`, transcribed from the reference doc (Sec. 1).
+# The 93 keys of `ella-sd1.5-tsc-t5xl.safetensors`, as the released file holds them (QQGYLab/ELLA on the hub).
 OFFICIAL_TOP = {
     "time_embedding.linear_1.weight": (768, 320),
     "time_embedding.linear_1.bias": (768,),
@@ -66,7 +66,8 @@ def test_official_layout_loads_from_single_file(tmp_path, dtype):
 
 
 def reference_forward(sd, x, t, heads):
-    """The forward math of the reference doc (Sec. 2), written independently of ella.models."""
+    """The forward math of the released connector (the ELLA repository's `model.py` at 3c228f1), written
+    independently of ella.models."""
     half = sd["time_embedding.linear_1.weight"].shape[1] // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1) * freqs

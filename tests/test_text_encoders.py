@@ -36,11 +36,11 @@ def test_truncation_warning_names_the_cut(caplog, prompts):
 
 
 def test_hub_ids_are_not_mistaken_for_missing_folders(tmp_path):
-    """"google/flan-t5-xl" (the default LLM) and "runwayml/stable-diffusion-v1-5" were refused as
+    """"google/flan-t5-xl" (the default LLM) and SD1.5's hub id were refused as
     missing folders because they contain a slash; only names that can only be paths are."""
     from ella.paths import require_local_folder
 
-    for hub_id in ("google/flan-t5-xl", "runwayml/stable-diffusion-v1-5", "gpt2", "org/model_v1.5"):
+    for hub_id in ("google/flan-t5-xl", "stable-diffusion-v1-5/stable-diffusion-v1-5", "gpt2", "org/model_v1.5"):
         require_local_folder(hub_id, "model folder")
     require_local_folder(str(tmp_path), "model folder")  # an existing folder
     for path in ("/no/such/model", "./model", "../model", "runs/shapes/base", "~/model", ".hidden"):

@@ -20,6 +20,8 @@ _EXPORTS = {
     "ELLAStableDiffusionXLPipeline": "ella.pipelines.pipeline_ella_xl",
     "ELLAStableDiffusionXLImg2ImgPipeline": "ella.pipelines.pipeline_ella_img2img",
     "ELLAStableDiffusionXLInpaintPipeline": "ella.pipelines.pipeline_ella_img2img",
+    "load_pipeline": "ella.pipelines.loading",
+    "load_preset": "ella.pipelines.loading",
     "LLMEncoder": "ella.text_encoders",
     "load_text_encoder": "ella.text_encoders",
 }

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from .errors import TrainingInterrupted
 
@@ -75,10 +76,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_source_args(p: argparse.ArgumentParser) -> None:
     """Which model, on which device: `generate`, `bench dpg generate` and `demo`."""
+    from .published import PRESETS
+
+    p.add_argument("--preset", choices=tuple(PRESETS), help="a published model by name, from the hub: sd1.5-t5xl ="
+                   " SD1.5 + FLAN-T5-XL + the official connector, with the web demo's defaults (CUDA, fp16)")
     p.add_argument("--model", help="ELLA pipeline folder, or a Stable Diffusion folder/hub id (then pass --ella); "
                    "default: " + _default_model_help())
-    p.add_argument("--ella", help="connector: official .safetensors file or save_pretrained folder"
-                   + _default_connectors_help())
+    p.add_argument("--ella", help="connector: .safetensors file or save_pretrained folder, local or on the hub"
+                   " (QQGYLab/ELLA, ORG/NAME/FILE.safetensors)" + _default_connectors_help())
     p.add_argument("--llm", help="text encoder LLM for --model with --ella (folder, hub id, .gguf file, or 'minilm' /"
                    " 'smollm2'; default: google/flan-t5-xl)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -256,11 +261,22 @@ def quiet_libraries() -> None:
     switches for those already imported (a caller's process, the test suite)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # e.g. "using cached commit hash" at every offline load
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # its retry notices; our error names the id
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")  # advice to library authors
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    if "diffusers" in sys.modules:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,8 +119,8 @@ def load_demo_model(args) -> DemoModel:
 
     pipe, defaults, shipped = load_for_cli(args)
     connector = (args.ella or shipped.default_connector) if shipped is not None else None
-    cli_args = [] if args.model is None else ["--model", args.model, "--ella", args.ella] + (
-        ["--llm", args.llm] if args.llm else [])
+    cli_args = ["--preset", args.preset] if args.preset else [] if args.model is None else [
+        "--model", args.model, "--ella", args.ella] + (["--llm", args.llm] if args.llm else [])
     return DemoModel(pipe, defaults, shipped, connector, cli_args)
 
 

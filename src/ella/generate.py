@@ -35,7 +35,21 @@ def load_for_cli(args):
     return pipe, defaults, shipped
 
 
+def _defaults(call: dict) -> dict:
+    """`ella generate`'s defaults from a pipeline's published call defaults."""
+    return dict(steps=call["num_inference_steps"], guidance=call["guidance_scale"],
+                size=(call["height"], call["width"]), view_size=None)
+
+
 def _load_model(args):
+    if getattr(args, "preset", None):
+        from .pipelines.loading import load_preset
+
+        if args.model or args.ella or args.llm:
+            raise ValueError(f"--preset {args.preset} names the model, the connector and the LLM: drop --model, --ella"
+                             " and --llm (or drop --preset)")
+        pipe, call = load_preset(args.preset, args.device, args.dtype, args.llm_precision)
+        return pipe, _defaults(call), None
     if args.model is None:
         from .cli import default_model
 
@@ -54,11 +68,10 @@ def _load_model(args):
                              f" folder of a connector trained on it; got {connector!r}")
         return (shipped.load(connector, device=args.device, dtype=args.dtype, llm_precision=args.llm_precision),
                 shipped.defaults, shipped)
-    from .pipelines.loading import load_pipeline
+    from .pipelines.loading import call_defaults, load_pipeline
 
     pipe = load_pipeline(args.model, args.ella, args.llm, args.device, args.dtype, llm_precision=args.llm_precision)
-    # Published ELLA-SD1.5 defaults of the web demo (reference doc, Sec. 3).
-    return pipe, dict(steps=25, guidance=10.0, size=(None, None), view_size=None), None
+    return pipe, {**_defaults(call_defaults(pipe)), "size": (None, None)}, None  # size: the model's own
 
 
 def check_prompt(prompt: str) -> None:

@@ -55,5 +55,7 @@ def require_local_folder(name: str, what: str) -> None:
     """Refuse a name that can only be a local path (absolute, relative with './', or with more
     than one slash) when that folder does not exist: the hub client would answer with a repo-id
     syntax error or a network timeout instead of saying so. Hub ids ("google/flan-t5-xl") pass."""
+    if os.path.isfile(name):
+        raise ValueError(f"{what} {name} is a file, not a folder")
     if not os.path.isdir(name) and not HUB_ID.fullmatch(name):
         raise ValueError(f"{what} not found: {name}")

@@ -134,3 +134,73 @@ def tiny_ip_adapter(unet, image_embed_dim: int = 8, seed: int = 0) -> dict:
         for proj in ("to_k_ip", "to_v_ip"):
             ip_layers[f"{2 * i + 1}.{proj}.weight"] = torch.randn(block.to_q.out_features, cross, generator=g) * 0.3
     return {"image_proj": image_proj, "ip_adapter": ip_layers}
+
+
+def tiny_hub_cache(cache_dir: str) -> dict[str, str]:
+    """A Hugging Face hub cache (`HF_HUB_CACHE`) holding tiny random weights under the published
+    setting's real repository ids and file names (`ella.published`): SD1.5's folder layout with
+    its `model_index.json`, FLAN-T5-XL's (a tiny T5), and `QQGYLab/ELLA`'s
+    `ella-sd1.5-tsc-t5xl.safetensors` as a bare state dict with the official key names. With
+    `HF_HUB_OFFLINE=1`, the real loading code runs on it as it would on the downloaded files.
+    Returns {repo id: its snapshot folder}."""
+    import os
+
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from .models import ELLA
+    from .published import ELLA_REPO, ELLA_SD15_FILE, FLAN_T5_XL, SD15
+
+    commit = "0" * 40
+
+    def repo_folder(repo_id: str) -> str:
+        return os.path.join(cache_dir, "models--" + repo_id.replace("/", "--"))
+
+    def snapshot(repo_id: str) -> str:
+        os.makedirs(os.path.join(repo_folder(repo_id), "refs"), exist_ok=True)
+        with open(os.path.join(repo_folder(repo_id), "refs", "main"), "w") as f:
+            f.write(commit)
+        folder = os.path.join(repo_folder(repo_id), "snapshots", commit)
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
+    def absent(repo_id: str, filename: str) -> None:
+        """What a first, online run leaves for a file the loaders asked for and the repository lacks."""
+        marker = os.path.join(repo_folder(repo_id), ".no_exist", commit, filename)
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "w").close()
+
+    folders = {repo_id: snapshot(repo_id) for repo_id in (SD15, FLAN_T5_XL, ELLA_REPO)}
+    _, t5_tokenizer = tiny_t5()
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                             num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    t5.save_pretrained(folders[FLAN_T5_XL])
+    t5_tokenizer.save_pretrained(folders[FLAN_T5_XL])
+    clip, clip_tokenizer = tiny_clip()
+    torch.manual_seed(0)
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(  # SD1.5's shape in miniature: 512 px through an 8x VAE, attention at 32x32
+        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, attention_head_dim=2)
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(4, 4, 4, 4), in_channels=3, out_channels=3, latent_channels=4,
+                        norm_num_groups=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4)
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=clip, tokenizer=clip_tokenizer, unet=unet, scheduler=PNDMScheduler(  # SD1.5's own scheduler config
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
+            set_alpha_to_one=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folders[SD15])
+    connector = ELLA.from_preset("tiny", output_dim=None)  # SD1.5's connector has no output projection
+    save_file({k: v.half().contiguous() for k, v in connector.state_dict().items()},  # fp16, no config: as released
+              os.path.join(folders[ELLA_REPO], ELLA_SD15_FILE))
+    absent(SD15, "tokenizer/config.json")  # AutoTokenizer asks; the real repository has none
+    absent(ELLA_REPO, "config.json")  # the connector loader asks: a single-file repository
+    return folders

@@ -10,7 +10,7 @@ One interface for every family: `LLMEncoder(model, tokenizer)(prompts) -> TextFe
   keeps the second reading, so that every token has seen the whole prompt, not only its left.
 - Any other HF encoder (BERT, all-MiniLM-L6-v2...): the last hidden state.
 
-Two length modes (see the reference doc, Sec. 3):
+Two length modes (the ELLA repository's `inference.py` at 3c228f1 runs both):
 - "fixed": pad and truncate to `max_length` (default 128). The padding positions are part of the
   conditioning, exactly as when the released connector was trained, so no mask is returned.
 - "flexible": no padding within a prompt; a batch is padded to its longest prompt and the mask
@@ -28,11 +28,12 @@ import torch
 
 from .offline_llms import MINILM, OFFLINE_LLMS, SMOLLM2, resolve_model_path  # noqa: F401 (re-exported)
 from .paths import require_local_folder
+from .published import FLAN_T5_XL
 
 logger = logging.getLogger(__name__)
 
 TEXT_MODES = ("fixed", "flexible")
-DEFAULT_LLM = "google/flan-t5-xl"  # the LLM the released connector was trained on
+DEFAULT_LLM = FLAN_T5_XL  # the LLM the released connector was trained on
 QUANTIZATIONS = ("int8",)
 LLM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # docs/pipeline.md: what each changes, measured
 @dataclass

@@ -8,7 +8,7 @@ from ..fileio import folder_lock
 from ..paths import require_path
 from .dpg import DPGDataError
 
-# Pinned upstream data (reference doc, Sec. 5; shared/dpg_bench/SOURCE.md).
+# Pinned upstream data: the ELLA repository's dpg_bench/ folder at commit 3c228f1.
 UPSTREAM = "https://raw.githubusercontent.com/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench"
 
 
@@ -90,6 +90,7 @@ def dpg_generate(args) -> None:
     from ..cli import default_model
     from ..devices import accelerator_available
     from ..generate import load_for_cli
+    from ..published import preset
     from .dpg import load_prompt_folder
     from .runner import file_sha256, generate_images, write_manifest
 
@@ -107,8 +108,10 @@ def dpg_generate(args) -> None:
     state = PartialState(cpu=not accelerator_available())
     pipe, defaults, _ = load_for_cli(args)
     height, width = args.size or defaults["size"]
+    chosen = preset(args.preset) if args.preset else None
     settings = {
-        "model": args.model or default_model().name, "ella": args.ella,
+        "preset": args.preset, "model": args.model or (chosen.model if chosen else default_model().name),
+        "ella": args.ella or (chosen.ella if chosen else None),
         "llm": pipe.text_encoder.config.name_or_path if pipe.text_encoder is not None else None,
         "ella_sha256": file_sha256(args.ella) if args.ella and os.path.isfile(args.ella) else None,
         "scheduler": type(pipe.scheduler).__name__, "steps": args.steps or defaults["steps"],

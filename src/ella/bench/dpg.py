@@ -132,7 +132,7 @@ def _cycle_members(item: Item) -> list[Question]:
 
 
 def load_prompt_folder(folder: str) -> dict[str, str]:
-    """`prompts/<item_id>.txt` -> {item_id: prompt}, whitespace stripped (as SOURCE.md says)."""
+    """`prompts/<item_id>.txt` -> {item_id: prompt}, whitespace stripped (the files end in a newline)."""
     require_path(folder, "DPG-Bench prompt folder", "folder")
     prompts = {}
     for name in sorted(os.listdir(folder)):

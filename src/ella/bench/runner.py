@@ -20,7 +20,7 @@ from .vqa import VQABackend, read_jsonl
 
 logger = logging.getLogger(__name__)
 
-# Published DPG-Bench rows (reference doc, Sec. 4) for the report's chart.
+# Published DPG-Bench rows (the paper, Table 2) for the report's chart.
 PAPER_ROWS = {
     "SD v1.5": {"overall": 63.18, "global": 74.63, "entity": 74.23, "attribute": 75.39, "relation": 73.49, "other": 67.81},
     "SDXL": {"overall": 74.65, "global": 83.27, "entity": 82.43, "attribute": 80.91, "relation": 86.76, "other": 80.41},

@@ -13,6 +13,7 @@ Shapes: B batch, L text tokens, D LLM width, N latents, W connector width, O out
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -321,11 +322,32 @@ class ELLA(ModelMixin, ConfigMixin):
         return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, filename: str | None = None, **kwargs) -> "ELLA":
+        """A `save_pretrained` folder, local or on the hub, as diffusers loads models; or a hub
+        repository that holds single connector files: `ELLA.from_pretrained("QQGYLab/ELLA")` loads
+        the official `ella-sd1.5-tsc-t5xl.safetensors` (`filename` picks another file). Hub files
+        go through huggingface_hub's cache, so a second run is offline. A path that is neither a
+        local folder nor on the hub is refused in one line that names it."""
+        from ..hub import resolve_connector
+        from ..published import SINGLE_FILE_REPOS
+
+        name = os.fspath(pretrained_model_name_or_path)
+        kind, path = resolve_connector(name, filename, kwargs.pop("subfolder", None), kwargs.pop("revision", None))
+        heads = kwargs.pop("heads", None)
+        if kind == "file":
+            if heads is None and filename is None and name in SINGLE_FILE_REPOS:  # a release: its heads are known
+                heads = RELEASE_HEADS
+            return cls.from_single_file(path, heads=heads, torch_dtype=kwargs.get("torch_dtype"))
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
     def from_single_file(
         cls, path: str, heads: int | None = None, torch_dtype: torch.dtype | None = None
     ) -> "ELLA":
         """Load a single safetensors file: the official `ella-sd1.5-tsc-t5xl.safetensors`, or one
-        written by `save_single_file`.
+        written by `save_single_file`. `path` is local, or a file on the hub as diffusers'
+        `from_single_file` takes it (`QQGYLab/ELLA/ella-sd1.5-tsc-t5xl.safetensors`, or its
+        https://huggingface.co/... address), downloaded once into huggingface_hub's cache.
 
         A file written by `save_single_file` carries its config (safetensors metadata). The
         official file carries none: every hyper-parameter but the number of heads is read from
@@ -333,8 +355,10 @@ class ELLA(ModelMixin, ConfigMixin):
         a warning that names it. Missing, extra, mis-shaped, non-float or non-finite weights are
         refused with a message that names them.
         """
+        from ..hub import local_single_file
         from .checkpoint import config_from_state_dict, load_state_dict_file, read_config_metadata
 
+        path = local_single_file(os.fspath(path))
         state_dict = load_state_dict_file(path)
         config = read_config_metadata(path)
         if config is None:

@@ -35,12 +35,9 @@ def load_unet(model: str, subfolder: str | None = "unet", torch_dtype: torch.dty
 
 def load_connector(path: str, torch_dtype: torch.dtype | None = None, heads: int | None = None) -> ELLA:
     """A connector from a single file (`*.safetensors`: the official one, whose `heads` the
-    weights cannot tell, or one with its config) or a `save_pretrained` folder."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path} is not an ELLA connector folder (no config.json)")
-        return ELLA.from_pretrained(path, torch_dtype=torch_dtype)
-    return ELLA.from_single_file(path, heads=heads, torch_dtype=torch_dtype)
+    weights cannot tell, or one with its config) or a `save_pretrained` folder, local or on the
+    hub (`QQGYLab/ELLA`, `ORG/NAME/FILE.safetensors`: `ella.hub`)."""
+    return ELLA.from_pretrained(path, torch_dtype=torch_dtype, heads=heads)
 
 
 # Short names for the common diffusers samplers; any other diffusers scheduler class name works too.
@@ -81,21 +78,22 @@ def ella_pipeline_class(path: str) -> type | None:
         return PIPELINES.get(json.load(f).get("_class_name"))
 
 
-def load_sdxl_clip(model: str, torch_dtype: torch.dtype) -> dict:
-    """SDXL's two CLIP encoders (ELLA+CLIP, and the pooled embedding the UNet takes); {} when the
-    model has none (the XL pipeline then uses SDXL's zero pooled embedding)."""
+def load_clip(model: str, torch_dtype: torch.dtype, sdxl: bool) -> dict:
+    """The model's own CLIP text encoder(s), for the base model beside ELLA (`conditioning="clip"`,
+    `--compare`, the demo), ELLA+CLIP, and SDXL's pooled embedding; {} when the model has none
+    (the XL pipeline then uses SDXL's zero pooled embedding)."""
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
+    parts = [("clip_text_encoder", CLIPTextModel, "text_encoder"), ("clip_tokenizer", AutoTokenizer, "tokenizer")]
+    if sdxl:
+        parts += [("clip_text_encoder_2", CLIPTextModelWithProjection, "text_encoder_2"),
+                  ("clip_tokenizer_2", AutoTokenizer, "tokenizer_2")]
     try:
-        return dict(
-            clip_text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", dtype=torch_dtype),
-            clip_tokenizer=AutoTokenizer.from_pretrained(model, subfolder="tokenizer"),
-            clip_text_encoder_2=CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", dtype=torch_dtype),
-            clip_tokenizer_2=AutoTokenizer.from_pretrained(model, subfolder="tokenizer_2"),
-        )
+        return {name: cls.from_pretrained(model, subfolder=sub, **({} if "tokenizer" in name else {"dtype": torch_dtype}))
+                for name, cls, sub in parts}
     except OSError as err:
-        logger.warning("SDXL model %s without loadable CLIP encoders (%s): pooled text embedding = zeros",
-                       model, str(err).splitlines()[0])
+        logger.warning("model %s without loadable CLIP text encoders (%s): ELLA only%s", model, str(err).splitlines()[0],
+                       "; pooled text embedding = zeros" if sdxl else "")
         return {}
 
 
@@ -144,9 +142,36 @@ def load_pipeline(
     llm_dtype, quantization = llm_precision_args(llm_precision, torch_dtype)
     text_encoder, tokenizer = load_text_encoder(llm or DEFAULT_LLM, dev, llm_dtype, quantization)
     sdxl = unet.config.addition_embed_type == "text_time"
-    cls, clip = (ELLAStableDiffusionXLPipeline, load_sdxl_clip(model, torch_dtype)) if sdxl else (ELLAStableDiffusionPipeline, {})
+    cls, clip = ELLAStableDiffusionXLPipeline if sdxl else ELLAStableDiffusionPipeline, load_clip(model, torch_dtype, sdxl)
     pipe = cls(
         unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, ella=connector,
         text_max_length=text_max_length, text_mode=text_mode, **clip,
     )
     return pipe.to(dev)
+
+
+def call_defaults(pipe: ELLAStableDiffusionPipeline) -> dict:
+    """The published inference defaults of the pipeline's model family (`ella.published`), as
+    pipeline arguments: num_inference_steps, guidance_scale, height, width."""
+    from ..published import FAMILY_DEFAULTS
+
+    d = FAMILY_DEFAULTS["sdxl" if isinstance(pipe, ELLAStableDiffusionXLPipeline) else "sd1.5"]
+    return dict(num_inference_steps=d.steps, guidance_scale=d.guidance, height=d.size, width=d.size)
+
+
+def load_preset(name: str, device: str | None = None, dtype: str | None = None,
+                llm_precision: str | None = None) -> tuple[ELLAStableDiffusionPipeline, dict]:
+    """(pipeline, its published call defaults) for a preset of `ella.published.PRESETS`:
+    `load_preset("sd1.5-t5xl")` is SD1.5 + FLAN-T5-XL's encoder + the official connector from the
+    hub (cached after the first run), fp16 on CUDA as released, with the web demo's sampler and
+    defaults. On the CPU it runs in fp32, slowly: a warning says so."""
+    from ..published import preset
+
+    chosen = preset(name)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        logger.warning("the %s preset on the CPU: about 9 GB of fp32 weights and minutes per image; it was made for"
+                       " a CUDA GPU (fp16, seconds per image)", name)
+    pipe = load_pipeline(chosen.model, chosen.ella, chosen.llm, str(dev), dtype, llm_precision=llm_precision)
+    pipe.scheduler = scheduler_class(chosen.defaults.scheduler).from_config(pipe.scheduler.config)
+    return pipe, call_defaults(pipe)

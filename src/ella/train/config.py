@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..paths import require_path
+from ..published import SD15
 from ..text_encoders import DEFAULT_LLM
 
 
 @dataclass
 class TrainConfig:
     # --- frozen models
-    model: str = "runwayml/stable-diffusion-v1-5"  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny", "tiny-pixel", "tiny-sdxl" = random tiny parts
+    model: str = SD15  # diffusers folder/hub id with unet/ scheduler/ [vae/]; "tiny", "tiny-pixel", "tiny-sdxl" = random tiny parts
     llm: str = DEFAULT_LLM  # text encoder: folder, hub id, "minilm", or "tiny"
     text_max_length: int = 128  # the paper's T5 length
     text_mode: str = "fixed"  # fixed: padding attended (as the release); flexible: padding masked
