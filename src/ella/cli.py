@@ -162,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
                    " (the weights cannot tell; default: the official release's 8)")
     c.set_defaults(func=cmd_convert)
 
+    cap = sub.add_parser("caption", help="dense recaptioning: a caption set for training, beside the data")
+    cap.add_argument("data", help="what `ella train` reads: an image folder, a .jsonl/.csv manifest, 'shards/*.tar',"
+                     " or a plugin scheme (shapes:N)")
+    cap.add_argument("--captioner", required=True, help="hf:MODEL or a model folder/hub id (image-text-to-text),"
+                     " vllm:MODEL, or a plugin's" + "".join(f", {n}" for n in registry().captioners))
+    cap.add_argument("--out", required=True, help="the caption set's folder (one per captioner; not inside the data)")
+    cap.add_argument("--prompt", default="dense", help="dense (the default: long, exhaustive), short, or the prompt text")
+    cap.add_argument("--max-new-tokens", type=positive_int, default=256)
+    cap.add_argument("--batch-size", type=positive_int, default=8, help="images per model call")
+    cap.add_argument("--chunk-size", type=positive_int, default=256, help="captions per atomic rewrite of a sidecar")
+    cap.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    cap.add_argument("--dtype", default="auto", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU)")
+    cap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cap.set_defaults(func=cmd_caption)
+
     sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
     _add_config_command(sub, "train", "train a connector (see configs/)", "YAML config file", cmd_train)
     _add_config_command(sub, "cache", "precompute LLM features and VAE latents for training",
@@ -233,6 +248,24 @@ def cmd_convert(args) -> None:
     else:
         model.save_pretrained(args.dst)
     print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+def cmd_caption(args) -> None:
+    from accelerate import PartialState
+
+    from .caption.captioners import load_captioner
+    from .caption.run import caption_data, check_out
+    from .caption.sources import shards
+    from .devices import accelerator_available
+
+    check_out(args.data, args.out)  # bad input fails before any model loads or any file is written
+    shards(args.data)
+    captioner = load_captioner(args.captioner, args.prompt, args.max_new_tokens, args.device, args.dtype)
+    state = PartialState(cpu=not accelerator_available())  # `accelerate launch -m ella.cli caption ...`: ranks
+    stats = caption_data(args.data, captioner, args.out, args.batch_size, args.chunk_size, state.process_index,
+                         state.num_processes, progress=not args.quiet and sys.stderr.isatty())
+    print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s); "
+          f"{stats.skipped} already there, {stats.unreadable} unreadable")
 
 
 def cmd_demo(args) -> None:

@@ -204,3 +204,20 @@ def tiny_hub_cache(cache_dir: str) -> dict[str, str]:
     absent(SD15, "tokenizer/config.json")  # AutoTokenizer asks; the real repository has none
     absent(ELLA_REPO, "config.json")  # the connector loader asks: a single-file repository
     return folders
+
+
+def tiny_captioner(folder: str, seed: int = 0) -> str:
+    """A tiny random BLIP image-captioning model and its processor, saved to `folder`: an
+    image-text-to-text model as `ella caption --captioner FOLDER` loads one."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tokenizer = word_tokenizer(TINY_WORDS)
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id or 0, sep_token_id=tokenizer.eos_token_id)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
+    return folder

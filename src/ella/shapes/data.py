@@ -29,7 +29,8 @@ class ShapesSceneDataset(torch.utils.data.Dataset):
     `captions`: "dense" (the default: every object, counts, relations, the background), "brief"
     (what a user types, `world.brief_caption`), "relative" (brief, placed relative to the object
     named before wherever it can be, `world.relative_caption`), "varied" (many phrasings,
-    `phrasing.VARIED`), or styles joined by "+", taken
+    `phrasing.VARIED`), "alt" (web alt-text: one or two objects, some attributes missing,
+    `world.short_caption`; what `ella caption` recaptions), or styles joined by "+", taken
     in turn by index: "dense+brief" (alias "mixed") captions even indices dense, odd brief. Scene
     i is the same in every style, and so is its caption wherever the style is the same."""
 

@@ -8,6 +8,7 @@ def register(registry) -> None:
     registry.unet_classes["ShapesUNet2DConditionModel"] = "ella.shapes.unet:ShapesUNet2DConditionModel"
     registry.dataset_schemes["shapes"] = "ella.shapes.data:ShapesSceneDataset.from_spec"
     registry.vqa_backends["shapes"] = "ella.shapes.judge:ShapesBackend"
+    registry.captioners["shapes"] = "ella.shapes.captioner:ShapesCaptioner.from_arg"
     registry.cli_commands["shapes"] = "ella.shapes.cli:add_parser"
     registry.bench_commands["shapes"] = "ella.shapes.cli:add_bench_parser"
     registry.default_model = "ella.shapes.catalog:SHIPPED"

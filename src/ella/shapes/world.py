@@ -283,10 +283,10 @@ def questions(scene: Scene, item_id: str, text: str, relations: list[tuple[Obj, 
     return rows
 
 
-CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase")
+CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase", "alt")
 HELDOUT_STYLES = ("paraphrase",)  # benchmark only: its words and forms are never trained on
 _CAPTIONERS = {"brief": brief_caption, "relative": relative_caption, "varied": varied_caption,
-               "paraphrase": paraphrase_caption}
+               "paraphrase": paraphrase_caption, "alt": short_caption}  # alt: web alt-text, short and partial
 
 
 def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dense") -> tuple[str, list[dict]]:

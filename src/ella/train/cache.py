@@ -30,6 +30,10 @@ def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
         values["text_echo"] = True
     if config.pooled_text_encoder:
         values["pooled_text_encoder"] = config.pooled_text_encoder
+    if config.captions:  # the captions actually used: which sets, by weight and content
+        from .captions import CaptionMix
+
+        values.update(CaptionMix(config.captions, config.seed).fingerprint())
     return values
 
 
@@ -61,7 +65,7 @@ def require_cache_dir(config: TrainConfig) -> str:
 def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024, batch_size: int = 32) -> dict:
     cache_dir = require_cache_dir(config)
     os.makedirs(cache_dir, exist_ok=True)
-    dataset = make_dataset(config.train_data, config.resolution, config.seed)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions)
     encoder = parts.encoder(config)
     device = parts.text_encoder.device
     store_dtype = getattr(torch, config.cache_dtype) if config.cache_dtype else None

@@ -32,6 +32,9 @@ class TrainConfig:
     pooled_text_encoder: str | None = None
     # --- data
     train_data: str = ""  # image folder with .txt captions, .jsonl/.csv manifest, or shards "dir/*.tar"
+    # Caption sets (`ella caption`) to train on, and how to mix them: {set folder: weight, "original": weight},
+    # e.g. {runs/captions/dense: 0.95, original: 0.05} as DALL-E 3 mixed; each sample's choice is seeded by its key.
+    captions: dict | None = None
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
     timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided
@@ -70,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"text_mode must be fixed or flexible, got {self.text_mode!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.captions is not None:
+            from .captions import check_mix
+
+            check_mix(self.captions)
         for name in ("max_steps", "batch_size", "grad_accum", "resolution", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -87,9 +87,9 @@ def scan_records(source: str) -> list[Record]:
 class ImageCaptionDataset(torch.utils.data.Dataset):
     """Map-style samples {key, pixel_values, caption}; None for a sample that cannot be used."""
 
-    def __init__(self, source: str, resolution: int):
+    def __init__(self, source: str, resolution: int, require_caption: bool = True):
         self.records = scan_records(source)
-        self.resolution = resolution
+        self.resolution, self.require_caption = resolution, require_caption
         if not self.records:
             raise ValueError(f"no images found in {source}")
 
@@ -98,7 +98,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         rec = self.records[index]
-        if not rec.caption:
+        if not rec.caption and self.require_caption:
             logger.debug("skipping %s: no caption", rec.key)
             return None
         try:
@@ -109,10 +109,20 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return {"key": rec.key, "pixel_values": pixels, "caption": rec.caption}
 
 
-def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils.data.Dataset:
+def make_dataset(train_data: str, resolution: int, seed: int = 0, captions: dict | None = None) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
     `synthetic:N` (procedural squares) or `SCHEME:...` for a scheme a plugin registered
-    (ShapesWorld: `shapes:N[:seed][:captions]`), built by `from_spec(train_data, resolution)`."""
+    (ShapesWorld: `shapes:N[:seed][:captions]`), built by `from_spec(train_data, resolution)`.
+    `captions`: the config's caption sets (`ella.train.captions`), which then give the captions."""
+    if captions:
+        from .captions import CaptionMix, MixedCaptions
+
+        return MixedCaptions(_source_dataset(train_data, resolution, seed, require_caption=False),
+                             CaptionMix(captions, seed))
+    return _source_dataset(train_data, resolution, seed)
+
+
+def _source_dataset(train_data: str, resolution: int, seed: int, require_caption: bool = True):
     from ..plugins import lookup
 
     if train_data.startswith("synthetic:"):
@@ -123,7 +133,7 @@ def make_dataset(train_data: str, resolution: int, seed: int = 0) -> torch.utils
     from_spec = lookup("dataset_schemes", scheme) if sep and not os.path.exists(train_data) else None
     if from_spec is not None:
         return from_spec(train_data, resolution)
-    return ImageCaptionDataset(train_data, resolution)
+    return ImageCaptionDataset(train_data, resolution, require_caption)
 
 
 def collate(samples: list[dict | None]) -> dict:
@@ -177,11 +187,11 @@ class TarShardStream:
     are read in order. `position.batch` counts batches already consumed, for resume.
     """
 
-    def __init__(self, pattern: str, resolution: int):
+    def __init__(self, pattern: str, resolution: int, mix=None):
         self.shards = sorted(glob.glob(pattern))
         if not self.shards:
             raise FileNotFoundError(f"no tar shards match {pattern}")
-        self.resolution = resolution
+        self.resolution, self.mix = resolution, mix  # mix: a CaptionMix that gives the captions
 
     def samples(self, rank: int, world: int) -> Iterator[dict | None]:
         for shard in self.shards[rank::world]:
@@ -196,14 +206,19 @@ class TarShardStream:
                     entry["caption" if ext == ".txt" else "image" if ext.lower() in IMAGE_EXTS else ext] = data
                     if "caption" in entry and "image" in entry:
                         yield self._decode(key, pending.pop(key))
-                yield from [None] * len(pending)  # an image without caption, or the reverse
+                for key, entry in pending.items():  # an image without caption (a caption set may have one)
+                    yield self._decode(key, entry) if self.mix is not None and "image" in entry else None
 
     def _decode(self, key: str, entry: dict) -> dict | None:
         try:
             pixels = load_image(io.BytesIO(entry["image"]), self.resolution)
         except (OSError, UnidentifiedImageError, ValueError):
             return None
-        caption = entry["caption"].decode("utf-8").strip()
+        caption = entry["caption"].decode("utf-8").strip() if "caption" in entry else None
+        if self.mix is not None:
+            from .captions import with_caption
+
+            return with_caption({"key": key, "pixel_values": pixels, "caption": caption}, self.mix)
         return {"key": key, "pixel_values": pixels, "caption": caption} if caption else None
 
     def batches(self, batch_size: int, position: DataPosition, rank: int = 0, world: int = 1) -> Iterator[dict]:

@@ -177,8 +177,14 @@ def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, po
         logger.info("training from the feature cache in %s", config.cache_dir)
         return iterate_batches(CachedFeatureDataset(config.cache_dir), config.batch_size, config.seed, position, rank, world)
     if config.train_data.endswith(".tar"):
-        return TarShardStream(config.train_data, config.resolution).batches(config.batch_size, position, rank, world)
-    dataset = make_dataset(config.train_data, config.resolution, config.seed)
+        mix = None
+        if config.captions:
+            from .captions import CaptionMix
+
+            mix = CaptionMix(config.captions, config.seed)
+        return TarShardStream(config.train_data, config.resolution, mix).batches(config.batch_size, position, rank,
+                                                                                 world)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions)
     return iterate_batches(dataset, config.batch_size, config.seed, position, rank, world, config.num_workers)
 
 

@@ -1,0 +1,107 @@
+"""Caption sets: one folder per captioner, beside the data and never in it, one JSONL sidecar per
+shard (as Sana keeps one per shard and captioner), keyed by the sample's key.
+
+    CAPTIONS/
+      set.json                 the captioner, revision, prompt, settings and the data captioned
+      <shard>.jsonl            line 1: {"sidecar": {...}}; then one record per sample:
+                               {"key", "caption", "original", "captioner", "revision", "prompt", "settings"}
+
+A sidecar is rewritten whole, atomically, after every chunk (`fileio.atomic_path`): a kill loses at
+most the chunk in flight, and no reader ever sees a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from ..fileio import atomic_path
+
+SET_FILE = "set.json"
+
+
+class SidecarError(ValueError):
+    """A caption set that does not belong to this run (another captioner, a changed shard)."""
+
+
+def sidecar_path(out: str, shard_name: str) -> str:
+    return os.path.join(out, shard_name.removesuffix(".tar") + ".jsonl")
+
+
+def read_sidecar(path: str) -> tuple[dict, list[dict]]:
+    """(header, records) of a sidecar; ({}, []) when there is none yet."""
+    if not os.path.isfile(path):
+        return {}, []
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    try:
+        rows = [json.loads(line) for line in lines]
+    except json.JSONDecodeError as err:
+        raise SidecarError(f"{path}: line {err.lineno} is not JSON; the file is ours: delete it to caption"
+                           " that shard again") from None
+    if not rows or "sidecar" not in rows[0]:
+        raise SidecarError(f"{path} is not a caption sidecar (no header line)")
+    return rows[0]["sidecar"], rows[1:]
+
+
+def read_header(path: str) -> dict:
+    """A sidecar's header line alone ({} when there is no sidecar yet)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.loads(f.readline()).get("sidecar") or {}
+        except (json.JSONDecodeError, AttributeError):
+            raise SidecarError(f"{path} is not a caption sidecar (no header line)") from None
+
+
+def check_header(path: str, header: dict, expected: dict) -> None:
+    for field in ("captioner", "revision", "prompt", "settings", "shard_digest"):
+        if header.get(field) != expected.get(field):
+            what = "the shard changed since it was captioned" if field == "shard_digest" else \
+                f"it was written with {field} {header.get(field)!r}, this run has {expected.get(field)!r}"
+            raise SidecarError(f"{path}: {what}; use another --out (one caption set per captioner), or delete it")
+
+
+def write_sidecar(path: str, header: dict, records: list[dict]) -> None:
+    with atomic_path(path, suffix=".jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"sidecar": header}, ensure_ascii=False) + "\n")
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_set_file(out: str, description: dict) -> None:
+    """set.json, once: a set folder written by another captioner is refused."""
+    path = os.path.join(out, SET_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        for field in ("captioner", "revision", "prompt", "settings"):
+            if old.get(field) != description.get(field):
+                raise SidecarError(f"{out} holds captions by {old.get('captioner')!r} ({field} differs): one caption"
+                                   " set per captioner; use another --out")
+        return
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+
+
+def load_caption_set(folder: str) -> dict[str, str]:
+    """{key: caption} of a caption set folder (every sidecar in it)."""
+    if not os.path.isfile(os.path.join(folder, SET_FILE)):
+        raise FileNotFoundError(f"caption set not found: {folder} (no {SET_FILE}; `ella caption` writes one)")
+    captions = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl"):
+            captions.update({r["key"]: r["caption"] for r in read_sidecar(os.path.join(folder, name))[1]})
+    return captions
+
+
+def set_digest(folder: str) -> str:
+    """A digest of a caption set's contents (feature caches key on it)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl") or name == SET_FILE:
+            with open(os.path.join(folder, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:16]
