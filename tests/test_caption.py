@@ -140,7 +140,7 @@ def test_sidecars_of_another_captioner_or_a_changed_shard_are_refused(shard_data
 
 def test_the_shapes_captioner_writes_what_is_there(tmp_path):
     from ella.shapes.data import ShapesSceneDataset
-    from ella.shapes.judge import answer, analyse
+    from ella.shapes.judge import analyse, answer
     from ella.shapes.world import render
 
     out = str(tmp_path / "shapes")

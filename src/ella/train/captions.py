@@ -40,11 +40,13 @@ class CaptionMix:
             return None
         digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
         u = int.from_bytes(digest[:8], "little") / 2**64 * sum(w for _, w in options)
+        chosen = options[-1][0]  # u can reach the total by rounding
         for name, weight in options:
             u -= weight
             if u < 0:
+                chosen = name
                 break
-        return original if name == ORIGINAL else self.sets[name][key]
+        return original if chosen == ORIGINAL else self.sets[chosen][key]
 
     def fingerprint(self) -> dict:
         """What a feature cache built on these captions depends on."""
