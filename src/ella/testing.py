@@ -214,7 +214,7 @@ def tiny_captioner(folder: str, seed: int = 0) -> str:
     tokenizer = word_tokenizer(TINY_WORDS)
     torch.manual_seed(seed)
     text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                num_attention_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id or 0, sep_token_id=tokenizer.eos_token_id)
     vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                   patch_size=8)
