@@ -65,7 +65,6 @@ def test_generate_with_another_scheduler_is_seeded(pipe_dir, tmp_path):
         (["generate", "a cat", "--model", "PIPE", "--size", "18"], "multiples of 4"),
         (["generate", "a cat", "--model", "PIPE", "--llm", "minilm"], "saved ELLA pipeline"),
         (["generate", "a cat", "--model", "PIPE", "--device", "cuda:99"], "is not available here"),
-        (["generate", "a cat", "--model", "PIPE", "--guidance", "nan"], "finite"),
         (["bench", "shapes", "--models", ","], "names no model"),
         (["generate", "a cat", "--model", "X", "--out", "TMP"], "not an image file name"),  # a folder
         (["generate", "a cat", "--model", "X", "--out", "TMP/a.xyz"], "not an image file name"),
@@ -178,6 +177,9 @@ def test_convert_refuses_bad_weights_and_paths(tmp_path, capsys):
         (["generate", "a cat", "--steps", "0"], "argument --steps: must be at least 1"),
         (["generate", "a cat", "--num-images", "two"], "expected a whole number"),
         (["bench", "shapes", "--prompts", "0"], "argument --prompts: must be at least 1"),
+        (["generate", "a cat", "--guidance", "nan"], "argument --guidance: must be a finite number"),
+        (["bench", "shapes", "--guidance", "nan"], "argument --guidance: must be a finite number"),  # before any work
+        (["bench", "dpg", "generate", "--out", "x", "--guidance", "inf"], "must be a finite number"),
     ],
 )
 def test_impossible_counts_and_sizes_are_usage_errors(capsys, args, message):

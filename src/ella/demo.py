@@ -17,10 +17,11 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from .samplers import SCHEDULERS
+
 logger = logging.getLogger(__name__)
 
 LIMITS = dict(steps=(1, 100), images=(1, 8), guidance=(0.0, 30.0))
-SAMPLERS = ("dpm++", "unipc", "euler", "euler-a", "ddpm", "pndm")  # the ones that work with every shipped model
 
 
 class DemoInputError(ValueError):
@@ -37,6 +38,12 @@ class DemoModel:
     shipped: object | None  # the default model provider (ShapesWorld), or None for --model
     connector: str | None
     cli_model_args: list[str]  # how `ella generate` names this model
+
+    @property
+    def samplers(self) -> list[str]:
+        """`ella.samplers.SCHEDULERS` by short name, less those the shipped model cannot use."""
+        poor = getattr(self.shipped, "poor_samplers", {}) if self.shipped is not None else {}
+        return [name for name, cls in SCHEDULERS.items() if cls not in poor]
 
     @property
     def has_base(self) -> bool:
@@ -92,7 +99,7 @@ def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int
     follows the denoising steps of both sides."""
     from .generate import COMPARE, COMPARE_NAMES, render
     from .images import save_atomic, upscale
-    from .pipelines.loading import scheduler_class
+    from .samplers import scheduler_class
 
     check_request(prompt, steps, images, guidance)
     steps, images, seed = int(steps), int(images), int(seed)
@@ -161,7 +168,8 @@ def build_app(model: DemoModel, loader=None):
             random_seed = gr.Checkbox(label="Random seed", value=False)
             steps = gr.Slider(*LIMITS["steps"], value=default_steps, step=1, label="Steps")
             guidance = gr.Slider(*LIMITS["guidance"], value=default_guidance, step=0.5, label="Guidance")
-            sampler = gr.Dropdown(list(SAMPLERS), value=SAMPLERS[0], label="Sampler")
+            samplers = model.samplers
+            sampler = gr.Dropdown(samplers, value=samplers[0], label="Sampler")
             images = gr.Slider(*LIMITS["images"], value=model.defaults.get("images", 4), step=1, label="Images")
             connectors = list(model.shipped.connectors) if model.shipped is not None else []
             connector = gr.Dropdown(connectors, value=model.connector, label="Connector", visible=bool(connectors))

@@ -5,6 +5,8 @@ from __future__ import annotations
 # Every spelling the CLI, configs and the API accept -> torch dtype attribute name.
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                "bf16": "bfloat16", "bfloat16": "bfloat16"}
+# What `--llm-precision` takes: a dtype of DTYPE_NAMES, or int8 weights (`text_encoders.Int8Linear`).
+LLM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def accelerator_available() -> bool:

@@ -26,7 +26,7 @@ def warn(message: str) -> None:
 def load_for_cli(args):
     """(pipeline, defaults, the default model or None) for the model and sampler the flags name;
     the default model (a plugin's: ShapesWorld) if none."""
-    from .pipelines.loading import scheduler_class
+    from .samplers import scheduler_class
 
     sampler = None if args.scheduler is None else scheduler_class(args.scheduler)  # a typo fails before loading
     pipe, defaults, shipped = _load_model(args)
@@ -51,7 +51,7 @@ def _load_model(args):
         pipe, call = load_preset(args.preset, args.device, args.dtype, args.llm_precision)
         return pipe, _defaults(call), None
     if args.model is None:
-        from .cli import default_model
+        from .plugins import default_model
 
         shipped = default_model()
         if shipped is None or not shipped.available():

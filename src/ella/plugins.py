@@ -37,7 +37,23 @@ class Registry:
     captioners: dict[str, str] = field(default_factory=dict)  # name -> callable(arg: str) -> caption.Captioner
     cli_commands: dict[str, str] = field(default_factory=dict)
     bench_commands: dict[str, str] = field(default_factory=dict)
-    default_model: str | None = None
+    _default_model: str | None = None
+
+    @property
+    def default_model(self) -> str | None:
+        return self._default_model
+
+    @default_model.setter
+    def default_model(self, target: str) -> None:
+        """Set once: a second plugin that also names a default model is an error, never a silent replacement."""
+        if self._default_model is not None and target != self._default_model:
+            raise PluginConflict(f"two plugins set the default model: {self._default_model} and {target}; uninstall"
+                                 " one, or pass --model")
+        self._default_model = target
+
+
+class PluginConflict(ValueError):
+    """Two plugins claim what only one may have."""
 
 
 def resolve(target: str):
@@ -69,8 +85,14 @@ def registry() -> Registry:
         except ImportError as err:  # a broken third-party plugin must not take the core down
             logger.warning("ella plugin %s could not be imported: %s", name, err)
             continue
-        module.register(reg)
+        module.register(reg)  # PluginConflict propagates: two defaults cannot both be served
     return reg
+
+
+def default_model():
+    """The model `ella generate` runs without --model (a plugin registers it), or None."""
+    target = registry().default_model
+    return None if target is None else resolve(target)
 
 
 def lookup(table: str, key: str):

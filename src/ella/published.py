@@ -35,7 +35,7 @@ class Defaults:
     steps: int
     guidance: float
     size: int  # pixels a side
-    scheduler: str  # a short name of `ella.pipelines.loading.SCHEDULERS`
+    scheduler: str  # a short name of `ella.samplers.SCHEDULERS`
     source: str
 
 

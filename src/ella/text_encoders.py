@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import devices
+from .devices import LLM_PRECISIONS
 from .offline_llms import MINILM, OFFLINE_LLMS, SMOLLM2, resolve_model_path  # noqa: F401 (re-exported)
 from .paths import require_local_folder
 from .published import FLAN_T5_XL
@@ -35,7 +37,6 @@ logger = logging.getLogger(__name__)
 TEXT_MODES = ("fixed", "flexible")
 DEFAULT_LLM = FLAN_T5_XL  # the LLM the released connector was trained on
 QUANTIZATIONS = ("int8",)
-LLM_PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # docs/pipeline.md: what each changes, measured
 @dataclass
 class TextFeatures:
     hidden_states: torch.Tensor  # (B, L, D)
@@ -175,7 +176,7 @@ def llm_precision_args(precision: str | None, default_dtype: torch.dtype) -> tup
         raise ValueError(f"LLM precision must be one of {', '.join(LLM_PRECISIONS)}, got {precision!r}")
     if precision == "int8":
         return default_dtype, "int8"
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision], None
+    return devices.torch_dtype(precision), None
 
 
 class LLMEncoder:

@@ -13,7 +13,7 @@ UPSTREAM = "https://raw.githubusercontent.com/TencentQQGYLab/ELLA/3c228f1dc6c4d3
 
 
 def add_bench_parsers(sub) -> None:
-    from ..cli import add_model_args, positive_int
+    from ..cli_args import add_model_args, positive_int
     from ..plugins import registry
 
     dpg = sub.add_parser("dpg", help="DPG-Bench: fetch, generate, score, compare")
@@ -87,9 +87,9 @@ def fetch(out: str) -> None:
 def dpg_generate(args) -> None:
     import torch
 
-    from ..cli import default_model
     from ..devices import accelerator_available
     from ..generate import load_for_cli
+    from ..plugins import default_model
     from ..published import preset
     from .dpg import load_prompt_folder
     from .runner import file_sha256, generate_images, write_manifest

@@ -13,6 +13,7 @@ from ..devices import resolve_device, resolve_dtype
 from ..models import ELLA
 from ..paths import require_local_folder
 from ..plugins import lookup
+from ..samplers import scheduler_class
 from ..text_encoders import DEFAULT_LLM, convert_llm, llm_precision_args, load_text_encoder
 from .pipeline_ella import ELLAStableDiffusionPipeline
 from .pipeline_ella_xl import ELLAStableDiffusionXLPipeline
@@ -38,32 +39,6 @@ def load_connector(path: str, torch_dtype: torch.dtype | None = None, heads: int
     weights cannot tell, or one with its config) or a `save_pretrained` folder, local or on the
     hub (`QQGYLab/ELLA`, `ORG/NAME/FILE.safetensors`: `ella.hub`)."""
     return ELLA.from_pretrained(path, torch_dtype=torch_dtype, heads=heads)
-
-
-# Short names for the common diffusers samplers; any other diffusers scheduler class name works too.
-SCHEDULERS = {
-    "dpm++": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler", "pndm": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
-}
-
-
-def scheduler_class(name: str) -> type:
-    """A diffusers scheduler class, by short name (`SCHEDULERS`) or class name. Build it with
-    `.from_config(pipe.scheduler.config)`: the model's own noise schedule and prediction type
-    (epsilon or v) then carry over to the new sampler."""
-    import diffusers
-
-    class_name = SCHEDULERS.get(name.lower(), name)
-    cls = getattr(diffusers, class_name, None) if class_name.endswith("Scheduler") else None
-    if not isinstance(cls, type):
-        raise ValueError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)} or a diffusers scheduler"
-                         " class name")
-    from diffusers.utils import DummyObject
-
-    if isinstance(cls, DummyObject):  # diffusers' stand-in for a sampler whose extra dependency is missing
-        raise ValueError(f"scheduler {class_name} needs {' and '.join(cls._backends)} installed")
-    return cls
 
 
 PIPELINES = {cls.__name__: cls for cls in (ELLAStableDiffusionPipeline, ELLAStableDiffusionXLPipeline)}

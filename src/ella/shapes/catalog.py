@@ -11,6 +11,7 @@ import os
 from typing import NamedTuple
 
 from ..offline_llms import MINILM, SMOLLM2
+from ..samplers import SCHEDULERS
 
 # `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
 SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
@@ -67,6 +68,7 @@ class ShippedModel:
     connectors = CONNECTORS
     default_connector = DEFAULT_CONNECTOR
     defaults = SHAPES_DEFAULTS
+    poor_samplers = POOR_SAMPLERS
 
     @staticmethod
     def available() -> bool:
@@ -90,7 +92,8 @@ class ShippedModel:
         if size is not None and tuple(size) != SHAPES_DEFAULTS["size"]:
             warnings.append(f"ShapesWorld's models were trained at 32x32; at {size[0]}x{size[1]} they draw blobs")
         if scheduler in POOR_SAMPLERS:
-            warnings.append(f"{scheduler} {POOR_SAMPLERS[scheduler]}; dpm++ (the default), unipc, euler or euler-a"
+            good = [name for name, cls in SCHEDULERS.items() if cls not in POOR_SAMPLERS]
+            warnings.append(f"{scheduler} {POOR_SAMPLERS[scheduler]}; {good[0]} (the default), {', '.join(good[1:])}"
                             " work")
         return warnings
 

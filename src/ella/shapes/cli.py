@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..cli import positive_int
-from .catalog import BENCH_MODELS, CONNECTORS, DEFAULT_CONNECTOR
+from ..cli_args import finite_float, positive_int
+from ..devices import LLM_PRECISIONS
+from .catalog import BENCH_MODELS, CONNECTORS, DEFAULT_CONNECTOR, SHAPES_DEFAULTS
 
 CAPTION_HELP = ("prompt style: dense (the benchmark), brief (what users type), relative (brief, placed relative to"
                 " the object named before wherever it can be), varied (many phrasings, as trained) or paraphrase"
@@ -33,10 +34,10 @@ def add_bench_parser(sub) -> None:
                     " trained with `ella train` on the ShapesWorld base")
     sh.add_argument("--out", default="runs/shapes-bench")
     sh.add_argument("--model-dir", default=None, help="a ShapesWorld model folder (default: the shipped one)")
-    sh.add_argument("--steps", type=positive_int, default=25)
-    sh.add_argument("--guidance", type=float, default=5.0)
+    sh.add_argument("--steps", type=positive_int, default=SHAPES_DEFAULTS["steps"])
+    sh.add_argument("--guidance", type=finite_float, default=SHAPES_DEFAULTS["guidance"])
     sh.add_argument("--captions", choices=CAPTION_STYLES, default="dense", help=CAPTION_HELP)
-    sh.add_argument("--llm-precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+    sh.add_argument("--llm-precision", choices=LLM_PRECISIONS, default=None,
                     help="the ELLA rows' LLM in this precision (default fp32)")
     sh.add_argument("--json", action="store_true", help="print the summaries as JSON")
     sh.set_defaults(func=run_bench)

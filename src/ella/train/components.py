@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import ELLA, PRESETS
+from ..models import ELLA
 from ..paths import require_local_folder
 from ..text_encoders import LLMEncoder, load_text_encoder
 from .config import TrainConfig
@@ -114,11 +114,9 @@ def load_pooled_encoder(path: str):
 
 def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
     """A fresh connector from the preset, fitted to the LLM width and the UNet's cross-attention."""
-    if config.connector not in PRESETS:
-        raise ValueError(f"unknown connector preset {config.connector!r}; known: {', '.join(sorted(PRESETS))}")
-    kwargs = {**PRESETS[config.connector], **config.connector_overrides, "connector_type": config.connector_type}
-    kwargs["input_dim"] = parts.text_encoder.config.hidden_size  # T5 maps hidden_size to d_model
-    kwargs["output_dim"] = parts.unet.config.cross_attention_dim
+    kwargs = {**config.connector_overrides, "connector_type": config.connector_type,
+              "input_dim": parts.text_encoder.config.hidden_size,  # T5 maps hidden_size to d_model
+              "output_dim": parts.unet.config.cross_attention_dim}
     if parts.pooled_encoder is not None:
         width = parts.pooled_encoder[0].config.projection_dim
         if parts.pooled_dim != width:
@@ -126,7 +124,7 @@ def build_connector(config: TrainConfig, parts: FrozenParts) -> ELLA:
                              f" {parts.pooled_dim} ({'not an SDXL-style UNet' if parts.pooled_dim is None else 'SDXL'})")
     elif parts.sdxl:  # the connector makes SDXL's pooled embedding itself
         kwargs["pooled_dim"] = parts.pooled_dim
-    return ELLA(**kwargs)
+    return ELLA.from_preset(config.connector, **kwargs)  # an unknown preset is refused there
 
 
 def load_init_connector(ella: ELLA, config: TrainConfig) -> None:
