@@ -32,7 +32,8 @@ def main() -> None:
     from startup import report
 
     from ella.generate import COMPARE, render
-    from ella.shapes.catalog import MAIN_PROMPT, SHIPPED
+    from ella.shapes.catalog import MAIN_PROMPT
+    from ella.shapes.models import SHIPPED
 
     pipe = SHIPPED.load("tsc")
     pipe.set_progress_bar_config(disable=True)

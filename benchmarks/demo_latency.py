@@ -66,7 +66,7 @@ def main() -> None:
 
     from ella.demo import DemoModel, build_app, launch, leave_a_core_for_the_page
     from ella.generate import COMPARE, render
-    from ella.shapes.catalog import SHIPPED
+    from ella.shapes.models import SHIPPED
 
     cli_threads = torch.get_num_threads()
     model = DemoModel(SHIPPED.load("tsc"), {**SHIPPED.defaults, "images": 1}, SHIPPED, "tsc", [])  # one seed

@@ -20,7 +20,7 @@ from ella.shapes.catalog import MAIN_PROMPT
 @pytest.fixture(scope="module")
 def demo_model():
     from ella.demo import DemoModel
-    from ella.shapes.catalog import SHIPPED
+    from ella.shapes.models import SHIPPED
 
     return DemoModel(SHIPPED.load("tsc"), dict(SHIPPED.defaults), SHIPPED, "tsc", [])
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from ella.bench.dpg import check_integrity, load_csv
-from ella.shapes.catalog import CONNECTORS, SHAPES_DEFAULTS
+from ella.shapes.catalog import CONNECTORS, MAIN_PROMPT, SHAPES_DEFAULTS
 from ella.shapes.judge import ShapesJudge
+from ella.shapes.styles import make_item
 from ella.shapes.world import (
     BACKGROUNDS,
     CELL_BY_PHRASE,
     COLORS,
     NUMBERS,
     SHAPES,
-    make_item,
     place_phrase,
     render,
     sample_scene,
@@ -121,7 +121,7 @@ def test_brief_captions_name_the_whole_scene_in_a_few_words(style, min_relative)
         assert strip == [{k: v for k, v in r.items() if k != "text"} for r in dense_rows]
         relative += len(re.findall(r"\bit\b|its ", text))
     assert relative > min_relative  # relative captions: 0.73 relative places per caption, brief 0.30
-    assert read_brief("a large red circle at the top left, a small blue square below it") == (
+    assert read_brief(MAIN_PROMPT) == (
         {("large", "red", "circle", 0), ("small", "blue", "square", 3)}, None)
 
 
@@ -184,7 +184,7 @@ def test_shipped_default_draws_the_main_job_prompt(shipped_pipeline):
     from ella.shapes.judge import analyse
 
     pipe = shipped_pipeline()
-    images = pipe("a large red circle at the top left, a small blue square below it", num_images_per_prompt=8,
+    images = pipe(MAIN_PROMPT, num_images_per_prompt=8,
                   num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
                   generator=[torch.Generator().manual_seed(1001 + i) for i in range(8)]).images
     cells = [analyse(image)[1] for image in images]
@@ -271,7 +271,7 @@ def test_shipped_models_draw_the_pinned_images(connector, conditioning, shipped_
     from PIL import Image
 
     image = shipped_pipeline(connector)(
-        "a large red circle at the top left, a small blue square below it", conditioning=conditioning,
+        MAIN_PROMPT, conditioning=conditioning,
         num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
         generator=[torch.Generator().manual_seed(1001)], output_type="np").images[0]
     name = connector if conditioning == "ella" else "base"

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..train.config import check_schedule
 from ..train.utils import ema_update, lr_lambda, plot_losses, stop_flag
 from .data import TRAIN_SEED, render_short_caption_set
-from .world import BACKGROUNDS, COLORS, NUMBERS, PLACE_PROBABILITY, SHAPES, make_item, sample_scene
+from .styles import make_item
+from .world import BACKGROUNDS, COLORS, NUMBERS, PLACE_PROBABILITY, SHAPES, sample_scene
 
 logger = logging.getLogger(__name__)
 

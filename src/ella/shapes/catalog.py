@@ -11,7 +11,6 @@ import os
 from typing import NamedTuple
 
 from ..offline_llms import MINILM, SMOLLM2
-from ..samplers import SCHEDULERS
 
 # `ella generate` defaults for ShapesWorld: 25 steps with CFG, 32x32, and a 256 px view copy.
 SHAPES_DEFAULTS = dict(steps=25, guidance=5.0, size=(32, 32), view_size=256)
@@ -59,73 +58,3 @@ BENCH_MODELS = {BASE_MODEL: None, **{c.bench_name: name for name, c in CONNECTOR
 
 def shipped_model_dir() -> str | None:
     return ASSETS if os.path.isfile(os.path.join(ASSETS, "unet", "config.json")) else None
-
-
-class ShippedModel:
-    """What `ella generate` runs without --model (registered by `ella.shapes.plugin`)."""
-
-    name = "the shipped ShapesWorld model"
-    connectors = CONNECTORS
-    default_connector = DEFAULT_CONNECTOR
-    defaults = SHAPES_DEFAULTS
-    poor_samplers = POOR_SAMPLERS
-
-    @staticmethod
-    def available() -> bool:
-        return shipped_model_dir() is not None
-
-    @staticmethod
-    def check_prompt(prompt: str) -> list[str]:
-        """Warnings about a prompt: the words this world has never seen."""
-        from .vocabulary import unknown_words
-
-        unknown = unknown_words(prompt)
-        if not unknown:
-            return []
-        return [f"ShapesWorld knows none of these words: {', '.join(unknown)} (it draws circles, squares and triangles,"
-                " red, green, blue, yellow or purple, large or small, on black, gray or white: see the README)"]
-
-    @staticmethod
-    def check_settings(size: tuple | None, scheduler: str) -> list[str]:
-        """Warnings about settings this model cannot use well."""
-        warnings = []
-        if size is not None and tuple(size) != SHAPES_DEFAULTS["size"]:
-            warnings.append(f"ShapesWorld's models were trained at 32x32; at {size[0]}x{size[1]} they draw blobs")
-        if scheduler in POOR_SAMPLERS:
-            good = [name for name, cls in SCHEDULERS.items() if cls not in POOR_SAMPLERS]
-            warnings.append(f"{scheduler} {POOR_SAMPLERS[scheduler]}; {good[0]} (the default), {', '.join(good[1:])}"
-                            " work")
-        return warnings
-
-    example_prompts = (
-        MAIN_PROMPT,
-        "a small green triangle in the center, a large yellow square to its right on a white background",
-        "draw a big purple square in the lower right and a tiny yellow dot top left, black background",
-        "An image with three objects on a gray background. It shows a large blue triangle at the top, a small red"
-        " square in the center and a large green circle at the bottom right. The blue triangle is above the red square.",
-    )
-
-    @staticmethod
-    def describe(image) -> str:
-        """What the exact judge sees in an image: the background and the object in each grid cell."""
-        from .judge import analyse
-        from .world import cell_name
-
-        background, cells = analyse(image)
-        found = [f"{cell_name(i)}: {seen.size} {seen.color} {seen.shape}" for i, seen in enumerate(cells) if seen]
-        return f"background {background}; " + ("; ".join(found) if found else "no object")
-
-    @staticmethod
-    def accepts(connector: str) -> bool:
-        """A shipped connector's name, or the path of a connector trained on this base."""
-        return connector in CONNECTORS or os.path.exists(connector)
-
-    @staticmethod
-    def load(connector: str | None, device=None, dtype=None, llm_precision=None):
-        from .models import load_shapes_pipeline
-
-        return load_shapes_pipeline(connector=connector or DEFAULT_CONNECTOR, device=device, dtype=dtype,
-                                    llm_precision=llm_precision)
-
-
-SHIPPED = ShippedModel()

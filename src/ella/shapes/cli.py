@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 
 def add_bench_parser(sub) -> None:
-    from .world import CAPTION_STYLES
+    from .styles import CAPTION_STYLES
 
     sh = sub.add_parser("shapes", help="ShapesWorld: base vs ELLA on held-out prompts, exact judge (4 images per"
                         " prompt; measured 1.26 s per image on a 2-core CPU, so the default 200 prompts take about"

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import torch
 
-from .world import CAPTION_STYLES, HELDOUT_STYLES, PLACE_PROBABILITY, make_item, render, sample_scene, short_caption
+from .styles import CAPTION_STYLES, HELDOUT_STYLES, make_item
+from .world import PLACE_PROBABILITY, render, sample_scene, short_caption
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
 TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003

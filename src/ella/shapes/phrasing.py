@@ -14,10 +14,9 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # world imports this module for its caption styles
-    from .world import Obj, Scene
+from .world import Obj, Scene
+
 
 @dataclass(frozen=True)
 class Lexicon:

@@ -11,4 +11,4 @@ def register(registry) -> None:
     registry.captioners["shapes"] = "ella.shapes.captioner:ShapesCaptioner.from_arg"
     registry.cli_commands["shapes"] = "ella.shapes.cli:add_parser"
     registry.bench_commands["shapes"] = "ella.shapes.cli:add_bench_parser"
-    registry.default_model = "ella.shapes.catalog:SHIPPED"
+    registry.default_model = "ella.shapes.models:SHIPPED"

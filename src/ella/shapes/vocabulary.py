@@ -15,7 +15,8 @@ def known_words() -> frozenset[str]:
     """Every word of the training caption styles: the dense, brief and relative grammars (read off
     generated captions) and the varied lexicon (read off its word lists, without typos)."""
     from .phrasing import VARIED
-    from .world import make_item, sample_scene
+    from .styles import make_item
+    from .world import sample_scene
 
     words: set[str] = set()
     rng = random.Random(0)

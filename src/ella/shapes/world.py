@@ -11,8 +11,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .phrasing import paraphrase_caption, varied_caption
-
 RESOLUTION = 32
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230), "yellow": (240, 210, 40),
@@ -281,22 +279,3 @@ def questions(scene: Scene, item_id: str, text: str, relations: list[tuple[Obj, 
             verb = "Is" if k == 1 else "Are"
             add(f"other - count ({s}, =={k})", f"{verb} there {NUMBERS[k]} {_plural(s, k)}?", [])
     return rows
-
-
-CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase", "alt")
-HELDOUT_STYLES = ("paraphrase",)  # benchmark only: its words and forms are never trained on
-_CAPTIONERS = {"brief": brief_caption, "relative": relative_caption, "varied": varied_caption,
-               "paraphrase": paraphrase_caption, "alt": short_caption}  # alt: web alt-text, short and partial
-
-
-def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dense") -> tuple[str, list[dict]]:
-    """A prompt in `style` (dense, brief, relative, varied or paraphrase) and its question rows. The relations asked
-    about are drawn first, so a scene's questions are the same in every style: only the prompt
-    differs."""
-    if style not in CAPTION_STYLES:
-        raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
-    relations = pick_relations(scene, rng)
-    text = dense_caption(scene, rng, relations) if style == "dense" else _CAPTIONERS[style](scene, rng)
-    return text, questions(scene, item_id, text, relations)
-
-
