@@ -51,6 +51,13 @@ document.querySelector('#generate').click();
 """
 
 
+# Counts the page's calls to the browser's own requestAnimationFrame (run before any page script).
+COUNT_FRAMES = """
+window.animationFrames = 0;
+const request = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.animationFrames++; return request(callback); };
+"""
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -62,9 +69,9 @@ def main() -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     from startup import report
-    from test_demo import COUNT_FRAMES, _browser
+    from test_demo import _browser
 
-    from ella.demo import DemoModel, build_app, launch, leave_a_core_for_the_page
+    from ella.demo import DemoModel, build_app, leave_a_core_for_the_page
     from ella.generate import COMPARE, render
     from ella.shapes.models import SHIPPED
 
@@ -77,7 +84,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     browser, why = _browser()
     if browser is None:
         raise SystemExit(why)

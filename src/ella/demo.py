@@ -196,79 +196,7 @@ def build_app(model: DemoModel, loader=None):
                      [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status],
                      show_progress_on=status)
     app.queue(default_concurrency_limit=1)  # one job at a time on the CPU: visitors wait in line
-    slow_down_queue_polling(app)
     return app
-
-
-# Gradio's queue looks for work every 1 ms on Linux (50 ms on Windows) and for progress to send
-# every 10 ms, busy or idle: CPU the generation needs on a small machine, and progress the page
-# redraws up to 100 times a second (each redraw costs the browser CPU the generation needs too:
-# 1.35 CPU-s per click at 4 a second, 1.0 at 2; docs/benchmarks.md). Looked up by name, as these
-# are the queue's own attributes.
-QUEUE_POLLING = {"sleep_when_free": 0.05, "progress_update_sleep_when_free": 0.5}
-
-
-def slow_down_queue_polling(app) -> None:
-    """Gradio's queue polls at `QUEUE_POLLING`'s periods (seconds): a click waits at most 50 ms
-    more to start, the progress moves twice a second."""
-    for name, seconds in QUEUE_POLLING.items():
-        if not hasattr(app._queue, name):
-            logger.warning("Gradio's queue has no attribute %s (another Gradio version): left as it is", name)
-            continue
-        setattr(app._queue, name, seconds)
-
-
-# Gradio 6's status trackers time a pending job on requestAnimationFrame, and the loading screen's
-# tracker is never stopped: an open page asks for 60 frames a second for as long as it is open
-# (Chromium, idle, on the 2-core development CPU: 0.11-0.13 CPU-s a second, 0.024-0.030 with this
-# script; docs/benchmarks.md), CPU the model needs when the page and the model share a machine.
-# Nothing on this page moves faster than that timer's tenths of a second, so animation frames come
-# from a 10-per-second timer, which draws nothing when nothing changed. It has to run before
-# Gradio's modules keep their own reference to requestAnimationFrame: the server puts it first in
-# the page's <head>.
-PAGE_SCRIPT = """<script>
-window.requestAnimationFrame = (callback) => setTimeout(() => callback(performance.now()), 100);
-window.cancelAnimationFrame = (id) => clearTimeout(id);
-</script>"""
-
-
-class FirstInHead:
-    """ASGI middleware: every HTML page the app serves gets `html` first in its <head>, before any
-    script of the page runs. Other responses (the queue's event streams, files) pass untouched."""
-
-    def __init__(self, app, html: str):
-        self.app, self.html = app, html.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "GET":
-            return await self.app(scope, receive, send)
-        start, body = None, []
-
-        async def send_page(message):
-            nonlocal start
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                if headers.get(b"content-type", b"").startswith(b"text/html") and b"content-encoding" not in headers:
-                    start = message  # held until the whole page is in
-                    return
-            if start is None or message["type"] != "http.response.body":
-                return await send(message)
-            body.append(message.get("body", b""))
-            if message.get("more_body"):
-                return
-            page = b"".join(body).replace(b"<head>", b"<head>" + self.html, 1)
-            headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
-            await send({**start, "headers": headers + [(b"content-length", str(len(page)).encode())]})
-            await send({"type": "http.response.body", "body": page})
-
-        await self.app(scope, receive, send_page)
-
-
-def launch(app, **kwargs):
-    """`app.launch(**kwargs)` with `PAGE_SCRIPT` in the page."""
-    from starlette.middleware import Middleware
-
-    return app.launch(app_kwargs={"middleware": [Middleware(FirstInHead, html=PAGE_SCRIPT)]}, **kwargs)
 
 
 def leave_a_core_for_the_page(model: DemoModel) -> int:
@@ -313,4 +241,4 @@ def run_demo(args) -> None:
                              model.shipped, connector, [])
     leave_a_core_for_the_page(model)
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
-    launch(build_app(model, loader), server_name=args.host, server_port=args.port, share=args.share)
+    build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)
