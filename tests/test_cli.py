@@ -69,7 +69,7 @@ def test_generate_with_another_scheduler_is_seeded(pipe_dir, tmp_path):
         (["generate", "a cat", "--model", "X", "--out", "TMP"], "not an image file name"),  # a folder
         (["generate", "a cat", "--model", "X", "--out", "TMP/a.xyz"], "not an image file name"),
         (["generate", "a cat", "--model", "X", "--out", "BAD/a.png"], "cannot create the folder"),  # under a file
-        (["bench", "shapes", "--out", "BAD", "--prompts", "1"], "File exists"),  # an output folder that is a file
+        (["bench", "shapes", "--out", "BAD", "--prompts", "1"], "exists and is not a folder"),  # an output folder that is a file
         (["convert", "/no/such.safetensors", "out"], "not found"),
         (["convert", "BAD", "out"], "not an ELLA connector checkpoint"),
     ],

@@ -276,3 +276,75 @@ def test_hub_vqa_model_fails_fast_when_the_hub_cannot_be_reached(monkeypatch):
     with pytest.raises(ValueError, match="cannot be reached .*Name or service not known"):
         TransformersVQABackend("Salesforce/blip-vqa-base")
     assert time.perf_counter() - start < 30  # not the hub client's minutes of retries
+
+
+@pytest.mark.parametrize("line", ['["item", 0]', '{"item_id": "heldout0", "question": "q", "answer": "yes"}', "5"])
+def test_a_damaged_answer_log_in_the_score_folder_names_its_line_and_the_fix(tmp_path, capsys, line):
+    csv_path, images = _shapes_items(tmp_path)
+    out = tmp_path / "scores"
+    assert main(["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa", "shapes",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    answers = out / "answers.jsonl"
+    lines = answers.read_text().splitlines()
+    answers.write_text("\n".join(lines[:2] + [line] + lines[2:]) + "\n")
+    error = one_line_error(capsys, ["bench", "dpg", "score", "--images", str(images), "--csv", csv_path, "--vqa",
+                                    "shapes", "--out", str(out)])
+    assert f"{answers}, line 3: not an answer record" in error and "delete that line" in error
+
+
+def test_files_that_are_not_what_they_should_be_are_named(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "is a file, not a folder" in one_line_error(capsys, ["generate", "a cat", "--model", str(afile),
+                                                                "--ella", "x.safetensors"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"overall": 1,\n')
+    error = one_line_error(capsys, ["bench", "dpg", "compare", str(tmp_path / "run")])
+    assert "summary.json is not valid JSON (line 2" in error
+    latin = tmp_path / "q.csv"
+    latin.write_bytes(",".join(CSV_COLUMNS).encode() + b"\nd\xe9j\xe0,1\n")
+    assert f"{latin} is not UTF-8 text" in one_line_error(capsys, ["bench", "dpg", "score", "--images", str(tmp_path),
+                                                                   "--csv", str(latin), "--out", str(tmp_path / "s")])
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "a.txt").write_bytes(b"caf\xe9\n")
+    error = one_line_error(capsys, ["bench", "dpg", "generate", "--prompts", str(tmp_path / "prompts"), "--out",
+                                    str(tmp_path / "gen")])
+    assert "a.txt is not UTF-8 text" in error
+    assert f"{afile} exists and is not a folder" in one_line_error(
+        capsys, ["bench", "shapes", "--out", str(afile), "--prompts", "1"])
+
+
+def test_a_link_planted_where_an_image_goes_is_not_counted_as_done(tmp_path):
+    from ella.bench.runner import generate_images
+
+    target = tmp_path / "victim.png"
+    Image.new("RGB", (4, 4)).save(target)
+    out = tmp_path / "images"
+    out.mkdir()
+    os.symlink(target, out / "a.png")
+
+    class Pipe:
+        def __call__(self, prompts, num_images_per_prompt, generator, **kw):
+            class Out:
+                images = [Image.new("RGB", (8, 8), "red")] * (len(prompts) * num_images_per_prompt)
+            return Out()
+
+    assert generate_images(Pipe(), {"a": "a red square"}, str(out), samples=1) == ["a"]  # drawn, not skipped
+    assert not os.path.islink(out / "a.png") and Image.open(target).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_exported_and_converted_weights_follow_the_umask(tmp_path):
+    from safetensors.torch import save_file
+
+    from ella import ELLA
+
+    save_file(ELLA.from_preset("tiny").state_dict(), str(tmp_path / "c.safetensors"))
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", str(tmp_path / "c.safetensors"), str(tmp_path / "folder"), "--heads", "2"]) == 0
+        assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "back.safetensors")]) == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "folder" / "diffusion_pytorch_model.safetensors", tmp_path / "back.safetensors"):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path

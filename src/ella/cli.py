@@ -211,6 +211,17 @@ def quiet_libraries() -> None:
         diffusers_logging.set_verbosity_error()
 
 
+def _one_line(err: Exception) -> str:
+    """An error as one line that names what it is about (the OS's own '[Errno 17] File exists: ...'
+    says neither what was being done nor what to do)."""
+    if isinstance(err, FileExistsError) and err.filename:
+        return f"{err.filename} exists and is not a folder: name another output folder, or move the file away"
+    if isinstance(err, NotADirectoryError) and err.filename:
+        return f"{err.filename}: a part of this path is a file, not a folder"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -232,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ella: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError) as err:  # OSError: a path that cannot be read or written
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = _one_line(err)
         print(f"ella: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return 0

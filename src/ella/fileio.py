@@ -73,3 +73,28 @@ def folder_lock(folder: str, enabled: bool = True):
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def named_errors(path: str, what: str = "file"):
+    """Errors of reading `path` as one line that names it: text that is not UTF-8, JSON that does
+    not parse (the codec's and the parser's own messages name neither the file nor the fix)."""
+    import json
+
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+
+
+def follow_umask(folder: str, suffix: str = ".safetensors") -> None:
+    """Give the `suffix` files below `folder` the mode any new file gets (0666 minus the umask):
+    safetensors writes its files 0600, unlike every other output."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith(suffix) and not os.path.islink(path):
+                os.chmod(path, mode)

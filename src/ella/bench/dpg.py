@@ -17,6 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from ..fileio import named_errors
 from ..paths import require_path
 
 MODES = ("corrected", "reference")
@@ -74,7 +75,7 @@ def load_csv(path: str) -> dict[str, Item]:
     """Items keyed by item_id, questions in CSV order (rows of an item need not be adjacent)."""
     require_path(path, "DPG-Bench question file")
     items: dict[str, Item] = {}
-    with open(path, encoding="utf-8", newline="") as f:
+    with named_errors(path, "DPG-Bench question file"), open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
         if missing:
@@ -137,7 +138,8 @@ def load_prompt_folder(folder: str) -> dict[str, str]:
     prompts = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".txt"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
+            path = os.path.join(folder, name)
+            with named_errors(path, "prompt file"), open(path, encoding="utf-8") as f:
                 prompts[name[:-4]] = f.read().strip()
     if not prompts:
         raise DPGDataError(f"no <item_id>.txt prompt files in {folder}")

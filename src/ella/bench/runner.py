@@ -13,10 +13,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_path, write_text_atomic
+from ..fileio import atomic_path, named_errors, write_text_atomic
 from ..images import make_grid, pyplot, save_atomic, split_grid
 from .dpg import Item, summarize
-from .vqa import VQABackend, read_jsonl
+from .vqa import VQABackend, read_answer_records
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def shard(seq: list, rank: int, world: int) -> list:
     return seq[rank::world]
 
 
+def finished(path: str) -> bool:
+    """A finished image: a file of our own. A symbolic link planted there is not one (the image is
+    drawn again, and the atomic rename replaces the link, never writing through it)."""
+    return os.path.isfile(path) and not os.path.islink(path)
+
+
 def generate_images(
     pipe, prompts: dict[str, str], out_dir: str, samples: int = 4, seed: int = 0, batch_size: int = 8,
     rank: int = 0, world: int = 1, **call_kwargs,
@@ -47,7 +53,7 @@ def generate_images(
     """Render `samples` images per prompt, tiled in a grid, into `<out_dir>/<item_id>.png`.
     Finished items are skipped, so a restarted run only does what is left. Returns written ids."""
     os.makedirs(out_dir, exist_ok=True)
-    todo = [i for i in shard(sorted(prompts), rank, world) if not os.path.isfile(os.path.join(out_dir, f"{i}.png"))]
+    todo = [i for i in shard(sorted(prompts), rank, world) if not finished(os.path.join(out_dir, f"{i}.png"))]
     per_batch = max(1, batch_size // samples)
     written = []
     progress = tqdm(total=len(todo) * samples, desc="generating", unit="image", disable=not todo)  # with its ETA
@@ -125,7 +131,7 @@ class AnswerLog:
             logger.warning("%s is a symbolic link: replacing it with a file", path)
             os.unlink(path)
         if os.path.isfile(path):
-            for r in read_jsonl(path):
+            for r in read_answer_records(path):
                 self.records[(r["item_id"], int(r["crop"]), r["proposition_id"])] = r
             self._rewrite()  # drop a torn last line and duplicates before appending
         self.file = open(path, "a", encoding="utf-8")
@@ -214,7 +220,7 @@ def merge_answer_logs(out_dir: str, world: int) -> AnswerLog:
     for r in range(world):
         part = os.path.join(out_dir, f"answers.rank{r}.jsonl")
         if os.path.isfile(part):
-            for rec in read_jsonl(part):
+            for rec in read_answer_records(part):
                 if (rec["item_id"], int(rec["crop"]), rec["proposition_id"]) not in log.records:
                     log.add(rec["item_id"], int(rec["crop"]), rec["proposition_id"], rec["question"], rec["answer"])
             os.remove(part)
@@ -271,7 +277,7 @@ def compare_runs(run_dirs: list[str]) -> str:
         path = os.path.join(d, "summary.json") if os.path.isdir(d) else d
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no summary.json in {d}")
-        with open(path) as f:
+        with named_errors(path, "score summary"), open(path, encoding="utf-8") as f:
             summary = json.load(f)
         if not isinstance(summary, dict) or not isinstance(summary.get("overall"), (int, float)):
             raise ValueError(f"{path} is not a score summary (no overall score): pass `ella bench dpg score` folders")

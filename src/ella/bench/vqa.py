@@ -79,13 +79,8 @@ class ReplayBackend(VQABackend):
 
     def __init__(self, path: str):
         require_path(path, "replay answers")
-        self.answers = {}
-        for n, record in enumerate(read_jsonl(path), start=1):
-            try:
-                self.answers[(str(record["item_id"]), int(record["crop"]), str(record["question"]))] = str(record["answer"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}, record {n}: not an answer record (item_id, crop, question, answer):"
-                                 f" {str(record)[:80]}") from err
+        self.answers = {(str(r["item_id"]), r["crop"], str(r["question"])): str(r["answer"])
+                        for r in read_answer_records(path)}
 
     def answer(self, image, questions, *, item_id, crop):
         try:
@@ -96,13 +91,35 @@ class ReplayBackend(VQABackend):
 
 def read_jsonl(path: str) -> list[dict]:
     """Records of a JSONL file; a truncated last line (a killed writer) is ignored."""
+    return [record for _, record in _numbered_records(path)]
+
+
+def _numbered_records(path: str) -> list[tuple[int, object]]:
     records = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, start=1):
             try:
-                records.append(json.loads(line))
+                records.append((n, json.loads(line)))
             except json.JSONDecodeError:
                 logger.warning("ignoring a malformed line in %s (an interrupted write)", path)
+    return records
+
+
+ANSWER_FIELDS = ("item_id", "crop", "proposition_id", "question", "answer")
+
+
+def read_answer_records(path: str) -> list[dict]:
+    """The records of an answers.jsonl (ours: `ella bench dpg score` writes it). A line that is not
+    an answer record is an error that names the file and the line, and says how to recover."""
+    records = []
+    for n, record in _numbered_records(path):
+        crop = record.get("crop") if isinstance(record, dict) else None
+        if (not isinstance(record, dict) or any(k not in record for k in ANSWER_FIELDS)
+                or not isinstance(crop, int) or isinstance(crop, bool)):
+            raise ValueError(f"{path}, line {n}: not an answer record (an object with {', '.join(ANSWER_FIELDS)});"
+                             " this file is written by ella bench dpg score: delete that line (its questions are"
+                             " asked again), or the whole file to start over")
+        records.append(record)
     return records
 
 

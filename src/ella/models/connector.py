@@ -374,6 +374,13 @@ class ELLA(ModelMixin, ConfigMixin):
             torch.nn.Module.to(model, torch_dtype)
         return model
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' `save_pretrained`, the weights' file mode following the umask as other outputs do."""
+        from ..fileio import follow_umask
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(os.fspath(save_directory))
+
     def save_single_file(self, path: str) -> None:
         """One safetensors file with the config in its metadata (so `from_single_file` restores
         exactly this model, heads included), written atomically."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -129,6 +130,13 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         # ControlNet inputs stay in [0, 1] (diffusers' convention), at the output resolution.
         self.control_image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' `save_pretrained`, the weights' file modes following the umask as other outputs do."""
+        from ..fileio import follow_umask
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(os.fspath(save_directory))
 
     # ---- checks -------------------------------------------------------------------------------
 
