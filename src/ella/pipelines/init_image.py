@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 
 def cut_timesteps(scheduler, timesteps: torch.Tensor, num_inference_steps: int, strength: float) -> torch.Tensor:
-    """The last `strength` of the schedule (all of it for 1.0), as diffusers' img2img cuts it; the
-    scheduler is told where it begins (multistep solvers index their state by step)."""
+    """The last `strength` of the schedule (all of it for 1.0). As diffusers'
+    `StableDiffusionImg2ImgPipeline.get_timesteps`, except that it returns only the timesteps,
+    refuses a strength that keeps no step, and works on the timesteps `retrieve_timesteps` gave."""
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1] (1 = start from pure noise), got {strength}")
     kept = min(int(num_inference_steps * strength), num_inference_steps)

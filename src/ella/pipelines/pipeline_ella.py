@@ -328,7 +328,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     def encode_init_image(self, image: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] -> the UNet's latents: the VAE posterior's mean, scaled (deterministic,
         so strength 1.0 draws exactly text-to-image's noise); the pixels themselves for a
-        pixel-space UNet."""
+        pixel-space UNet. As diffusers' img2img `_encode_vae_image`, except the posterior's mode
+        instead of a sample."""
         if self.vae is None:
             return image.to(self.unet.dtype)
         latents = self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
@@ -376,7 +377,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     def encode_ip_image(self, image, hidden_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(image features, unconditional features), each (1, images, ...): the image encoder's
         projected embedding (plain IP-Adapters; zeros unconditionally) or its penultimate hidden
-        states (IP-Adapter Plus; those of a black image unconditionally)."""
+        states (IP-Adapter Plus; those of a black image unconditionally). As diffusers'
+        `StableDiffusionPipeline.encode_image`, except one image per call, and no repeat here (the
+        rows are laid out by `prepare_ip_adapter_image_embeds`)."""
         if self.image_encoder is None or self.feature_extractor is None:
             raise ValueError("ip_adapter_image needs the image_encoder and feature_extractor (load_ip_adapter loads"
                              " them), or pass ip_adapter_image_embeds")
@@ -423,7 +426,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
         """What this scheduler's `step` takes of the call's randomness: stochastic samplers (DDPM,
         Euler ancestral, SDE solvers) draw fresh noise at every step, from `generator` so that a
-        seed gives the same image; DDIM also takes `eta`."""
+        seed gives the same image; DDIM also takes `eta`. As diffusers'
+        `StableDiffusionPipeline.prepare_extra_step_kwargs`."""
         accepted = inspect.signature(self.scheduler.step).parameters
         kwargs = {"generator": generator} if "generator" in accepted else {}
         if "eta" in accepted:
@@ -431,7 +435,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         return kwargs
 
     def prepare_latents(self, batch: int, height: int, width: int, generator, latents: torch.Tensor | None):
-        """Initial noise (batch, C, h, w) in the UNet's dtype, scaled to the scheduler's first sigma."""
+        """Initial noise (batch, C, h, w) in the UNet's dtype, scaled to the scheduler's first sigma.
+        As diffusers' `StableDiffusionPipeline.prepare_latents`, except that the batch is already
+        multiplied out, the channels are the UNet's, and given latents are checked (shape, NaN)."""
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         device = self._execution_device
         if latents is None:
@@ -641,7 +647,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, output_type: str):
         """Latents -> images: the VAE, or nothing for a pixel-space UNet (it denoises images in
-        [-1, 1] directly); `output_type="latent"` returns the latents as they are."""
+        [-1, 1] directly); `output_type="latent"` returns the latents as they are. As diffusers'
+        (deprecated) `decode_latents` followed by its image processor's `postprocess`, except the
+        pixel-space case."""
         if output_type == "latent":
             return latents
         images = latents if self.vae is None else self.vae.decode(
