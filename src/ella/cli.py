@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_caption)
 
+    from .study.cli import add_parser as add_study_parser
+
+    add_study_parser(sub)
     sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
     _add_config_command(sub, "train", "train a connector (see configs/)", "YAML config file", cmd_train)
     _add_config_command(sub, "cache", "precompute LLM features and VAE latents for training",

@@ -1,0 +1,263 @@
+"""`ella study`: blind pairwise votes in a real database, the page in a real browser, 50 raters at
+once through its HTTP API, a server killed mid-vote, and the statistics on simulated votes."""
+
+import json
+import math
+import os
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ella.cli import main
+from ella.study.runs import load_study
+from ella.study.stats import bootstrap, bradley_terry
+from ella.study.store import VoteError, VoteStore
+
+MODELS = ("base", "tsc-dense", "tsc")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Three image folders as `ella bench` writes them (manifest + <item_id>.png), and their prompts."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for i in range(6):
+        (prompts / f"item{i}.txt").write_text(f"a red circle number {i}\n")
+    folders = []
+    for m, model in enumerate(MODELS):
+        folder = tmp_path / "runs" / model
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"model": model, "steps": 25}))
+        for i in range(6):  # each model's images are its own colour: the side shown can be told apart
+            Image.new("RGB", (32, 32), (80 * m, 40 * i, 200 - 60 * m)).save(folder / f"item{i}.png")
+        folders.append(str(folder))
+    return folders, str(prompts)
+
+
+def _server(runs, tmp_path, seed=0):
+    from ella.study.app import StudyServer
+
+    folders, prompts = runs
+    return StudyServer(load_study(folders, prompt_folder=prompts), VoteStore(f"sqlite:///{tmp_path}/votes.db"), seed)
+
+
+def test_votes_keep_the_model_on_each_side_and_every_pair_gets_votes(runs, tmp_path):
+    server = _server(runs, tmp_path)
+    seen = {}
+    for rater in ("r1", "r2", "r3"):
+        while not (pair := server.next_pair(rater)).get("done"):
+            key = (pair["prompt"], frozenset((pair["left"], pair["right"])))
+            assert key not in seen.setdefault(rater, set())  # never the same pair twice to one rater
+            seen[rater].add(key)
+            server.vote(pair["shown_id"], rater, "left", "right")
+    votes = server.store.all_votes()
+    assert len(votes) == 3 * 3 * 6  # every rater saw every (prompt, model pair) once
+    for v in votes:
+        assert os.path.dirname(v["left_file"]).endswith(v["left_model"]) and v["alignment"] == "left"
+        with open(v["left_file"], "rb") as f:
+            import hashlib
+
+            assert hashlib.sha256(f.read()).hexdigest() == v["left_sha256"]
+    assert sorted(server.store.counts().values()) == [18, 18, 18]
+
+
+def test_the_first_votes_spread_over_every_model_pair_and_prompt(runs, tmp_path):
+    server = _server(runs, tmp_path)
+    shown = [server.next_pair(f"rater{i}") for i in range(6)]
+    for i, pair in enumerate(shown):
+        server.vote(pair["shown_id"], f"rater{i}", "tie", "tie")
+    pairs = {frozenset((os.path.basename(os.path.dirname(p["left"])), os.path.basename(os.path.dirname(p["right"]))))
+             for p in shown}
+    assert len(pairs) == 3  # six votes: every model pair has two, not the first pair six
+    assert len({p["prompt"] for p in shown}) >= 3
+
+
+def test_bad_input_is_refused_and_nothing_is_half_written(runs, tmp_path, capsys):
+    folders, prompts = runs
+    os.remove(os.path.join(folders[1], "item3.png"))
+    study_dir = tmp_path / "study"
+    assert main(["study", "report", "--study", str(study_dir)]) == 2
+    with pytest.raises(ValueError, match="do not hold the same prompts .*item3"):
+        load_study(folders, prompt_folder=prompts)
+    assert not study_dir.exists()
+    with pytest.raises(ValueError, match="cannot open the vote database"):
+        VoteStore("postgresql+nosuchdriver://nobody@127.0.0.1/votes")
+    with pytest.raises(ValueError, match="cannot open the vote database"):
+        VoteStore(f"sqlite:///{tmp_path}/no/such/folder/votes.db")
+    store = VoteStore(f"sqlite:///{tmp_path}/votes.db")
+    with pytest.raises(VoteError, match="was shown to this rater"):
+        store.vote("never-shown", "r1", "a prompt", "left", "left")
+    shown = store.show("r1", "item0", ("base", "a.png", "0"), ("tsc", "b.png", "1"))
+    with pytest.raises(VoteError, match="was shown to this rater"):
+        store.vote(shown, "someone else", "a prompt", "left", "left")
+    with pytest.raises(VoteError, match="answers must be one of"):
+        store.vote(shown, "r1", "a prompt", "sideways", "left")
+    store.vote(shown, "r1", "a prompt", "left", "left")
+    with pytest.raises(VoteError, match="has a vote already"):
+        store.vote(shown, "r1", "a prompt", "right", "right")
+    assert [v["alignment"] for v in store.all_votes()] == ["left"]
+
+
+def _simulate(truth: dict, n: int, rng: random.Random):
+    models, rows = list(truth), []
+    for _ in range(n):
+        a, b = rng.sample(models, 2)
+        p = 1 / (1 + math.exp(-(truth[a] - truth[b])))
+        rows.append((a, b, 1.0 if rng.random() < p else 0.0))
+    return rows
+
+
+def test_bradley_terry_recovers_known_strengths_and_its_intervals_cover_them():
+    truth = {"a": -0.8, "b": 0.0, "c": 0.3, "d": 0.5}
+    rng, covered, total = random.Random(0), 0, 0
+    for trial in range(20):
+        rows = _simulate(truth, 400, rng)
+        fit = bradley_terry(rows, list(truth))
+        assert sorted(fit, key=fit.get) == ["a", "b", "c", "d"] or trial  # the order (the first trial, exactly)
+        intervals = bootstrap(rows, list(truth), rounds=60, seed=trial)
+        centre = sum(truth.values()) / len(truth)
+        for m, (lo, hi) in intervals.items():
+            covered += lo <= truth[m] - centre <= hi
+            total += 1
+    assert 0.85 <= covered / total <= 1.0  # about the nominal 95 %
+
+
+def test_the_report_command_writes_tables_plot_and_raw_votes(runs, tmp_path, capsys):
+    folders, prompts = runs
+    study_dir = tmp_path / "study"
+    from ella.study.cli import open_study
+
+    class Args:
+        study, runs, csv, db = str(study_dir), folders, None, None
+    Args.prompts = prompts
+    study, store = open_study(Args, create=True)
+    from ella.study.app import StudyServer
+
+    server = StudyServer(study, store, seed=1)
+    strength = {"base": 0, "tsc-dense": 1, "tsc": 2}
+    for rater in ("a", "b"):
+        while not (pair := server.next_pair(rater)).get("done"):
+            left = os.path.basename(os.path.dirname(pair["left"]))
+            right = os.path.basename(os.path.dirname(pair["right"]))
+            better = "left" if strength[left] > strength[right] else "right"
+            server.vote(pair["shown_id"], rater, better, better)
+    assert main(["study", "report", "--study", str(study_dir), "--rounds", "20"]) == 0
+    result = json.loads((study_dir / "report.json").read_text())
+    bt = result["alignment"]["bradley_terry"]
+    assert bt["base"]["strength"] < bt["tsc-dense"]["strength"] < bt["tsc"]["strength"]
+    assert (study_dir / "strengths.png").stat().st_size > 1000
+    with open(study_dir / "votes.csv") as f:
+        assert len(f.readlines()) == 1 + 36
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(tmp_path, runs) -> tuple[subprocess.Popen, int]:
+    folders, prompts = runs
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ella.cli", "study", "serve", *folders, "--prompts", prompts,
+                                "--study", str(tmp_path / "study"), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, port
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read())
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError("the study server did not start")
+
+
+def _rater(url: str, name: str, votes: int, stored: list, errors: list) -> None:
+    from gradio_client import Client
+
+    try:
+        client = Client(url, verbose=False)
+        for _ in range(votes):
+            pair = client.predict(name, api_name="/next_pair")
+            if pair.get("done"):
+                return
+            client.predict(pair["shown_id"], name, "left", "tie", api_name="/vote")
+            stored.append(pair["shown_id"])  # only once the server answered: committed
+    except Exception as err:  # noqa: BLE001 (a killed server: the rater stops, its error is counted)
+        errors.append(repr(err))
+
+
+def test_fifty_raters_at_once_then_a_server_killed_mid_vote(runs, tmp_path):
+    pytest.importorskip("gradio_client")
+    process, port = _serve(tmp_path, runs)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        stored, errors = [], []
+        threads = [threading.Thread(target=_rater, args=(url, f"rater{i}", 2, stored, errors)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors and len(stored) == 100
+        db = tmp_path / "study" / "votes.db"
+        rows = sqlite3.connect(db).execute("SELECT shown_id FROM votes").fetchall()
+        assert sorted(r[0] for r in rows) == sorted(stored)  # every vote stored, once
+        more, errors = [], []
+        threads = [threading.Thread(target=_rater, args=(url, f"late{i}", 3, more, errors)) for i in range(10)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        process.kill()  # mid-vote: SIGKILL, no clean shutdown
+        for t in threads:
+            t.join(timeout=60)
+        connection = sqlite3.connect(db)
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        kept = {r[0] for r in connection.execute("SELECT shown_id FROM votes")}
+        assert set(stored) | set(more) <= kept  # every vote the server confirmed survived the kill
+    finally:
+        process.kill()
+
+
+def test_the_page_in_a_real_browser(runs, tmp_path):
+    from test_demo import _browser
+
+    browser, why = _browser()
+    if browser is None:
+        pytest.skip(why)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    process, port = _serve(tmp_path, runs)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#prompt textarea").get_attribute("value"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#left img"))
+        left_src = browser.find_element(By.CSS_SELECTOR, "#left img").get_attribute("src")
+        browser.find_element(By.XPATH, "//*[@id='alignment']//input[@value='left']").click()
+        browser.find_element(By.XPATH, "//*[@id='aesthetics']//input[@value='right']").click()
+        browser.find_element(By.ID, "vote").click()
+        wait.until(lambda b: "Stored" in b.find_element(By.ID, "status").text)
+        screenshot = os.environ.get("ELLA_STUDY_SCREENSHOT", str(tmp_path / "study.png"))
+        browser.save_screenshot(screenshot)
+        vote = sqlite3.connect(tmp_path / "study" / "votes.db").execute(
+            "SELECT left_model, left_file, alignment, aesthetics FROM votes").fetchall()
+        assert len(vote) == 1 and vote[0][2:] == ("left", "right")
+        import urllib.request
+
+        shown = np.asarray(Image.open(urllib.request.urlopen(left_src)).convert("RGB"))
+        assert np.array_equal(shown, np.asarray(Image.open(vote[0][1]).convert("RGB")))  # the left model's image
+    finally:
+        browser.quit()
+        process.kill()
