@@ -177,7 +177,7 @@ def _serve(tmp_path, runs) -> tuple[subprocess.Popen, int]:
                 return process, port
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(process.stdout.read())
+                raise AssertionError(process.stdout.read()) from None
             time.sleep(0.5)
     process.kill()
     raise AssertionError("the study server did not start")
