@@ -2,11 +2,10 @@
 
     python scripts/export_shapes.py runs/shapes src/ella/assets/shapes [--base base-attention] [--seed 0]
 
-`--base` names the base model's run folder inside RUNS (the connectors were trained on it); the
-connectors come from RUNS/ella-TYPE-seedN/export (scripts/train_shapes_connectors.sh's layout),
-but for the two TSCs: the default `tsc` is the last stage, `ella-tsc-relative-seedN` (stage 5: dense,
-brief and relative captions, after stage 4's `ella-tsc-mixed-seedN`), and `tsc-dense` is the
-three-stage run they started from, `ella-tsc-seedN`.
+`--base` names the base model's run folder inside RUNS (the connectors were trained on it); each
+connector comes from RUNS/ella-NAME-seedN/export, its recipe's run (`catalog.run_name`): the default
+`tsc` is stage 6 (`configs/shapes/ella-tsc.yaml`, varied phrasings, from `tsc-relative`'s export),
+`tsc-relative` stage 5, and `tsc-dense` the three-stage dense run they all started from.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
-from ella.shapes.catalog import CONNECTORS
+from ella.shapes.catalog import CONNECTORS, run_name
 
 
 def copy_fp16(src: str, dst: str) -> None:
@@ -37,8 +36,8 @@ def main(runs: str, out: str, base: str = "base-attention", seed: int = 0) -> No
     for part in ("unet", "base_text_encoder", "base_tokenizer", "scheduler"):
         copy_fp16(os.path.join(runs, base, part), os.path.join(out, part))
     shutil.copy(os.path.join(runs, base, "base_config.yaml"), out)
-    for variant, shipped in CONNECTORS.items():
-        export = os.path.join(runs, f"{shipped.run}-seed{seed}", "export")
+    for variant in CONNECTORS:
+        export = os.path.join(runs, f"{run_name(variant)}-seed{seed}", "export")
         if os.path.isdir(export):
             copy_fp16(export, os.path.join(out, f"ella-{variant}"))
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)

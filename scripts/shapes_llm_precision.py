@@ -56,9 +56,9 @@ def child(llm: str, precision: str, n: int) -> None:
 def bench(connector: str, precision: str, n: int, bench_dir: str) -> float:
     out = subprocess.run(
         [sys.executable, "-m", "ella.cli", "bench", "shapes", "--prompts", str(n), "--models",
-         CONNECTORS[connector].bench_name, "--out", bench_dir, "--llm-precision", precision, "--json"],
+         connector, "--out", bench_dir, "--llm-precision", precision, "--json"],
         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)[CONNECTORS[connector].bench_name]["overall"]
+    return json.loads(out)[connector]["overall"]
 
 
 def main() -> None:

@@ -357,15 +357,15 @@ def test_generate_takes_a_connector_trained_with_ella_train(tmp_path, capsys):
 
 
 def test_bench_keeps_each_caption_style_apart_from_models_of_similar_names(tmp_path):
-    """`ella-relative` on dense prompts and `ella` on relative prompts share one output folder
+    """`tsc-relative` on dense prompts and `tsc` on relative prompts share one output folder
     without either taking the other's images (once both were named `ella-relative`)."""
     from ella.shapes.bench import run_shapes_bench
 
-    dense = run_shapes_bench(1, ["ella-relative"], str(tmp_path), steps=2)
-    relative = run_shapes_bench(1, ["ella"], str(tmp_path), steps=2, captions="relative")
-    assert dense["ella-relative"]["settings"]["model"] == "ella-relative"
-    assert relative["ella"]["settings"]["captions"] == "relative"
-    assert (tmp_path / "images" / "ella-relative").is_dir() and (tmp_path / "images" / "relative" / "ella").is_dir()
+    dense = run_shapes_bench(1, ["tsc-relative"], str(tmp_path), steps=2)
+    relative = run_shapes_bench(1, ["tsc"], str(tmp_path), steps=2, captions="relative")
+    assert dense["tsc-relative"]["settings"]["model"] == "tsc-relative"
+    assert relative["tsc"]["settings"]["captions"] == "relative"
+    assert (tmp_path / "images" / "tsc-relative").is_dir() and (tmp_path / "images" / "relative" / "tsc").is_dir()
 
 
 def test_bench_takes_an_own_connectors_folder_and_scores_it_as_the_same_shipped_weights(tmp_path):
@@ -375,9 +375,9 @@ def test_bench_takes_an_own_connectors_folder_and_scores_it_as_the_same_shipped_
     from ella.shapes.catalog import shipped_model_dir
 
     own = os.path.join(shipped_model_dir(), "ella-tsc")  # no training_config.yaml: read with MiniLM, as `tsc`
-    scores = run_shapes_bench(1, ["ella", own], str(tmp_path), steps=2)
-    assert scores[own]["overall"] == scores["ella"]["overall"]
-    assert scores[own]["settings"]["weights_sha256"] == scores["ella"]["settings"]["weights_sha256"]
+    scores = run_shapes_bench(1, ["tsc", own], str(tmp_path), steps=2)
+    assert scores[own]["overall"] == scores["tsc"]["overall"]
+    assert scores[own]["settings"]["weights_sha256"] == scores["tsc"]["settings"]["weights_sha256"]
     with pytest.raises(ValueError, match="unknown ShapesWorld model nope"):
-        run_shapes_bench(1, ["ella", "nope"], str(tmp_path / "x"), steps=2)
+        run_shapes_bench(1, ["tsc", "nope"], str(tmp_path / "x"), steps=2)
     assert not (tmp_path / "x" / "images").exists()  # refused before any work

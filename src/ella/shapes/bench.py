@@ -67,7 +67,7 @@ def bench_row(name: str) -> tuple[str | None, str]:
 
 def run_shapes_bench(
     n_prompts: int = 200,
-    models: list[str] = ("base", "ella"),
+    models: list[str] = ("base", "tsc"),
     out_dir: str = "runs/shapes-bench",
     model_dir: str | None = None,
     steps: int = 25,

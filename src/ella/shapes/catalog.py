@@ -20,32 +20,32 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "sha
 
 class ShippedConnector(NamedTuple):
     """How a shipped connector reads its prompts (the frozen LLM, an alias of
-    `offline_llms.OFFLINE_LLMS`, and whether it reads each prompt twice), its name as a row of
-    `ella bench shapes`, and the `scripts/train_shapes.sh` run it is exported from
-    (`runs/shapes/<run>-seed0/export`)."""
+    `offline_llms.OFFLINE_LLMS`, and whether it reads each prompt twice). A connector has one name
+    everywhere: the CLI's `--ella NAME`, the row of `ella bench shapes`, the asset folder
+    `ella-NAME/`, the recipe `configs/shapes/ella-NAME.yaml` and its run `runs/shapes/ella-NAME-seed0`."""
 
     llm: str
-    bench_name: str
     summary: str
-    run: str = ""
     echo: bool = False
 
 
 DEFAULT_CONNECTOR = "tsc"
 CONNECTORS = {
-    "tsc": ShippedConnector(MINILM, "ella", "the default: dense, brief, relative and varied captions",
-                            "ella-tsc-varied"),
-    "tsc-relative": ShippedConnector(MINILM, "ella-relative", "the default before varied phrasings: dense, brief and"
-                                     " relative captions", "ella-tsc-relative"),
-    "tsc-dense": ShippedConnector(MINILM, "ella-dense", "the ablation's TSC: dense captions only", "ella-tsc"),
-    "resampler": ShippedConnector(MINILM, "ella-resampler", "ablation: resampler without timestep",
-                                  "ella-resampler"),
-    "mlp": ShippedConnector(MINILM, "ella-mlp", "ablation: an MLP", "ella-mlp"),
-    "tsc-smollm2": ShippedConnector(SMOLLM2, "ella-smollm2", "the TSC on SmolLM2-135M (optional package)",
-                                    "ella-tsc-smollm2"),
-    "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "ella-smollm2-echo", "the same LLM reading each prompt twice",
-                                         "ella-tsc-smollm2-echo", echo=True),
+    "tsc": ShippedConnector(MINILM, "the default: dense, brief, relative and varied captions"),
+    "tsc-relative": ShippedConnector(MINILM, "the default before varied phrasings: dense, brief and relative captions"),
+    "tsc-dense": ShippedConnector(MINILM, "the ablation's TSC: dense captions only"),
+    "resampler": ShippedConnector(MINILM, "ablation: resampler without timestep"),
+    "mlp": ShippedConnector(MINILM, "ablation: an MLP"),
+    "tsc-smollm2": ShippedConnector(SMOLLM2, "the TSC on SmolLM2-135M (optional package)"),
+    "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "the same LLM reading each prompt twice", echo=True),
 }
+
+
+def run_name(connector: str) -> str:
+    """The training run (and recipe) a shipped connector is exported from: `ella-<connector>`."""
+    return f"ella-{connector}"
+
+
 # Samplers that do not work with the shipped models' cosine schedule (first sigma about 20,000),
 # checked with `ella generate`'s prompt.
 POOR_SAMPLERS = {
@@ -53,7 +53,7 @@ POOR_SAMPLERS = {
     "DDIMScheduler": "ignores the prompt and leaves noise here (seen on 4 seeds; cause not measured)",
 }
 BASE_MODEL = "base"  # the bench row of the base model alone (its own CLIP-style text encoder)
-BENCH_MODELS = {BASE_MODEL: None, **{c.bench_name: name for name, c in CONNECTORS.items()}}
+BENCH_MODELS = {BASE_MODEL: None, **{name: name for name in CONNECTORS}}  # bench row -> connector
 
 
 def shipped_model_dir() -> str | None:

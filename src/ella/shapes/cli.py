@@ -6,7 +6,7 @@ import json
 
 from ..cli_args import finite_float, positive_int
 from ..devices import LLM_PRECISIONS
-from .catalog import BENCH_MODELS, CONNECTORS, DEFAULT_CONNECTOR, SHAPES_DEFAULTS
+from .catalog import BENCH_MODELS, DEFAULT_CONNECTOR, SHAPES_DEFAULTS
 
 CAPTION_HELP = ("prompt style: dense (the benchmark), brief (what users type), relative (brief, placed relative to"
                 " the object named before wherever it can be), varied (many phrasings, as trained) or paraphrase"
@@ -29,7 +29,7 @@ def add_bench_parser(sub) -> None:
                         " prompt; measured 1.26 s per image on a 2-core CPU, so the default 200 prompts take about"
                         " 17 min per model there; --prompts 50 about 4 min)")
     sh.add_argument("--prompts", type=positive_int, default=200)
-    sh.add_argument("--models", default=f"base,{CONNECTORS[DEFAULT_CONNECTOR].bench_name}",
+    sh.add_argument("--models", default=f"base,{DEFAULT_CONNECTOR}",
                     help="comma-separated: " + ", ".join(BENCH_MODELS) + ", or the export folder of a connector"
                     " trained with `ella train` on the ShapesWorld base")
     sh.add_argument("--out", default="runs/shapes-bench")

@@ -87,7 +87,7 @@ def load_own_connector(path: str, torch_dtype=None):
     if os.path.isfile(config_path):
         with open(config_path) as f:
             config = yaml.safe_load(f) or {}
-    reads = ShippedConnector(config.get("llm") or MINILM, os.path.basename(os.path.normpath(path)), "own",
+    reads = ShippedConnector(config.get("llm") or MINILM, f"own: {os.path.basename(os.path.normpath(path))}",
                              echo=bool(config.get("text_echo")))
     return ella, reads
 
