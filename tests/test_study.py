@@ -261,3 +261,14 @@ def test_the_page_in_a_real_browser(runs, tmp_path):
     finally:
         browser.quit()
         process.kill()
+
+
+@pytest.mark.slow
+def test_a_simulated_shapesworld_study_ranks_the_models_as_the_bench_does(tmp_path):
+    """Raters who prefer the image where the exact judge finds more of the prompt rank base <
+    tsc-dense < tsc (scripts/shapes_study_simulated.py; docs/study.md has a 30-prompt run)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    from shapes_study_simulated import simulate
+
+    bt = simulate(str(tmp_path), prompts=30, raters=4)["alignment"]["bradley_terry"]
+    assert bt["base"]["strength"] < bt["tsc-dense"]["strength"] < bt["tsc"]["strength"]

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_caption)
 
+    fb = sub.add_parser("feedback", help="fine-tune a connector from image-understanding feedback (rounds of"
+                        " generate, judge, keep, train)")
+    fb.add_argument("config", help="YAML feedback config (configs/shapes/feedback.yaml)")
+    fb.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
+    fb.set_defaults(func=cmd_feedback)
     from .study.cli import add_parser as add_study_parser
 
     add_study_parser(sub)
@@ -168,6 +173,18 @@ def cmd_caption(args) -> None:
                          state.num_processes, progress=not args.quiet and sys.stderr.isatty())
     print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s); "
           f"{stats.skipped} already there, {stats.unreadable} unreadable")
+
+
+def cmd_feedback(args) -> None:
+    from .feedback import load_feedback_config, run_feedback
+    from .train.config import parse_overrides
+
+    config = load_feedback_config(args.config, parse_overrides(args.overrides)).validate()  # before any work
+    for summary in run_feedback(config):
+        bench = summary.get("bench", {}).get("overall")
+        print(f"round {summary['round']}: kept {summary['kept']} of {summary['candidates']} candidates"
+              + (f"; held-out score {bench:.2f}" if bench is not None else "")
+              + (f"; connector {summary['connector']}" if "connector" in summary else "; stopped: nothing passed"))
 
 
 def cmd_demo(args) -> None:

@@ -183,16 +183,17 @@ def collect(items: dict[str, Item], log: AnswerLog, failures: dict[str, str], ti
 
 def score_run(items: dict[str, Item], images_dir: str, backend: VQABackend, out_dir: str, mode: str = "corrected",
               skip_missing: bool = False, settings: dict | None = None, rank: int = 0, world: int = 1,
-              barrier=None) -> dict | None:
+              barrier=None, tiles: int = 2) -> dict | None:
     """Judge, score and report. Items are sharded over processes; after `barrier()` the main
-    process (rank 0) merges their answers and alone writes the summary."""
+    process (rank 0) merges their answers and alone writes the summary. `tiles`: each image is a
+    tiles x tiles grid of samples (DPG-Bench's 2x2; 1 for single images)."""
     if os.path.abspath(out_dir) == os.path.abspath(images_dir):
         raise ValueError("--out must differ from --images: nothing is written into the image folder")
     os.makedirs(out_dir, exist_ok=True)
     name = "answers.jsonl" if world == 1 else f"answers.rank{rank}.jsonl"
     log = AnswerLog(os.path.join(out_dir, name))
     started = time.perf_counter()
-    failures = ask_all(items, images_dir, backend, log, rank=rank, world=world)
+    failures = ask_all(items, images_dir, backend, log, tiles, rank=rank, world=world)
     log.close()
     if world > 1:  # each process reports the images it could not use; the main one merges them
         write_text_atomic(os.path.join(out_dir, f"failures.rank{rank}.json"), json.dumps(failures))
@@ -208,7 +209,7 @@ def score_run(items: dict[str, Item], images_dir: str, backend: VQABackend, out_
             with open(path) as f:
                 failures.update(json.load(f))
             os.remove(path)
-    summary, results = summarize(items, collect(items, log, failures), mode, skip_missing)
+    summary, results = summarize(items, collect(items, log, failures, tiles), mode, skip_missing)
     summary["settings"] = {**(settings or {}), "vqa": backend.name, "images": os.path.abspath(images_dir),
                            "seconds": round(time.perf_counter() - started, 1)}
     write_reports(out_dir, summary, results)

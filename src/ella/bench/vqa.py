@@ -123,10 +123,20 @@ def read_answer_records(path: str) -> list[dict]:
     return records
 
 
+def check_backend_name(name: str) -> None:
+    """Refuse a judge name `get_backend` would not know, without loading any model."""
+    from ..plugins import registry
+
+    if name in registry().vqa_backends or name in ("mplug", "blip") or name.startswith(("hf:", "replay:")):
+        return
+    known = ", ".join([*registry().vqa_backends, "mplug", "blip", "hf:MODEL_ID", "replay:ANSWERS.jsonl"])
+    raise ValueError(f"unknown VQA backend {name!r}: use {known}")
+
+
 def get_backend(name: str) -> VQABackend:
     """A judge by name: mplug (the reference), blip, hf:MODEL_ID, replay:ANSWERS.jsonl, or one a
     plugin registered (ShapesWorld's exact judge: shapes)."""
-    from ..plugins import lookup, registry
+    from ..plugins import lookup
 
     plugin = lookup("vqa_backends", name)
     if plugin is not None:
@@ -139,5 +149,4 @@ def get_backend(name: str) -> VQABackend:
         return TransformersVQABackend(name[3:])
     if name.startswith("replay:"):
         return ReplayBackend(name[len("replay:"):])
-    known = ", ".join([*registry().vqa_backends, "mplug", "blip", "hf:MODEL_ID", "replay:ANSWERS.jsonl"])
-    raise ValueError(f"unknown VQA backend {name!r}: use {known}")
+    check_backend_name(name)  # raises: the name is none of the above

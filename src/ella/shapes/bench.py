@@ -18,7 +18,7 @@ from ..bench.runner import file_sha256, generate_images, score_run, write_manife
 from ..fileio import folder_lock
 from ..images import make_grid, save_atomic
 from .catalog import BENCH_MODELS, CONNECTORS, shipped_model_dir
-from .data import HELDOUT_SEED, ShapesSceneDataset
+from .data import FEEDBACK_SEED, HELDOUT_SEED, ShapesSceneDataset
 from .judge import ShapesBackend
 from .world import render
 
@@ -28,18 +28,30 @@ def write_heldout(n: int, out_dir: str, captions: str = "dense") -> tuple[str, d
     """(questions CSV path, {item_id: prompt}, {item_id: scene}) for n held-out prompts in the
     `captions` style (the same scenes and questions in either)."""
     os.makedirs(out_dir, exist_ok=True)
-    data = ShapesSceneDataset(n, seed=HELDOUT_SEED, captions=captions)
     path = os.path.join(out_dir, "questions.csv" if captions == "dense" else f"questions-{captions}.csv")
+    return (path, *write_questions(ShapesSceneDataset(n, seed=HELDOUT_SEED, captions=captions), "heldout", path))
+
+
+def write_questions(data: ShapesSceneDataset, prefix: str, path: str) -> tuple[dict, dict]:
+    """The dataset's prompts and questions as a DPG-Bench question CSV; ({id: prompt}, {id: scene})."""
     prompts, scenes = {}, {}
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for i in range(n):
+        for i in range(len(data)):
             scene, text, rows = data.item(i)
-            rows = [{**r, "item_id": f"heldout{i}"} for r in rows]
-            writer.writerows(rows)
-            prompts[f"heldout{i}"], scenes[f"heldout{i}"] = text, scene
-    return path, prompts, scenes
+            writer.writerows([{**r, "item_id": f"{prefix}{i}"} for r in rows])
+            prompts[f"{prefix}{i}"], scenes[f"{prefix}{i}"] = text, scene
+    return prompts, scenes
+
+
+def write_feedback_prompts(spec: str, path: str) -> None:
+    """`ella feedback`'s ShapesWorld prompts, `shapes:N[:style]`: N scenes of their own seed stream
+    (neither the training scenes nor the benchmark's), with their questions."""
+    n, _, style = spec.split(":", 1)[1].partition(":")
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"ShapesWorld feedback prompts are shapes:N[:style], got {spec!r}")
+    write_questions(ShapesSceneDataset(int(n), seed=FEEDBACK_SEED, captions=style or "dense"), "feedback", path)
 
 
 def weights_sha256(model_dir: str, connector: str | None) -> str:

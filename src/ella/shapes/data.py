@@ -12,7 +12,7 @@ from .styles import CAPTION_STYLES, HELDOUT_STYLES, make_item
 from .world import PLACE_PROBABILITY, render, sample_scene, short_caption
 
 # Split seeds: training scenes and held-out benchmark prompts come from disjoint streams.
-TRAIN_SEED, HELDOUT_SEED = 0, 1_000_003
+TRAIN_SEED, HELDOUT_SEED, FEEDBACK_SEED = 0, 1_000_003, 2_000_029  # `ella feedback`'s prompts: a third stream
 CAPTION_MIXES = {"mixed": "dense+brief"}
 
 

@@ -9,6 +9,7 @@ def register(registry) -> None:
     registry.dataset_schemes["shapes"] = "ella.shapes.data:ShapesSceneDataset.from_spec"
     registry.vqa_backends["shapes"] = "ella.shapes.judge:ShapesBackend"
     registry.captioners["shapes"] = "ella.shapes.captioner:ShapesCaptioner.from_arg"
+    registry.prompt_sources["shapes"] = "ella.shapes.bench:write_feedback_prompts"
     registry.cli_commands["shapes"] = "ella.shapes.cli:add_parser"
     registry.bench_commands["shapes"] = "ella.shapes.cli:add_bench_parser"
     registry.default_model = "ella.shapes.models:SHIPPED"

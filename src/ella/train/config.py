@@ -35,6 +35,8 @@ class TrainConfig:
     # Caption sets (`ella caption`) to train on, and how to mix them: {set folder: weight, "original": weight},
     # e.g. {runs/captions/dense: 0.95, original: 0.05} as DALL-E 3 mixed; each sample's choice is seeded by its key.
     captions: dict | None = None
+    replay_data: str | None = None  # original data mixed into train_data (`ella feedback`'s fine-tuning rounds)
+    replay_fraction: float = 0.5  # its share of each epoch
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
     timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided

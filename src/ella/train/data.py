@@ -109,11 +109,37 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         return {"key": rec.key, "pixel_values": pixels, "caption": rec.caption}
 
 
-def make_dataset(train_data: str, resolution: int, seed: int = 0, captions: dict | None = None) -> torch.utils.data.Dataset:
+class ReplayMix(torch.utils.data.Dataset):
+    """The primary samples, then samples of `replay` drawn once (seeded) so that they make
+    `fraction` of the whole: new data fine-tuned on beside the original, so a model does not drift."""
+
+    def __init__(self, primary, replay, fraction: float, seed: int = 0):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"replay_fraction must be in [0, 1), got {fraction}")
+        n = round(len(primary) * fraction / (1 - fraction))
+        g = torch.Generator().manual_seed(seed)
+        self.primary, self.replay = primary, replay
+        self.replay_index = torch.randint(len(replay), (n,), generator=g).tolist() if n else []
+
+    def __len__(self) -> int:
+        return len(self.primary) + len(self.replay_index)
+
+    def __getitem__(self, index: int):
+        if index < len(self.primary):
+            return self.primary[index]
+        return self.replay[self.replay_index[index - len(self.primary)]]
+
+
+def make_dataset(train_data: str, resolution: int, seed: int = 0, captions: dict | None = None,
+                 replay: tuple[str, float] | None = None) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
     `synthetic:N` (procedural squares) or `SCHEME:...` for a scheme a plugin registered
     (ShapesWorld: `shapes:N[:seed][:captions]`), built by `from_spec(train_data, resolution)`.
-    `captions`: the config's caption sets (`ella.train.captions`), which then give the captions."""
+    `captions`: the config's caption sets (`ella.train.captions`), which then give the captions;
+    `replay`: (the config's replay_data, replay_fraction), original data mixed in."""
+    if replay and replay[0]:  # `replay_data` mixed in (`ella feedback`)
+        return ReplayMix(make_dataset(train_data, resolution, seed, captions), make_dataset(replay[0], resolution, seed),
+                         replay[1], seed)
     if captions:
         from .captions import CaptionMix, MixedCaptions
 

@@ -184,15 +184,15 @@ def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, po
             mix = CaptionMix(config.captions, config.seed)
         return TarShardStream(config.train_data, config.resolution, mix).batches(config.batch_size, position, rank,
                                                                                  world)
-    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions,
+                           (config.replay_data, config.replay_fraction))
     return iterate_batches(dataset, config.batch_size, config.seed, position, rank, world, config.num_workers)
 
 
-def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> str:
-    """A grid of the validation prompts (fixed seeds) with the current (EMA) connector."""
+def training_pipeline(config: TrainConfig, parts: FrozenParts, ella: ELLA):
+    """The pipeline of the frozen parts and a connector, as the config reads text (DPM-Solver++)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from ..images import make_grid, save_atomic
     from ..pipelines import ELLAStableDiffusionPipeline, ELLAStableDiffusionXLPipeline
 
     sdxl = {} if not parts.sdxl else dict(zip(("clip_text_encoder_2", "clip_tokenizer_2"), parts.pooled_encoder or ()))
@@ -202,6 +202,14 @@ def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> 
         text_max_length=config.text_max_length, text_mode=config.text_mode, text_echo=config.text_echo, **sdxl,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def validate(config: TrainConfig, parts: FrozenParts, ella: ELLA, step: int) -> str:
+    """A grid of the validation prompts (fixed seeds) with the current (EMA) connector."""
+    from ..images import make_grid, save_atomic
+
+    pipe = training_pipeline(config, parts, ella)
     gens = [torch.Generator().manual_seed(i) for i in range(len(config.validation_prompts))]
     images = pipe(config.validation_prompts, num_inference_steps=config.validation_steps,
                   guidance_scale=config.validation_guidance, generator=gens).images
