@@ -18,6 +18,7 @@ from PIL import Image
 
 from ella.caption.captioners import load_captioner
 from ella.caption.run import caption_data
+from ella.fileio import write_text_atomic
 from ella.testing import tiny_captioner
 
 
@@ -44,10 +45,10 @@ def main() -> None:
               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
               "images_per_s": round(stats.images_per_s, 2), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "device": str(getattr(captioner, "device", "cpu"))}
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,15 @@ def shipped_pipeline():
     from ella.shapes.models import load_shapes_pipeline
 
     return functools.cache(lambda connector="tsc": load_shapes_pipeline(connector=connector))
+
+
+def write_tar(path, members: dict[str, bytes]) -> None:
+    """A WebDataset-style tar shard holding `members` ({name: bytes}), in order."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

@@ -8,6 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import write_tar
 from PIL import Image
 
 from ella.caption.captioners import Captioner, load_captioner
@@ -37,12 +38,10 @@ def shard_data(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
     for s in range(3):
-        with tarfile.open(folder / f"shard-{s}.tar", "w") as tar:
-            for i in range(4):
-                for ext, payload in ((".png", _png(10 * s + i)), (".txt", f"alt {s}-{i}".encode())):
-                    info = tarfile.TarInfo(f"s{s}k{i}{ext}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
+        members = {}
+        for i in range(4):
+            members |= {f"s{s}k{i}.png": _png(10 * s + i), f"s{s}k{i}.txt": f"alt {s}-{i}".encode()}
+        write_tar(folder / f"shard-{s}.tar", members)
     return str(folder / "*.tar")
 
 

@@ -235,23 +235,19 @@ def test_connector_overfits_eight_pairs(tmp_path):
 
 def test_webdataset_tar_shards_stream(tmp_path):
     import io
-    import tarfile
+
+    from conftest import write_tar
 
     shards = tmp_path / "shards"
     shards.mkdir()
     for s in range(2):
-        with tarfile.open(shards / f"shard-{s}.tar", "w") as tar:
-            for i in range(5):
-                key = f"s{s}-{i}"
-                buf = io.BytesIO()
-                Image.new("RGB", (18, 18), ["red", "blue", "green", "white", "black"][i]).save(buf, format="PNG")
-                members = {f"{key}.png": buf.getvalue(), f"{key}.txt": b"a coloured square"}
-                if i == 4:
-                    members[f"{key}.png"] = b"corrupt"
-                for name, data in members.items():
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        members = {}
+        for i in range(5):
+            key = f"s{s}-{i}"
+            buf = io.BytesIO()
+            Image.new("RGB", (18, 18), ["red", "blue", "green", "white", "black"][i]).save(buf, format="PNG")
+            members |= {f"{key}.png": buf.getvalue() if i < 4 else b"corrupt", f"{key}.txt": b"a coloured square"}
+        write_tar(shards / f"shard-{s}.tar", members)
     result = train(tiny_config(tmp_path, train_data=str(shards / "*.tar"), max_steps=3, batch_size=3))
     assert result.step == 3 and result.skipped >= 1
 

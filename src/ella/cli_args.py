@@ -27,50 +27,37 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
+def _number(text: str, cast, expected: str, ok, rule: str):
+    """`text` as `cast` gives it, or an argparse error: "expected a number", or the rule it breaks."""
+    try:
+        value = cast(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from err
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
+    return value
+
+
 def seed(text: str) -> int:
     """argparse type for seeds: what torch.Generator.manual_seed accepts."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63), got {text}")
-    return value
+    return _number(text, int, "a whole number", lambda v: 0 <= v < 2**63, "seed must be in [0, 2**63)")
 
 
 def finite_float(text: str) -> float:
     """argparse type for --guidance and the like: NaN or inf is refused before any work."""
     import math
 
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+    return _number(text, float, "a number", math.isfinite, "must be a finite number")
 
 
 def strength(text: str) -> float:
     """argparse type for --strength: a share of the schedule in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 = from pure noise), got {text}")
-    return value
+    return _number(text, float, "a number", lambda v: 0 < v <= 1, "must be in (0, 1] (1 = from pure noise)")
 
 
 def positive_int(text: str) -> int:
     """argparse type for counts (steps, images, prompts, batch sizes): 0 would silently do nothing."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 1, "must be at least 1")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

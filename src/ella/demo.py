@@ -225,13 +225,18 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def run_demo(args) -> None:
+def check_can_serve(command: str, host: str, port: int) -> None:
+    """Before loading anything: Gradio is installed, and the port is free."""
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise ValueError('ella demo needs Gradio: pip install -e ".[demo]"') from None
-    if not port_free(args.host, args.port):
-        raise ValueError(f"port {args.port} on {args.host} is in use: pass --port N")
+        raise ValueError(f'{command} needs Gradio: pip install -e ".[demo]"') from None
+    if not port_free(host, port):
+        raise ValueError(f"port {port} on {host} is in use: pass --port N")
+
+
+def run_demo(args) -> None:
+    check_can_serve("ella demo", args.host, args.port)
     model = load_demo_model(args)
     loader = None
     if model.shipped is not None:

@@ -71,15 +71,10 @@ def _abs(path):
 
 
 def cmd_serve(args) -> None:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise ValueError('ella study serve needs Gradio: pip install -e ".[demo]"') from None
-    from ..demo import port_free
+    from ..demo import check_can_serve
     from .app import StudyServer, build_study_app
 
-    if not port_free(args.host, args.port):
-        raise ValueError(f"port {args.port} on {args.host} is in use: pass --port N")
+    check_can_serve("ella study serve", args.host, args.port)
     study, store = open_study(args, create=True)
     print(f"ella study of {', '.join(study.models)} on {len(study.prompts)} prompts: http://{args.host}:{args.port}"
           " (Ctrl-C stops it)")
