@@ -1,7 +1,7 @@
 """The ShapesWorld recipe ablation (docs/shapesworld.md, "The recipe"): bench score against
 CPU-minutes for what the paper leaves open and practitioners use.
 
-Every variant is stage 1 of the shipped connector's recipe (`configs/shapes/ella-tsc.yaml`: a TSC
+Every variant is stage 1 of the shipped connector's recipe (`configs/shapes/ella-tsc-dense.yaml`: a TSC
 from scratch on dense captions, the frozen base, MiniLM, the same cached features) with one thing
 changed, trained for `--steps` optimizer steps (warm-up scaled with them) and benched at
 `--evals` evenly spaced checkpoints on `--prompts` held-out dense prompts x 4 images. The x axis
@@ -9,7 +9,7 @@ is the training process's own CPU time (`TrainResult.cpu_seconds`, summed over i
 runs sharing the machine are compared by what they cost, not by when they ran. Each run uses one
 thread (OMP_NUM_THREADS=1); `--workers` runs go side by side.
 
-    ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes --cache-dir runs/recipe/cache
+    ella cache configs/shapes/ella-tsc-dense.yaml --model src/ella/assets/shapes --cache-dir runs/recipe/cache
     python scripts/shapes_recipe_ablation.py --root runs/recipe --cache-dir runs/recipe/cache
     python scripts/shapes_recipe_ablation.py ... --variants power2 --seed 1     # a second seed
 
@@ -30,7 +30,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_CONFIG = os.path.join(REPO, "configs", "shapes", "ella-tsc.yaml")
+BASE_CONFIG = os.path.join(REPO, "configs", "shapes", "ella-tsc-dense.yaml")
 SHIPPED = os.path.join(REPO, "src", "ella", "assets", "shapes")
 
 # One change each from the stage-1 recipe (uniform timesteps, lr 1e-3, batch 32, no EMA).
@@ -105,7 +105,7 @@ def variant(name: str, seed: int, args, results: dict, lock: threading.Lock) -> 
 
 
 def save(results: dict, args) -> None:
-    summary = {"what": f"stage 1 of configs/shapes/ella-tsc.yaml with one change each, {args.steps} steps (batch64:"
+    summary = {"what": f"stage 1 of configs/shapes/ella-tsc-dense.yaml with one change each, {args.steps} steps (batch64:"
                        f" {args.steps // 2}), warm-up steps/12; `ella bench shapes --prompts {args.prompts}` (dense,"
                        " 4 images, 25 steps, guidance 5) at each checkpoint; cpu_minutes: the training process's"
                        " CPU time in training steps, one thread",

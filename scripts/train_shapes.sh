@@ -56,17 +56,17 @@ if [ "$GPU" = 1 ]; then
 fi
 wait "$base"
 log "2: MiniLM feature cache"
-ella cache configs/shapes/ella-tsc.yaml "${MINILM_ARGS[@]}" > "$RUNS/cache.log" 2>&1
+ella cache configs/shapes/ella-tsc-dense.yaml "${MINILM_ARGS[@]}" > "$RUNS/cache.log" 2>&1
 
 log "3: connectors"
 # On a CPU, one thread per process: three processes on a few cores would otherwise spin-wait on
 # each other's OpenMP threads (measured here: 3-5x slower).
 [ "$GPU" = 1 ] || export OMP_NUM_THREADS=1
-scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" "tsc resampler mlp" 0 "${MINILM_ARGS[@]}" &
+scripts/train_shapes_connectors.sh "$RUNS" "$STAGES" "tsc-dense resampler mlp" 0 "${MINILM_ARGS[@]}" &
 pids=($!)
 if [ "$GPU" = 1 ]; then
   wait "$large"
-  ella train configs/shapes/ella-tsc.yaml "${MINILM_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
+  ella train configs/shapes/ella-tsc-dense.yaml "${MINILM_ARGS[@]}" --model "$RUNS/base-large" --output-dir "$RUNS/ella-tsc-large" > "$RUNS/ella-tsc-large.log" 2>&1 &
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
@@ -74,7 +74,7 @@ for p in "${pids[@]}"; do wait "$p"; done
 log "4: the default TSC: stage 4 on dense + brief captions"
 MIXED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-mixed" "${MIXED_DATA[@]}")
 ella cache configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/cache-mixed.log" 2>&1
-MIXED_RUN+=(--init-connector "$RUNS/ella-tsc-seed0/export" --output-dir "$RUNS/ella-tsc-mixed-seed0")
+MIXED_RUN+=(--init-connector "$RUNS/ella-tsc-dense-seed0/export" --output-dir "$RUNS/ella-tsc-mixed-seed0")
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" > "$RUNS/ella-tsc-mixed.log" 2>&1
 ella train configs/shapes/ella-tsc-mixed.yaml "${MIXED_RUN[@]}" --resume true --max-steps "$MIXED_STEPS" > "$RUNS/ella-tsc-mixed-2.log" 2>&1
 log "4: the default TSC: stage 5 on dense + brief + relative captions"
@@ -84,9 +84,9 @@ ella train configs/shapes/ella-tsc-relative.yaml "${RELATIVE_RUN[@]}" --init-con
   --output-dir "$RUNS/ella-tsc-relative-seed0" > "$RUNS/ella-tsc-relative.log" 2>&1
 log "4: the default TSC: stage 6 on dense, brief, relative and varied captions (many phrasings)"
 VARIED_RUN=("${ELLA_ARGS[@]}" --cache-dir "$RUNS/cache-varied" "${VARIED_DATA[@]}")
-ella cache configs/shapes/ella-tsc-varied.yaml "${VARIED_RUN[@]}" > "$RUNS/cache-varied.log" 2>&1
-ella train configs/shapes/ella-tsc-varied.yaml "${VARIED_RUN[@]}" --init-connector "$RUNS/ella-tsc-relative-seed0/export" \
-  --output-dir "$RUNS/ella-tsc-varied-seed0" > "$RUNS/ella-tsc-varied.log" 2>&1
+ella cache configs/shapes/ella-tsc.yaml "${VARIED_RUN[@]}" > "$RUNS/cache-varied.log" 2>&1
+ella train configs/shapes/ella-tsc.yaml "${VARIED_RUN[@]}" --init-connector "$RUNS/ella-tsc-relative-seed0/export" \
+  --output-dir "$RUNS/ella-tsc-seed0" > "$RUNS/ella-tsc.log" 2>&1
 
 if smollm2=$(python -c "from ella.text_encoders import resolve_model_path; resolve_model_path('smollm2')" 2>&1); then
   log "5: SmolLM2 feature caches (prompts read once; twice) and their TSCs"

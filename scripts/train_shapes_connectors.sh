@@ -6,7 +6,7 @@
 # config, its position from the checkpoint), so each stage is a warm restart.
 #
 #   scripts/train_shapes_connectors.sh ROOT STAGES "TYPES" "SEEDS" [--key value ...]
-#   scripts/train_shapes_connectors.sh runs/shapes 4200,6600 "tsc resampler" "0 1 2"
+#   scripts/train_shapes_connectors.sh runs/shapes 4200,6600 "tsc-dense resampler" "0 1 2"
 #
 # STAGES: comma-separated step counts: 4200,6600 is the shipped connectors' recipe (stage 2 to
 # 4200, stage 3 to 6600). Extra `--key value` pairs go to every stage (a stage's own flags come

@@ -345,7 +345,7 @@ def test_generate_takes_a_connector_trained_with_ella_train(tmp_path, capsys):
 
     export = tmp_path / "run" / "export"
     ELLA.from_pretrained(os.path.join(ASSETS, "ella-tsc-dense")).save_pretrained(str(export))  # as `export` writes
-    config = load_config("configs/shapes/ella-tsc.yaml", {"model": ASSETS, "output_dir": str(tmp_path / "run")})
+    config = load_config("configs/shapes/ella-tsc-dense.yaml", {"model": ASSETS, "output_dir": str(tmp_path / "run")})
     (export / "training_config.yaml").write_text(config.to_yaml())
     assert main(["generate", "a red circle", "--ella", str(export), "--steps", "2", "--out", str(tmp_path / "o.png")]) == 0
     assert Image.open(tmp_path / "o.png").size == (32, 32)
