@@ -56,15 +56,17 @@ class StudyServer:
 def build_study_app(server: StudyServer):
     import gradio as gr
 
-    with gr.Blocks(title="Which image follows the prompt?") as app:
+    # Small images (ShapesWorld's are 64 px grids) shown large, their pixels kept sharp.
+    css = "#left img, #right img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}"
+    with gr.Blocks(title="Which image follows the prompt?", css=css) as app:
         gr.Markdown("## Which image follows the prompt better?\nTwo images of the same prompt by two models, in"
                     " random order. Answer both questions, then Vote: the next pair comes.")
         rater = gr.BrowserState("", storage_key="ella-study-rater")
         shown = gr.State("")
         prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt")
         with gr.Row():
-            left = gr.Image(label="Left", interactive=False, elem_id="left", type="filepath")
-            right = gr.Image(label="Right", interactive=False, elem_id="right", type="filepath")
+            left = gr.Image(label="Left", interactive=False, elem_id="left", type="filepath", height=360)
+            right = gr.Image(label="Right", interactive=False, elem_id="right", type="filepath", height=360)
         alignment = gr.Radio(list(ALIGNMENT), label="Which follows the prompt better?", elem_id="alignment")
         aesthetics = gr.Radio(list(AESTHETICS), label="Which looks better?", elem_id="aesthetics")
         button = gr.Button("Vote", variant="primary", elem_id="vote")

@@ -78,7 +78,9 @@ def cmd_serve(args) -> None:
     study, store = open_study(args, create=True)
     print(f"ella study of {', '.join(study.models)} on {len(study.prompts)} prompts: http://{args.host}:{args.port}"
           " (Ctrl-C stops it)")
-    build_study_app(StudyServer(study, store)).launch(server_name=args.host, server_port=args.port)
+    # Gradio serves files from the working folder and the temp folder only: the image folders are named.
+    build_study_app(StudyServer(study, store)).launch(server_name=args.host, server_port=args.port,
+                                                      allowed_paths=[os.path.abspath(r.folder) for r in study.runs])
 
 
 def cmd_report(args) -> None:
