@@ -630,11 +630,11 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
 
     @property
     def cross_attention_kwargs(self) -> dict | None:
-        return self._cross_attention_kwargs
+        return getattr(self, "_cross_attention_kwargs", None)
 
     @property
     def clip_skip(self) -> int | None:
-        return self._clip_skip
+        return getattr(self, "_clip_skip", None)
 
     @property
     def num_timesteps(self) -> int:
