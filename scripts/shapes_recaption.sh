@@ -28,8 +28,8 @@ train() {  # NAME: cache, then train one connector (one thread: two runs share t
   local name=$1 dir="$root/$1"
   local args=(--model "$model" --train-data "$data" --captions "${mix[$name]}" --cache-dir "$dir/cache")
   mkdir -p "$dir"
-  OMP_NUM_THREADS=1 ella cache "$here/configs/shapes/ella-tsc.yaml" "${args[@]}" > "$dir/cache.log" 2>&1
-  OMP_NUM_THREADS=1 ella train "$here/configs/shapes/ella-tsc.yaml" "${args[@]}" --output-dir "$dir" \
+  OMP_NUM_THREADS=1 ella cache "$here/configs/shapes/ella-tsc-dense.yaml" "${args[@]}" > "$dir/cache.log" 2>&1
+  OMP_NUM_THREADS=1 ella train "$here/configs/shapes/ella-tsc-dense.yaml" "${args[@]}" --output-dir "$dir" \
     --max-steps "$steps" --validate-every 0 --checkpoint-every "$steps" --log-every 100 > "$dir/train.log" 2>&1
   echo "[$(date +%H:%M:%S)] $name: $(tail -1 "$dir/train.log")"
 }

@@ -133,6 +133,11 @@ def run_round(config: FeedbackConfig, items: dict, r: int, connector: str) -> di
                "candidates": len(items) * config.candidates}
     if not kept:
         return summary
+    samples = round(len(kept) / (1 - config.replay_fraction))  # kept + replayed
+    if samples < train_config.batch_size:  # a few kept pairs: one batch holds them all
+        logger.info("round %d: %d samples, fewer than the batch size %d: batches of %d", r, samples,
+                    train_config.batch_size, samples)
+        train_config.batch_size = samples
     summary["connector"], summary["train_cpu_minutes"] = fine_tune(train_config, folder)
     if config.bench_csv:
         summary["bench"] = bench_round(config, train_config, summary["connector"], folder, r)
