@@ -3,6 +3,7 @@ diffusers read from a pipeline's signature and rely on at call time (the behavio
 diffusers' own `PipelineTesterMixin`; docs/pipeline.md says where it was run on them)."""
 
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -259,3 +260,13 @@ def test_the_connector_refuses_nan_features_and_negative_timesteps():
     with pytest.raises(ValueError, match="timesteps must be >= 0"):
         ella(x, torch.tensor([-1]))
     assert torch.isfinite(ella(x, 0)).all()
+
+
+def test_variants_reach_every_component_the_connector_included(tmp_path):
+    """diffusers' pipeline passes `variant` to a component only if its save_pretrained names it."""
+    pipe = make("sd")
+    pipe.save_pretrained(tmp_path, variant="fp16")
+    for folder in ("unet", "vae", "ella", "text_encoder"):
+        assert any(".fp16." in name for name in os.listdir(tmp_path / folder)), folder
+    again = ELLAStableDiffusionPipeline.from_pretrained(tmp_path, variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(again.ella.state_dict().values(), pipe.ella.state_dict().values()))

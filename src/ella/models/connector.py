@@ -374,11 +374,17 @@ class ELLA(ModelMixin, ConfigMixin):
             torch.nn.Module.to(model, torch_dtype)
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """diffusers' `save_pretrained`, the weights' file mode following the umask as other outputs do."""
+    def save_pretrained(self, save_directory, is_main_process: bool = True, save_function=None,
+                        safe_serialization: bool = True, variant: str | None = None, max_shard_size="10GB",
+                        push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' `save_pretrained`, the weights' file mode following the umask as other outputs
+        do. Its arguments are named, not `*args`: a pipeline's `save_pretrained` reads this signature
+        to decide what to pass (the variant, serialization, shard size)."""
         from ..fileio import follow_umask
 
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, is_main_process=is_main_process, save_function=save_function,
+                                safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size,
+                                push_to_hub=push_to_hub, **kwargs)
         follow_umask(os.fspath(save_directory))
 
     def save_single_file(self, path: str) -> None:
