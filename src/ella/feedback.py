@@ -121,10 +121,9 @@ def run_feedback(config: FeedbackConfig) -> list[dict]:
 def run_round(config: FeedbackConfig, items: dict, r: int, connector: str) -> dict:
     folder = os.path.join(config.output_dir, f"round-{r:02d}")
     train_config = round_train_config(config, folder, connector)
-    pipe = None
+    frozen = FrozenOnce(train_config)  # loaded once, only by the stages that still have work
     if not os.path.isfile(os.path.join(folder, "kept.jsonl")):
-        pipe = round_pipeline(train_config, connector)
-        candidates = generate_candidates(config, pipe, items, folder, r)
+        candidates = generate_candidates(config, frozen.pipeline(connector), items, folder, r)
         scores = judge_candidates(config, candidates, folder)
         keep(config, items, scores, folder)
     with open(os.path.join(folder, "kept.jsonl"), encoding="utf-8") as f:
@@ -138,9 +137,9 @@ def run_round(config: FeedbackConfig, items: dict, r: int, connector: str) -> di
         logger.info("round %d: %d samples, fewer than the batch size %d: batches of %d", r, samples,
                     train_config.batch_size, samples)
         train_config.batch_size = samples
-    summary["connector"], summary["train_cpu_minutes"] = fine_tune(train_config, folder)
+    summary["connector"], summary["train_cpu_minutes"] = fine_tune(train_config, folder, frozen)
     if config.bench_csv:
-        summary["bench"] = bench_round(config, train_config, summary["connector"], folder, r)
+        summary["bench"] = bench_round(config, frozen, summary["connector"], folder)
     return summary
 
 
@@ -155,18 +154,31 @@ def round_train_config(config: FeedbackConfig, folder: str, connector: str):
     return load_config(config.train_config, overrides)
 
 
-def round_pipeline(train_config, connector: str):
-    """The frozen parts of the recipe with `connector`, as a pipeline."""
-    import torch
+class FrozenOnce:
+    """The recipe's frozen parts (UNet, VAE, LLM), loaded on first use and shared by a round's
+    generation, fine-tuning and bench: at real scale a load costs more than a short round."""
 
-    from .devices import resolve_device
-    from .pipelines.loading import load_connector
-    from .train.components import load_frozen_parts
-    from .train.loop import training_pipeline
+    def __init__(self, train_config):
+        self.train_config, self._parts = train_config, None
 
-    device = resolve_device(None)
-    parts = load_frozen_parts(train_config, device, torch.float32)
-    return training_pipeline(train_config, parts, load_connector(connector).to(device))
+    @property
+    def parts(self):
+        if self._parts is None:
+            from .devices import resolve_device
+            from .train.components import load_frozen_parts
+            from .train.loop import frozen_dtype
+
+            device = resolve_device(None)
+            self._parts = load_frozen_parts(self.train_config, device, frozen_dtype(self.train_config, device))
+        return self._parts
+
+    def pipeline(self, connector: str):
+        """The frozen parts with `connector`, as a pipeline."""
+        from .pipelines.loading import load_connector
+        from .train.loop import training_pipeline
+
+        self.parts.unet.eval()  # after a fine-tuning, which wraps it in a module set to train mode
+        return training_pipeline(self.train_config, self.parts, load_connector(connector).to(self.parts.unet.device))
 
 
 def generate_candidates(config: FeedbackConfig, pipe, items: dict, folder: str, r: int) -> dict:
@@ -227,21 +239,21 @@ def keep(config: FeedbackConfig, items: dict, scores: dict[str, float], folder: 
     return kept
 
 
-def fine_tune(train_config, folder: str) -> tuple[str, float]:
+def fine_tune(train_config, folder: str, frozen: FrozenOnce) -> tuple[str, float]:
     """Train the round (resuming from its checkpoints); returns (its export, training CPU-minutes)."""
     from .fileio import write_text_atomic
     from .train import train
 
     done = os.path.join(folder, "trained.json")
     if not os.path.isfile(done):
-        result = train(train_config)
+        result = train(train_config, frozen.parts)
         write_text_atomic(done, json.dumps({"export": result.export_dir, "cpu_minutes": result.cpu_seconds / 60}))
     with open(done, encoding="utf-8") as f:
         record = json.load(f)
     return record["export"], record["cpu_minutes"]
 
 
-def bench_round(config: FeedbackConfig, train_config, connector: str, folder: str, r: int) -> dict:
+def bench_round(config: FeedbackConfig, frozen: FrozenOnce, connector: str, folder: str) -> dict:
     """The held-out prompts, 4 images each, drawn with the round's connector and judged."""
     from .bench.runner import generate_images, score_run
     from .bench.vqa import get_backend
@@ -249,8 +261,7 @@ def bench_round(config: FeedbackConfig, train_config, connector: str, folder: st
     items = load_items(config.bench_csv)
     images, out = os.path.join(folder, "bench", "images"), os.path.join(folder, "bench", "scores")
     if not os.path.isfile(os.path.join(out, "summary.json")):
-        pipe = round_pipeline(train_config, connector)
-        generate_images(pipe, {i: item.prompt for i, item in items.items()}, images, samples=4, seed=config.seed,
+        generate_images(frozen.pipeline(connector), {i: item.prompt for i, item in items.items()}, images, samples=4, seed=config.seed,
                         num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
         score_run(items, images, get_backend(config.judge), out)
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:

@@ -257,6 +257,11 @@ class Run:
         return self.accelerator.is_main_process
 
 
+def frozen_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """The frozen parts' compute dtype: `mixed_precision` on an accelerator, fp32 on the CPU."""
+    return torch_dtype(config.mixed_precision) if device.type != "cpu" and config.mixed_precision != "no" else torch.float32
+
+
 def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     """Frozen parts in the compute dtype; the connector in fp32, identical on every process; only
     its parameters reach the optimizer."""
@@ -266,8 +271,7 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     # runs as MULTI_CPU over gloo instead of silently running N independent copies.
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not accelerator_available())
     device = accelerator.device
-    dtype = torch_dtype(config.mixed_precision) if device.type != "cpu" and config.mixed_precision != "no" else torch.float32
-    parts = parts or load_frozen_parts(config, device, dtype)
+    parts = parts or load_frozen_parts(config, device, frozen_dtype(config, device))
     torch.manual_seed(config.seed)
     ella = build_connector(config, parts).to(device).train()
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
