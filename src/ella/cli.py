@@ -166,11 +166,11 @@ def cmd_caption(args) -> None:
     from .devices import accelerator_available
 
     check_out(args.data, args.out)  # bad input fails before any model loads or any file is written
-    shards(args.data)
+    sources = shards(args.data)
     captioner = load_captioner(args.captioner, args.prompt, args.max_new_tokens, args.device, args.dtype)
     state = PartialState(cpu=not accelerator_available())  # `accelerate launch -m ella.cli caption ...`: ranks
     stats = caption_data(args.data, captioner, args.out, args.batch_size, args.chunk_size, state.process_index,
-                         state.num_processes, progress=not args.quiet and sys.stderr.isatty())
+                         state.num_processes, progress=not args.quiet and sys.stderr.isatty(), all_shards=sources)
     print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s); "
           f"{stats.skipped} already there, {stats.unreadable} unreadable")
 

@@ -39,12 +39,12 @@ def check_out(data: str, out: str) -> None:
 
 
 def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size: int = 256, rank: int = 0,
-                 world: int = 1, progress: bool = True) -> CaptionStats:
+                 world: int = 1, progress: bool = True, all_shards: list | None = None) -> CaptionStats:
     """Caption this rank's shards of `data` (shard i goes to rank i % world) into the set `out`.
     Keys already in a shard's sidecar are skipped; a sidecar is rewritten atomically every
-    `chunk_size` captions."""
+    `chunk_size` captions. `all_shards`: `sources.shards(data)`, if the caller has them already."""
     check_out(data, out)
-    all_shards = shards(data)
+    all_shards = shards(data) if all_shards is None else all_shards
     described = captioner.describe()
     mine = all_shards[rank::world]
     for shard in mine:  # every sidecar this run would add to is its own, before anything is written

@@ -31,9 +31,9 @@ def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
     if config.pooled_text_encoder:
         values["pooled_text_encoder"] = config.pooled_text_encoder
     if config.captions:  # the captions actually used: which sets, by weight and content
-        from .captions import CaptionMix
+        from .captions import mix_fingerprint
 
-        values.update(CaptionMix(config.captions, config.seed).fingerprint())
+        values.update(mix_fingerprint(config.captions, config.seed))
     return values
 
 

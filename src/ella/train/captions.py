@@ -48,12 +48,16 @@ class CaptionMix:
                 break
         return original if chosen == ORIGINAL else self.sets[chosen][key]
 
-    def fingerprint(self) -> dict:
-        """What a feature cache built on these captions depends on."""
-        from ..caption.sidecar import set_digest
 
-        return {"captions": {n: [w, None if n == ORIGINAL else set_digest(n)] for n, w in zip(self.names, self.weights)},
-                "captions_seed": self.seed}
+
+def mix_fingerprint(mix: dict, seed: int) -> dict:
+    """What a feature cache built on these captions depends on: the sets' contents (digests of their
+    files, without loading them), their weights and the seed that draws each sample's choice."""
+    from ..caption.sidecar import set_digest
+
+    check_mix(mix)
+    return {"captions": {n: [float(w), None if n == ORIGINAL else set_digest(n)] for n, w in mix.items()},
+            "captions_seed": seed}
 
 
 class MixedCaptions:
