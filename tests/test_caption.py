@@ -153,9 +153,8 @@ def test_the_shapes_captioner_writes_what_is_there(tmp_path):
         for o in scene.objects:  # every object, with every attribute
             assert f"{o.size} {o.color} {o.shape}" in text or f"{o.size} one" in text
         assert answer(analyse(render(scene)), f"Is the background {scene.background}?") == "yes"
-    wrong = _records(out) != (caption_data("shapes:40:alt", load_captioner("shapes:0.3"), str(tmp_path / "p3"),
-                                           progress=False) and _records(str(tmp_path / "p3")))
-    assert wrong  # an imperfect captioner writes other captions
+    caption_data("shapes:40:alt", load_captioner("shapes:0.3"), str(tmp_path / "p3"), progress=False)
+    assert _records(str(tmp_path / "p3")) != captions  # an imperfect captioner writes other captions
 
 
 def test_training_reads_the_caption_set(tmp_path):

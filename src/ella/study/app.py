@@ -36,21 +36,12 @@ class StudyServer:
         except NoPairLeft:
             return {"done": True}
         files = [self.study.run(m).image(item) for m in (left, right)]
-        shown = self.store.show(rater, item, (left, files[0], self.digest(files[0])),
+        shown = self.store.show(rater, item, self.study.prompts[item], (left, files[0], self.digest(files[0])),
                                 (right, files[1], self.digest(files[1])))
         return {"shown_id": shown, "prompt": self.study.prompts[item], "left": files[0], "right": files[1]}
 
     def vote(self, shown_id: str, rater: str, alignment: str, aesthetics: str) -> int:
-        prompt = self._prompt_of(shown_id)
-        return self.store.vote(shown_id, rater, prompt, alignment, aesthetics)
-
-    def _prompt_of(self, shown_id: str) -> str:
-        sa = self.store.sa
-        with self.store.engine.connect() as db:
-            item = db.execute(sa.select(self.store.shown.c.item_id).where(self.store.shown.c.id == shown_id)).scalar()
-        if item is None:
-            raise VoteError(f"no pair {shown_id} was shown: nothing stored")
-        return self.study.prompts[item]
+        return self.store.vote(shown_id, rater, alignment, aesthetics)
 
 
 def build_study_app(server: StudyServer):

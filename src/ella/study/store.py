@@ -32,7 +32,7 @@ class VoteStore:
             self.shown = sa.Table(
                 "shown", meta,
                 sa.Column("id", sa.String(36), primary_key=True), sa.Column("rater", sa.String(64), index=True),
-                sa.Column("item_id", sa.String(256)), sa.Column("left_model", sa.String(256)),
+                sa.Column("item_id", sa.String(256)), sa.Column("prompt", sa.Text), sa.Column("left_model", sa.String(256)),
                 sa.Column("right_model", sa.String(256)), sa.Column("left_file", sa.Text),
                 sa.Column("right_file", sa.Text), sa.Column("left_sha256", sa.String(64)),
                 sa.Column("right_sha256", sa.String(64)), sa.Column("created", sa.Float))
@@ -50,17 +50,18 @@ class VoteStore:
         except (sa.exc.SQLAlchemyError, ValueError, ImportError) as err:
             raise ValueError(f"cannot open the vote database {url}: {str(err).splitlines()[0]}") from None
 
-    def show(self, rater: str, item_id: str, left: tuple[str, str, str], right: tuple[str, str, str]) -> str:
+    def show(self, rater: str, item_id: str, prompt: str, left: tuple[str, str, str],
+             right: tuple[str, str, str]) -> str:
         """Record a pair put before `rater`; left/right: (model, file, sha256). Returns its id."""
         shown_id = str(uuid.uuid4())
         with self.engine.begin() as db:
             db.execute(self.shown.insert().values(
-                id=shown_id, rater=rater, item_id=item_id, left_model=left[0], right_model=right[0],
+                id=shown_id, rater=rater, item_id=item_id, prompt=prompt, left_model=left[0], right_model=right[0],
                 left_file=left[1], right_file=right[1], left_sha256=left[2], right_sha256=right[2],
                 created=time.time()))
         return shown_id
 
-    def vote(self, shown_id: str, rater: str, prompt: str, alignment: str, aesthetics: str) -> int:
+    def vote(self, shown_id: str, rater: str, alignment: str, aesthetics: str) -> int:
         """Store the answer to a shown pair, in one transaction; returns the vote's id."""
         if alignment not in ALIGNMENT or aesthetics not in AESTHETICS:
             raise VoteError(f"answers must be one of {ALIGNMENT} and {AESTHETICS}, got {alignment!r}, {aesthetics!r}")
@@ -71,8 +72,8 @@ class VoteStore:
                 raise VoteError(f"no pair {shown_id} was shown to this rater: nothing stored")
             try:
                 result = db.execute(self.votes.insert().values(
-                    shown_id=shown_id, rater=rater, item_id=row["item_id"], prompt=prompt,
-                    **{k: row[k] for k in ("left_model", "right_model", "left_file", "right_file", "left_sha256",
+                    shown_id=shown_id, rater=rater,
+                    **{k: row[k] for k in ("item_id", "prompt", "left_model", "right_model", "left_file", "right_file", "left_sha256",
                                            "right_sha256")},
                     alignment=alignment, aesthetics=aesthetics, created=time.time()))
             except sa.exc.IntegrityError:
