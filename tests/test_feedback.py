@@ -112,3 +112,26 @@ def test_config_errors_are_one_line_before_any_work(setup, capsys, override, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp / "run").exists()
+
+
+def test_the_starting_connector_is_benched_as_round_zero(setup, capsys):
+    path, tmp = setup
+    assert main(["feedback", path, "--judge", "shapes", "--bench_csv", str(tmp / "prompts.csv")]) == 0
+    rounds = json.loads((tmp / "run" / "rounds.json").read_text())
+    assert rounds[0]["round"] == 0 and rounds[0]["connector"] == str(tmp / "init")
+    assert 0 <= rounds[0]["bench"]["overall"] <= 100 and rounds[1]["kept"] == 0
+    assert "round 0 (the starting connector): held-out score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.8])
+def test_replay_mix_keeps_its_share_and_replays_each_original_at_most_once(fraction):
+    from ella.train.data import ReplayMix
+
+    primary, replay = [f"new{i}" for i in range(3)], [f"old{i}" for i in range(100)]
+    mix = [s for s in ReplayMix(primary, replay, fraction, seed=1)]
+    replayed = [s for s in mix if s.startswith("old")]
+    assert len(replayed) == len(set(replayed))  # the replay data once over, not a handful repeated
+    assert abs(len(replayed) / len(mix) - fraction) < 0.02
+    assert {s for s in mix if s.startswith("new")} == set(primary)
+    if fraction:
+        assert len(replayed) > 50  # most of the original data, not len(primary) samples of it

@@ -379,3 +379,27 @@ def test_recipe_options_train_and_are_checked(tmp_path):
                          ({"timestep_logit_normal": "[0.0, 1.0]", "timestep_power": "2"}, "not both")):
         with pytest.raises(ValueError, match=message):
             load_config(CONFIG, bad).validate()
+
+
+def test_text_noise_and_token_dropout_touch_only_real_tokens_of_kept_captions():
+    from ella.train.loop import regularise_text
+
+    config = load_config(CONFIG, {"text_noise": 0.5, "token_dropout": 0.5})
+    text = torch.randn(3, 6, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    rows = torch.tensor([True, True, False])  # the third caption was dropped (the empty prompt)
+    out, out_mask = regularise_text(text, mask, rows, config, torch.Generator().manual_seed(0))
+    assert torch.equal(out[2], text[2]) and torch.equal(out_mask[2], mask[2])
+    assert torch.equal(out[0, 4:], text[0, 4:])  # padding untouched
+    assert out_mask[:2].sum(1).min() >= 1 and out_mask.sum() < mask.sum()  # tokens cut, never all of a caption
+    kept = out_mask[:2].bool()
+    assert not torch.allclose(out[:2][kept], text[:2][kept])  # noise on what is still read
+    assert (out[:2][~kept & mask[:2].bool()] == 0).all()
+    again, _ = regularise_text(text, mask, rows, config, torch.Generator().manual_seed(0))
+    assert torch.equal(again, out)  # seeded
+
+
+@pytest.mark.parametrize("name, value", [("text_noise", -0.1), ("token_dropout", 1.0)])
+def test_text_regulariser_bounds_are_checked(name, value):
+    with pytest.raises(ValueError, match=name):
+        load_config(CONFIG, {name: value})

@@ -182,6 +182,9 @@ def cmd_feedback(args) -> None:
     config = load_feedback_config(args.config, parse_overrides(args.overrides)).validate()  # before any work
     for summary in run_feedback(config):
         bench = summary.get("bench", {}).get("overall")
+        if summary["round"] == 0:
+            print(f"round 0 (the starting connector): held-out score {bench:.2f}")
+            continue
         print(f"round {summary['round']}: kept {summary['kept']} of {summary['candidates']} candidates"
               + (f"; held-out score {bench:.2f}" if bench is not None else "")
               + (f"; connector {summary['connector']}" if "connector" in summary else "; stopped: nothing passed"))

@@ -106,8 +106,13 @@ def run_feedback(config: FeedbackConfig) -> list[dict]:
     config.validate()
     items = prompt_items(config)
     connector, summaries = config.init_connector, []
+    # The frozen parts, loaded once for the whole run (only if a stage still has work).
+    frozen = FrozenOnce(round_train_config(config, config.output_dir, connector))
+    if config.bench_csv:  # round 0: the starting connector, benched as every round is
+        summaries.append({"round": 0, "connector": connector,
+                          "bench": bench_round(config, frozen, connector, os.path.join(config.output_dir, "round-00"))})
     for r in range(1, config.rounds + 1):
-        summary = run_round(config, items, r, connector)
+        summary = run_round(config, items, r, connector, frozen)
         summaries.append(summary)
         write_text_atomic(os.path.join(config.output_dir, "rounds.json"), json.dumps(summaries, indent=2))
         if summary["kept"] == 0:
@@ -118,10 +123,9 @@ def run_feedback(config: FeedbackConfig) -> list[dict]:
     return summaries
 
 
-def run_round(config: FeedbackConfig, items: dict, r: int, connector: str) -> dict:
+def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, frozen: "FrozenOnce") -> dict:
     folder = os.path.join(config.output_dir, f"round-{r:02d}")
     train_config = round_train_config(config, folder, connector)
-    frozen = FrozenOnce(train_config)  # loaded once, only by the stages that still have work
     if not os.path.isfile(os.path.join(folder, "kept.jsonl")):
         candidates = generate_candidates(config, frozen.pipeline(connector), items, folder, r)
         scores = judge_candidates(config, candidates, folder)
@@ -132,11 +136,10 @@ def run_round(config: FeedbackConfig, items: dict, r: int, connector: str) -> di
                "candidates": len(items) * config.candidates}
     if not kept:
         return summary
-    samples = round(len(kept) / (1 - config.replay_fraction))  # kept + replayed
-    if samples < train_config.batch_size:  # a few kept pairs: one batch holds them all
-        logger.info("round %d: %d samples, fewer than the batch size %d: batches of %d", r, samples,
-                    train_config.batch_size, samples)
-        train_config.batch_size = samples
+    if not config.replay_data and len(kept) < train_config.batch_size:  # a few kept pairs: one batch holds them all
+        logger.info("round %d: %d kept pairs, fewer than the batch size %d: batches of %d", r, len(kept),
+                    train_config.batch_size, len(kept))
+        train_config.batch_size = len(kept)
     summary["connector"], summary["train_cpu_minutes"] = fine_tune(train_config, folder, frozen)
     if config.bench_csv:
         summary["bench"] = bench_round(config, frozen, summary["connector"], folder)
@@ -155,8 +158,8 @@ def round_train_config(config: FeedbackConfig, folder: str, connector: str):
 
 
 class FrozenOnce:
-    """The recipe's frozen parts (UNet, VAE, LLM), loaded on first use and shared by a round's
-    generation, fine-tuning and bench: at real scale a load costs more than a short round."""
+    """The recipe's frozen parts (UNet, VAE, LLM), loaded on first use and shared by every
+    round's generation, fine-tuning and bench: at real scale a load costs more than a short round."""
 
     def __init__(self, train_config):
         self.train_config, self._parts = train_config, None

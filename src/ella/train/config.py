@@ -39,6 +39,10 @@ class TrainConfig:
     replay_fraction: float = 0.5  # its share of each epoch
     resolution: int = 512  # resize shorter side, then center-crop
     caption_dropout: float = 0.1  # probability of the empty prompt, so CFG works at inference
+    # Regularisers of the text side, so that the connector reads what a feature means rather than
+    # which token it is (a word the LLM puts near a trained one then reads like it):
+    text_noise: float = 0.0  # Gaussian noise on each real token's features, std = this x the caption's feature RMS
+    token_dropout: float = 0.0  # probability that a real token is masked out (the rest of the caption must carry it)
     timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided
     timestep_logit_normal: list | None = None  # [mean, std]: t = T * sigmoid(N(mean, std)) instead (SD3's sampling)
     snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023; epsilon and v aware); 0 = plain MSE
@@ -93,6 +97,10 @@ class TrainConfig:
             raise ValueError("snr_gamma must be positive (5 is the paper's), or 0 for plain MSE")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError("caption_dropout must be in [0, 1)")
+        if self.text_noise < 0:
+            raise ValueError(f"text_noise must be at least 0, got {self.text_noise}")
+        if not 0 <= self.token_dropout < 1:
+            raise ValueError(f"token_dropout must be in [0, 1), got {self.token_dropout}")
         if not self.train_data and not self.cache_dir:
             raise ValueError("set train_data (or cache_dir to a built feature cache)")
         check_schedule(self)

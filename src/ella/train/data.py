@@ -110,24 +110,29 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
 
 class ReplayMix(torch.utils.data.Dataset):
-    """The primary samples, then samples of `replay` drawn once (seeded) so that they make
-    `fraction` of the whole: new data fine-tuned on beside the original, so a model does not drift."""
+    """New samples fine-tuned on beside the original data, so a model does not drift: an epoch
+    holds the replay data once over (each of its samples at most once, in a seeded draw) and
+    the primary samples repeated so that replay makes `fraction` of it. A few hundred new pairs
+    beside 20k originals: the new pairs come round as often as with a small fixed replay draw,
+    but every replayed batch is new data, not the same handful over and over."""
 
     def __init__(self, primary, replay, fraction: float, seed: int = 0):
         if not 0 <= fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {fraction}")
-        n = round(len(primary) * fraction / (1 - fraction))
+        per_primary = fraction / (1 - fraction)  # replayed samples per primary sample
+        self.repeats = max(1, round(len(replay) / (per_primary * len(primary)))) if fraction else 1
+        n = min(len(replay), round(self.repeats * len(primary) * per_primary))
         g = torch.Generator().manual_seed(seed)
         self.primary, self.replay = primary, replay
-        self.replay_index = torch.randint(len(replay), (n,), generator=g).tolist() if n else []
+        self.replay_index = torch.randperm(len(replay), generator=g)[:n].tolist()
 
     def __len__(self) -> int:
-        return len(self.primary) + len(self.replay_index)
+        return self.repeats * len(self.primary) + len(self.replay_index)
 
     def __getitem__(self, index: int):
-        if index < len(self.primary):
-            return self.primary[index]
-        return self.replay[self.replay_index[index - len(self.primary)]]
+        if index < self.repeats * len(self.primary):
+            return self.primary[index % len(self.primary)]
+        return self.replay[self.replay_index[index - self.repeats * len(self.primary)]]
 
 
 def make_dataset(train_data: str, resolution: int, seed: int = 0, captions: dict | None = None,

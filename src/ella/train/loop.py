@@ -119,7 +119,30 @@ def make_batch_tensors(
     if parts.pooled_encoder is not None and pooled is None:
         raise ValueError("pooled_text_encoder is set but the feature cache holds no pooled embeddings: rebuild it"
                          " with `ella cache`")
+    if config.text_noise or config.token_dropout:
+        text, mask = regularise_text(text, mask, ~drop, config, g)
     return latents.float(), text, mask, pooled
+
+
+def regularise_text(text: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, config: TrainConfig,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`text_noise` and `token_dropout` on the real tokens of `rows` (captions not dropped):
+    text (B, L, D), mask (B, L). Random draws on the CPU from `g`, so a run is reproducible on
+    any device; a caption keeps at least one token."""
+    real = mask.bool().cpu() & rows[:, None]  # (B, L)
+    if config.token_dropout:
+        cut = real & (torch.rand(real.shape, generator=g) < config.token_dropout)
+        cut &= cut.sum(1, keepdim=True) < real.sum(1, keepdim=True)  # never every token of a caption
+        mask = mask.masked_fill(cut.to(mask.device), 0)
+        text = text.masked_fill(cut.to(text.device)[..., None], 0)
+        real &= ~cut
+    if config.text_noise:
+        counts = real.sum(1).clamp(min=1).to(text.device)  # (B,)
+        weights = real.to(text.device, text.dtype)[..., None]
+        rms = ((text.float().square() * weights).sum((1, 2)) / (counts * text.shape[-1])).sqrt()  # (B,)
+        noise = torch.randn(text.shape, generator=g).to(text.device, text.dtype)
+        text = text + config.text_noise * rms.to(text.dtype)[:, None, None] * noise * weights
+    return text, mask
 
 
 def sample_timesteps(n: int, num_train_timesteps: int, g: torch.Generator, power: float = 1.0,

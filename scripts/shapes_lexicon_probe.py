@@ -1,0 +1,184 @@
+"""The ceiling for words no training caption uses: does the frozen LLM itself know them?
+
+For each attribute a ShapesWorld prompt names (colour, size, shape, background, place), a linear
+probe is trained on the LLM's token features of the *training* lexicon's words (`VARIED`: every
+word a training caption uses), each word read in 24 training-style sentences whose other slots
+vary, and tested on words no training caption uses: the `paraphrase` benchmark's (`PARAPHRASE`)
+and a second list that neither ShapesWorld lexicon has (`OTHER` below; the probe is never fitted
+on either). Beside it, leave-one-word-out on the training lexicon (the probe fitted without the
+word it is tested on): how well an unseen word of the trained kind is read. And the nearest
+training word of each held-out one (cosine of the features averaged over contexts).
+
+What the probe reads is what a connector can read: a word the LLM's features put with its class
+can be drawn by a connector trained only on the training lexicon; one they do not, cannot.
+
+    python scripts/shapes_lexicon_probe.py --llm minilm,smollm2 --out docs/results/shapesworld-lexicon-probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import torch
+
+from ella.shapes.phrasing import PARAPHRASE, VARIED
+
+# Words neither lexicon has (a test of "words in general", not of the benchmark's list).
+OTHER = {
+    "color": {"red": ("maroon", "burgundy", "vermilion"), "green": ("mint", "moss", "pine"),
+              "blue": ("cerulean", "ultramarine", "denim"), "yellow": ("mustard", "saffron", "amber"),
+              "purple": ("lilac", "amethyst", "orchid")},
+    "size": {"large": ("gigantic", "colossal", "vast"), "small": ("minuscule", "diminutive", "compact")},
+    "shape": {"circle": ("sphere", "coin", "bubble"), "square": ("cube", "slab", "quadrilateral"),
+              "triangle": ("cone", "trigon", "spike")},
+    "background": {"black": ("onyx", "charcoal", "midnight"), "gray": ("silver", "pewter", "smoky"),
+                   "white": ("chalk", "pearl", "cream")},
+    "place": {0: ("topmost and leftmost",), 1: ("topmost, midway across",), 2: ("topmost and rightmost",),
+              3: ("leftmost, midway down",), 4: ("amid everything, dead central",), 5: ("rightmost, midway down",),
+              6: ("lowest and leftmost",), 7: ("lowest, midway across",), 8: ("lowest and rightmost",)},
+}
+TEMPLATES = ("a {size} {color} {shape} {place} on a {background} background",
+             "{place}, a {size} {color} {shape}. the background is {background}",
+             "draw a {size} {shape} in {color} {place}, {background} background")
+CONTEXTS = 24  # sentences per word
+
+
+def lexicon_words(lex) -> dict[str, dict]:
+    """{attribute: {class: words}} of a phrasing lexicon."""
+    return {"color": lex.colors, "size": lex.sizes, "shape": {k: tuple(s for s, _ in v) for k, v in lex.shapes.items()},
+            "background": lex.backgrounds, "place": dict(enumerate(lex.places))}
+
+
+def sentences(attribute: str, word: str, rng: random.Random) -> list[tuple[str, int, int]]:
+    """(sentence, start, end of `word`) in training-style contexts; the other slots from VARIED."""
+    train = lexicon_words(VARIED)
+    out = []
+    for i in range(CONTEXTS):
+        slots = {a: rng.choice(rng.choice(list(train[a].values()))) for a in train if a != attribute}
+        template = TEMPLATES[i % len(TEMPLATES)]
+        head, tail = template.split("{" + attribute + "}")
+        head, tail = head.format(**slots), tail.format(**slots)
+        out.append((head + word + tail, len(head), len(head) + len(word)))
+    return out
+
+
+class WordFeatures:
+    """The LLM's last hidden state, averaged over the tokens of one word in its sentence."""
+
+    def __init__(self, name: str):
+        from ella.text_encoders import load_text_encoder
+
+        self.model, self.tokenizer = load_text_encoder(name)
+
+    @torch.no_grad()
+    def __call__(self, items: list[tuple[str, int, int]]) -> torch.Tensor:
+        texts = [t for t, _, _ in items]
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        tokens = self.tokenizer(texts, padding=True, return_offsets_mapping=True, return_tensors="pt")
+        offsets = tokens.pop("offset_mapping")  # (B, L, 2)
+        out = self.model(**tokens, output_hidden_states=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        hidden = out.hidden_states[-1] if hidden is None else hidden  # (B, L, D)
+        starts = torch.tensor([s for _, s, _ in items])[:, None]
+        ends = torch.tensor([e for _, _, e in items])[:, None]
+        inside = (offsets[..., 0] < ends) & (offsets[..., 1] > starts) & (offsets[..., 1] > offsets[..., 0])
+        inside &= tokens["attention_mask"].bool()
+        weights = inside.float() / inside.sum(1, keepdim=True).clamp(min=1)
+        return torch.einsum("bl,bld->bd", weights, hidden.float())  # (B, D)
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> torch.nn.Module:
+    """Multinomial logistic regression (L2), on standardised features."""
+    torch.manual_seed(0)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    probe = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+    xs = (x - mean) / std
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(xs), y) + 1e-3 * probe.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lambda z: probe((z - mean) / std).argmax(-1)
+
+
+def word_accuracy(predict, feats: dict, labels: dict) -> tuple[float, dict]:
+    """Share of (word, context) pairs read as the word's class; and per word."""
+    per_word = {w: (predict(f) == labels[w]).float().mean().item() for w, f in feats.items()}
+    return sum(per_word.values()) / len(per_word), per_word
+
+
+def probe_llm(name: str) -> dict:
+    rng, encode = random.Random(0), WordFeatures(name)
+    result = {}
+    for attribute, train_classes in lexicon_words(VARIED).items():
+        class_index = {c: i for i, c in enumerate(train_classes)}
+        lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
+        feats, labels = {}, {}
+        for split, classes in lexicons.items():
+            for c, words in classes.items():
+                for w in dict.fromkeys(words):
+                    feats[(split, w)] = encode(sentences(attribute, w, rng))
+                    labels[(split, w)] = class_index[c]
+        train_keys = [k for k in feats if k[0] == "train"]
+        x = torch.cat([feats[k] for k in train_keys])
+        y = torch.cat([torch.full((len(feats[k]),), labels[k]) for k in train_keys])
+        predict = fit_probe(x, y, len(class_index))
+        row = {"classes": len(class_index), "chance": 100 / len(class_index),
+               "train_words": len(train_keys), "fit": 100 * word_accuracy(predict, {k: feats[k] for k in train_keys},
+                                                                        labels)[0]}
+        # Leave one training word out: the probe has never seen the word it reads.
+        loo = []
+        for k in train_keys:
+            rest = [j for j in train_keys if j != k]
+            if not any(labels[j] == labels[k] for j in rest):
+                continue  # the only word of its class: nothing to generalise from
+            p = fit_probe(torch.cat([feats[j] for j in rest]),
+                          torch.cat([torch.full((len(feats[j]),), labels[j]) for j in rest]), len(class_index), 100)
+            loo.append((p(feats[k]) == labels[k]).float().mean().item())
+        row["train_leave_one_word_out"] = 100 * sum(loo) / len(loo)
+        centroids = {k: torch.nn.functional.normalize(feats[k].mean(0), dim=0) for k in train_keys}
+        for split in ("paraphrase", "other"):
+            keys = [k for k in feats if k[0] == split]
+            acc, per_word = word_accuracy(predict, {k: feats[k] for k in keys}, labels)
+            nearest = {}
+            for k in keys:
+                v = torch.nn.functional.normalize(feats[k].mean(0), dim=0)
+                best = max(train_keys, key=lambda j: float(v @ centroids[j]))
+                nearest[k[1]] = {"nearest": best[1], "right_class": labels[best] == labels[k],
+                                 "probe": round(100 * per_word[k], 1)}
+            row[split] = {"probe": 100 * acc, "nearest_word_right_class": 100 * sum(
+                n["right_class"] for n in nearest.values()) / len(nearest), "words": nearest}
+        result[attribute] = row
+        print(f"{name:8s} {attribute:10s} chance {row['chance']:5.1f}  fit {row['fit']:5.1f}  "
+              f"train LOWO {row['train_leave_one_word_out']:5.1f}  paraphrase {row['paraphrase']['probe']:5.1f}  "
+              f"other {row['other']['probe']:5.1f}  (nearest word: {row['paraphrase']['nearest_word_right_class']:.0f} / "
+              f"{row['other']['nearest_word_right_class']:.0f})", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llm", default="minilm,smollm2", help="comma-separated LLM names or paths")
+    parser.add_argument("--out", default="docs/results/shapesworld-lexicon-probe.json")
+    args = parser.parse_args()
+    start, results = time.process_time(), {}
+    for name in args.llm.split(","):
+        results[name] = probe_llm(name)
+    results["_meta"] = {"command": "python scripts/shapes_lexicon_probe.py --llm " + args.llm,
+                        "contexts_per_word": CONTEXTS, "templates": TEMPLATES, "cpu_minutes": (time.process_time() - start) / 60,
+                        "machine": "2-core development CPU"}
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
