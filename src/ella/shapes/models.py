@@ -107,14 +107,18 @@ class ShippedModel:
 
     @staticmethod
     def check_prompt(prompt: str) -> list[str]:
-        """Warnings about a prompt: the words this world has never seen."""
+        """Warnings about a prompt: the words no training caption used. Not "cannot draw": the
+        frozen LLM may carry a new word to one the connector learned (docs/shapesworld.md, "Words
+        no caption taught", measures how often)."""
         from .vocabulary import unknown_words
 
         unknown = unknown_words(prompt)
         if not unknown:
             return []
-        return [f"ShapesWorld knows none of these words: {', '.join(unknown)} (it draws circles, squares and triangles,"
-                " red, green, blue, yellow or purple, large or small, on black, gray or white: see the README)"]
+        return [f"no ShapesWorld training caption uses these words: {', '.join(unknown)}. The model may still follow"
+                " them through its frozen LLM: new words for sizes, shapes and places often come through, new colour"
+                " words seldom (docs/shapesworld.md, \"Words no caption taught\"); it draws only circles, squares"
+                " and triangles, red, green, blue, yellow or purple, large or small, on black, gray or white"]
 
     @staticmethod
     def check_settings(size: tuple | None, scheduler: str) -> list[str]:
