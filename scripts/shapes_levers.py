@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 
+from ella.fileio import write_text_atomic
 from ella.shapes.bench import run_shapes_bench
 from ella.train.checkpoint import latest_checkpoint, load_training_state
 
@@ -58,8 +59,7 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "bench": f"ella bench shapes --prompts {args.prompts} (seed 0, 25 steps, guidance 5)",
         "machine": "2-core development CPU, runs side by side (one thread each)"}
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=1)
+    write_text_atomic(args.out, json.dumps(table, indent=1))
     print("wrote", args.out)
 
 

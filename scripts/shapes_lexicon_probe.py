@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from ella.fileio import write_text_atomic
 from ella.shapes.phrasing import PARAPHRASE, VARIED
 
 # Words neither lexicon has (a test of "words in general", not of the benchmark's list).
@@ -175,8 +176,7 @@ def main() -> None:
     results["_meta"] = {"command": "python scripts/shapes_lexicon_probe.py --llm " + args.llm,
                         "contexts_per_word": CONTEXTS, "templates": TEMPLATES, "cpu_minutes": (time.process_time() - start) / 60,
                         "machine": "2-core development CPU"}
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    write_text_atomic(args.out, json.dumps(results, indent=1))
     print("wrote", args.out)
 
 
