@@ -2,7 +2,7 @@
 the CPU-minutes their training spent (from each run's last resume state).
 
     python scripts/shapes_levers.py --runs plain=runs/lever-plain,noise=runs/lever-noise \
-        --styles paraphrase,brief --out docs/results/shapesworld-levers.json
+        --shipped tsc --styles paraphrase,brief --out docs/results/shapesworld-levers.json
 
 Every run is `ella train`'s output folder (its `export/` is benched, `checkpoints/` give the
 CPU time); the bench is `ella bench shapes` (50 held-out scenes x 4 images, seed 0, one folder
@@ -38,20 +38,21 @@ def training_record(run_dir: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="NAME=RUN_DIR,... (ella train output folders)")
+    parser.add_argument("--runs", default="", help="NAME=RUN_DIR,... (ella train output folders)")
+    parser.add_argument("--shipped", default="", help="shipped connectors benched beside them (tsc,tsc-smollm2)")
     parser.add_argument("--styles", default="paraphrase,brief")
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--bench-dir", default="runs/levers-bench")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    runs = dict(item.split("=", 1) for item in args.runs.split(","))
+    rows = {name: (os.path.join(run_dir, "export"), {"run": run_dir, **training_record(run_dir)})
+            for name, run_dir in (item.split("=", 1) for item in args.runs.split(",") if item)}
+    rows.update({name: (name, {"shipped": True}) for name in args.shipped.split(",") if name})
     table = {}
-    for name, run_dir in runs.items():
-        row = {"run": run_dir, **training_record(run_dir)}
+    for name, (model, row) in rows.items():
         for style in args.styles.split(","):
-            export = os.path.join(run_dir, "export")
-            summary = run_shapes_bench(args.prompts, [export], os.path.join(args.bench_dir, style, name),
-                                       captions=style)[export]
+            summary = run_shapes_bench(args.prompts, [model], os.path.join(args.bench_dir, style, name),
+                                       captions=style)[model]
             row[style] = {"overall": summary["overall"], **summary["l1"]}
             print(f"{name:12s} {style:10s} {summary['overall']:6.2f}", flush=True)
         table[name] = row
