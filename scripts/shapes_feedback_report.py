@@ -7,7 +7,7 @@ connector on the recipe's ground-truth renders, taken at the checkpoints whose C
 to the feedback run's after each round (its process CPU time, all stages: `ps -o cputime`); it is
 exported and benched on the same held-out prompts, seeds and settings.
 
-    PYTHONPATH=scripts python scripts/shapes_feedback_report.py --feedback runs/feedback \
+    python scripts/shapes_feedback_report.py --feedback runs/feedback \
         --control runs/control --feedback-cpu-minutes 17.3 34.6 --out docs/results/shapesworld-feedback.json
 """
 
@@ -89,7 +89,7 @@ def main() -> None:
               "control": {"what": "ella train configs/shapes/ella-tsc.yaml from the default connector on the recipe's"
                                   " ground-truth renders, lr 1e-4, the checkpoints closest to the feedback run's"
                                   " cumulative CPU time after each round", "checkpoints": controls},
-              "command": "PYTHONPATH=scripts python scripts/shapes_feedback_report.py --feedback-cpu-minutes "
+              "command": "python scripts/shapes_feedback_report.py --feedback-cpu-minutes "
                          + " ".join(map(str, args.feedback_cpu_minutes))}
     if os.path.isfile(args.out):  # earlier runs kept beside the new one
         with open(args.out, encoding="utf-8") as f:
