@@ -58,7 +58,7 @@ def export_checkpoint(run_dir: str, target_minutes: float) -> tuple[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/shapes/feedback.yaml")
+    parser.add_argument("--config", default="configs/shapes/ella-tsc-feedback.yaml")
     parser.add_argument("--feedback", default="runs/feedback", help="the feedback run's output_dir")
     parser.add_argument("--bench-csv", default="runs/heldout30/questions.csv")
     parser.add_argument("--control", default="runs/control", help="an ella train output folder")

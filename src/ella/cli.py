@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fb = sub.add_parser("feedback", help="fine-tune a connector from image-understanding feedback (rounds of"
                         " generate, judge, keep, train)")
-    fb.add_argument("config", help="YAML feedback config (configs/shapes/feedback.yaml)")
+    fb.add_argument("config", help="YAML feedback config (configs/shapes/ella-tsc-feedback.yaml)")
     fb.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
     fb.set_defaults(func=cmd_feedback)
     from .study.cli import add_parser as add_study_parser
