@@ -1,8 +1,9 @@
 """`ella feedback` on ShapesWorld against its control, from the run folders, into one results file.
 
 For every round of the feedback run (round 0 = the starting connector): the held-out bench
-(`rounds.json`) and the double-drawing count on the README's main prompt
-(`scripts/shapes_double_drawing.py`'s judge, 8 seeds). The control is `ella train` from the same
+(`rounds.json`), the same 30 scenes as brief and relative prompts (`ella bench shapes`) and the
+double-drawing count on the README's main prompt (`scripts/shapes_double_drawing.py`'s judge, 8
+seeds). The control is `ella train` from the same
 connector on the recipe's ground-truth renders, taken at the checkpoints whose CPU time is closest
 to the feedback run's after each round (its process CPU time, all stages: `ps -o cputime`); it is
 exported and benched on the same held-out prompts, seeds and settings.
@@ -20,6 +21,7 @@ import os
 from shapes_double_drawing import FIRST, SECOND, count
 
 from ella.feedback import FrozenOnce, bench_round, load_feedback_config, round_train_config
+from ella.shapes.bench import run_shapes_bench
 from ella.shapes.catalog import MAIN_PROMPT
 from ella.train.checkpoint import list_checkpoints, load_training_state
 
@@ -66,21 +68,29 @@ def main() -> None:
                         help="the feedback run's cumulative CPU time after each round (its process clock), to match"
                              " the control to")
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--styles-dir", default="runs/feedback-styles",
+                        help="where the brief and relative benches of every connector go (one folder per style)")
     parser.add_argument("--out", default="docs/results/shapesworld-feedback.json")
     args = parser.parse_args()
 
     config = load_feedback_config(args.config, {"output_dir": args.feedback, "bench_csv": args.bench_csv})
     with open(os.path.join(args.feedback, "rounds.json"), encoding="utf-8") as f:
         rounds = json.load(f)
+    def other_styles(connector: str) -> dict:  # the same held-out scenes as brief and relative prompts
+        return {style: {"overall": (r := run_shapes_bench(30, [connector], f"{args.styles_dir}-{style}",
+                                                          captions=style)[connector])["overall"], **r["l1"]}
+                for style in ("brief", "relative")}
+
     for summary in rounds:
         summary["double_drawing"] = count(summary["connector"], MAIN_PROMPT, FIRST, SECOND, args.seeds)
+        summary["styles"] = other_styles(summary["connector"])
     controls = []
     for minutes in args.feedback_cpu_minutes:  # one control per round, at that round's cumulative CPU time
         control, record = export_checkpoint(args.control, minutes)
         frozen = FrozenOnce(round_train_config(config, args.control, control))
         bench = os.path.join(args.control, "bench", os.path.basename(control))
         record.update(feedback_cpu_minutes=minutes, connector=control, bench=bench_round(config, frozen, control, bench),
-                      double_drawing=count(control, MAIN_PROMPT, FIRST, SECOND, args.seeds))
+                      double_drawing=count(control, MAIN_PROMPT, FIRST, SECOND, args.seeds), styles=other_styles(control))
         controls.append(record)
     result = {"what": f"ella feedback {args.config} --output_dir {args.feedback} --bench_csv HELDOUT (the first 30"
                       " held-out dense prompts, 4 images each, seed 0)",
