@@ -77,9 +77,11 @@ def main() -> None:
     with open(os.path.join(args.feedback, "rounds.json"), encoding="utf-8") as f:
         rounds = json.load(f)
     def other_styles(connector: str) -> dict:  # the same held-out scenes as brief and relative prompts
-        return {style: {"overall": (r := run_shapes_bench(30, [connector], f"{args.styles_dir}-{style}",
-                                                          captions=style)[connector])["overall"], **r["l1"]}
-                for style in ("brief", "relative")}
+        styles = {}
+        for style in ("brief", "relative"):
+            summary = run_shapes_bench(30, [connector], f"{args.styles_dir}-{style}", captions=style)[connector]
+            styles[style] = {"overall": summary["overall"], **summary["l1"]}
+        return styles
 
     for summary in rounds:
         summary["double_drawing"] = count(summary["connector"], MAIN_PROMPT, FIRST, SECOND, args.seeds)

@@ -73,12 +73,11 @@ class WordFeatures:
         from ella.text_encoders import load_text_encoder
 
         self.model, self.tokenizer = load_text_encoder(name)
+        self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token  # decoder-only LLMs have none
 
     @torch.no_grad()
     def __call__(self, items: list[tuple[str, int, int]]) -> torch.Tensor:
         texts = [t for t, _, _ in items]
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         tokens = self.tokenizer(texts, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = tokens.pop("offset_mapping")  # (B, L, 2)
         out = self.model(**tokens, output_hidden_states=True)

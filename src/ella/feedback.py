@@ -123,7 +123,7 @@ def run_feedback(config: FeedbackConfig) -> list[dict]:
     return summaries
 
 
-def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, frozen: "FrozenOnce") -> dict:
+def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, frozen: FrozenOnce) -> dict:
     folder = os.path.join(config.output_dir, f"round-{r:02d}")
     train_config = round_train_config(config, folder, connector)
     if not os.path.isfile(os.path.join(folder, "kept.jsonl")):
@@ -151,7 +151,8 @@ def round_train_config(config: FeedbackConfig, folder: str, connector: str):
     from .train.config import load_config
 
     overrides = {**config.train_overrides, "init_connector": connector, "output_dir": os.path.join(folder, "train"),
-                 "train_data": os.path.join(folder, "kept", "manifest.jsonl"), "replay_data": config.replay_data or None,
+                 "train_data": os.path.join(folder, "kept", "manifest.jsonl"),
+                 "replay_data": config.replay_data or None,
                  "replay_fraction": config.replay_fraction, "max_steps": config.steps_per_round, "cache_dir": None,
                  "captions": None, "validate_every": 0, "resume": True, "seed": config.seed}
     return load_config(config.train_config, overrides)
@@ -264,8 +265,9 @@ def bench_round(config: FeedbackConfig, frozen: FrozenOnce, connector: str, fold
     items = load_items(config.bench_csv)
     images, out = os.path.join(folder, "bench", "images"), os.path.join(folder, "bench", "scores")
     if not os.path.isfile(os.path.join(out, "summary.json")):
-        generate_images(frozen.pipeline(connector), {i: item.prompt for i, item in items.items()}, images, samples=4, seed=config.seed,
-                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
+        generate_images(frozen.pipeline(connector), {i: item.prompt for i, item in items.items()}, images, samples=4,
+                        seed=config.seed, num_inference_steps=config.num_inference_steps,
+                        guidance_scale=config.guidance_scale)
         score_run(items, images, get_backend(config.judge), out)
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)

@@ -116,9 +116,9 @@ class ShippedModel:
         if not unknown:
             return []
         return [f"no ShapesWorld training caption uses these words: {', '.join(unknown)}. The model may still follow"
-                " them through its frozen LLM: new words for sizes, shapes and places often come through, new colour"
-                " words seldom (docs/shapesworld.md, \"Words no caption taught\"); it draws only circles, squares"
-                " and triangles, red, green, blue, yellow or purple, large or small, on black, gray or white"]
+                " them through its frozen LLM, which knows most new words for sizes, many for shapes and few for"
+                " colours (docs/shapesworld.md, \"Words no caption taught\"); it draws only circles, squares and"
+                " triangles, red, green, blue, yellow or purple, large or small, on black, gray or white"]
 
     @staticmethod
     def check_settings(size: tuple | None, scheduler: str) -> list[str]:

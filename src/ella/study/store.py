@@ -32,8 +32,8 @@ class VoteStore:
             self.shown = sa.Table(
                 "shown", meta,
                 sa.Column("id", sa.String(36), primary_key=True), sa.Column("rater", sa.String(64), index=True),
-                sa.Column("item_id", sa.String(256)), sa.Column("prompt", sa.Text), sa.Column("left_model", sa.String(256)),
-                sa.Column("right_model", sa.String(256)), sa.Column("left_file", sa.Text),
+                sa.Column("item_id", sa.String(256)), sa.Column("prompt", sa.Text),
+                sa.Column("left_model", sa.String(256)), sa.Column("right_model", sa.String(256)), sa.Column("left_file", sa.Text),
                 sa.Column("right_file", sa.Text), sa.Column("left_sha256", sa.String(64)),
                 sa.Column("right_sha256", sa.String(64)), sa.Column("created", sa.Float))
             self.votes = sa.Table(
@@ -73,8 +73,8 @@ class VoteStore:
             try:
                 result = db.execute(self.votes.insert().values(
                     shown_id=shown_id, rater=rater,
-                    **{k: row[k] for k in ("item_id", "prompt", "left_model", "right_model", "left_file", "right_file", "left_sha256",
-                                           "right_sha256")},
+                    **{k: row[k] for k in ("item_id", "prompt", "left_model", "right_model", "left_file",
+                                           "right_file", "left_sha256", "right_sha256")},
                     alignment=alignment, aesthetics=aesthetics, created=time.time()))
             except sa.exc.IntegrityError:
                 raise VoteError(f"pair {shown_id} has a vote already: nothing stored") from None

@@ -49,7 +49,6 @@ class CaptionMix:
         return original if chosen == ORIGINAL else self.sets[chosen][key]
 
 
-
 def mix_fingerprint(mix: dict, seed: int) -> dict:
     """What a feature cache built on these captions depends on: the sets' contents (digests of their
     files, without loading them), their weights and the seed that draws each sample's choice."""

@@ -127,13 +127,14 @@ def make_batch_tensors(
 def regularise_text(text: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, config: TrainConfig,
                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """`text_noise` and `token_dropout` on the real tokens of `rows` (captions not dropped):
-    text (B, L, D), mask (B, L). Random draws on the CPU from `g`, so a run is reproducible on
-    any device; a caption keeps at least one token."""
-    real = mask.bool().cpu() & rows[:, None]  # (B, L)
+    text (B, L, D), mask (B, L). Random draws on the CPU from `g` (as the diffusion noise is), so
+    a run is reproducible on any device, copied to the device: the mask never leaves it (no host
+    sync in the step). A caption keeps at least one token."""
+    real = mask.bool() & rows.to(mask.device)[:, None]  # (B, L)
     if config.token_dropout:
-        cut = real & (torch.rand(real.shape, generator=g) < config.token_dropout)
+        cut = real & (torch.rand(real.shape, generator=g).to(mask.device) < config.token_dropout)
         cut &= cut.sum(1, keepdim=True) < real.sum(1, keepdim=True)  # never every token of a caption
-        mask = mask.masked_fill(cut.to(mask.device), 0)
+        mask = mask.masked_fill(cut, 0)
         text = text.masked_fill(cut.to(text.device)[..., None], 0)
         real &= ~cut
     if config.text_noise:
