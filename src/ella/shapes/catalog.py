@@ -36,6 +36,8 @@ CONNECTORS = {
     "tsc-dense": ShippedConnector(MINILM, "the ablation's TSC: dense captions only"),
     "resampler": ShippedConnector(MINILM, "ablation: resampler without timestep"),
     "mlp": ShippedConnector(MINILM, "ablation: an MLP"),
+    "tsc-noise": ShippedConnector(MINILM, "the default fine-tuned with strong text-feature noise: more held-out words,"
+                                          " worse brief prompts (docs/shapesworld.md)"),
     "tsc-feedback": ShippedConnector(MINILM, "the default after one round of `ella feedback` (worse: docs/shapesworld.md)"),
     "tsc-smollm2": ShippedConnector(SMOLLM2, "the TSC on SmolLM2-135M (optional package)"),
     "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "the same LLM reading each prompt twice", echo=True),
