@@ -184,11 +184,85 @@ def test_training_reads_the_caption_set(tmp_path):
     assert fingerprint(mixed, parts) != fingerprint(config, parts)  # the cache key names the captions used
 
 
+def tiny_rewriter(folder) -> str:
+    """A tiny random Llama with a word tokenizer of ShapesWorld's words, saved: a text-only LLM as
+    `--captioner rewrite:FOLDER` loads one."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ella.shapes.vocabulary import known_words
+    from ella.word_tokenizer import word_tokenizer
+
+    tokenizer = word_tokenizer(sorted(known_words()))
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+class _Echo(Captioner):
+    """Rewrites every caption as itself: what a perfect rewriter keeps."""
+
+    def __init__(self):
+        super().__init__(name="echo")
+
+    def caption(self, images, originals):
+        return list(originals)
+
+
+def test_rewrites_are_checked_against_their_images(tmp_path):
+    """`--check shapes`: a caption that says exactly what its image holds is kept; any other is
+    recorded as rejected, never trained on, and not written again by a resumed run."""
+    from ella.caption.run import caption_data
+    from ella.shapes.data import ShapesSceneDataset
+    from ella.shapes.reader import read_text
+
+    data = ShapesSceneDataset(12, captions="brief")
+    readable = {f"shapes{i}" for i in range(12) if read_text(data.item(i)[1]) is not None}
+    assert 0 < len(readable) < 12  # some brief captions name no background: those say too little
+    out = str(tmp_path / "echo")
+    stats = caption_data("shapes:12:brief", _Echo(), out, progress=False, check="shapes")
+    assert set(_records(out)) == readable and stats.rejected == 12 - len(readable)
+    assert all(_records(out)[k] == data.item(int(k[6:]))[1] for k in readable)
+
+    rewriter = load_captioner(f"rewrite:{tiny_rewriter(tmp_path / 'llm')}", max_new_tokens=12)
+    assert "{caption}" in rewriter.prompt  # the rewrite preset is the default for a rewriter
+    out = str(tmp_path / "rewrites")
+    stats = caption_data("shapes:6:brief", rewriter, out, progress=False, check="shapes")
+    lines = [json.loads(line) for name in sorted(os.listdir(out)) if name.endswith(".jsonl")
+             for line in open(os.path.join(out, name))][1:]
+    assert stats.captioned == 6 and len(lines) == 6 and all(r["check"] == "shapes" for r in lines)
+    for r in lines:  # a random LLM's words do not describe the scene: every rewrite is rejected, and kept
+        assert r["caption"] == "" and r["rejected"] and r["original"]
+    assert _records(out) == {}
+    again = caption_data("shapes:6:brief", rewriter, out, progress=False, check="shapes")
+    assert again.skipped == 6 and again.captioned == 0  # a rejected rewrite is done, not pending
+    texts = [r["rejected"] for r in lines]
+    caption_data("shapes:6:brief", rewriter, str(tmp_path / "rerun"), progress=False, check="shapes")
+    rerun = [json.loads(line) for name in sorted(os.listdir(tmp_path / "rerun")) if name.endswith(".jsonl")
+             for line in open(os.path.join(tmp_path / "rerun", name))][1:]
+    assert [r["rejected"] for r in rerun] == texts  # sampled, from seeds the captions give: the same rewrites
+
+
+def test_a_set_written_without_the_check_is_refused_with_it(tmp_path):
+    from ella.caption.run import caption_data
+
+    out = str(tmp_path / "set")
+    caption_data("shapes:4:brief", _Echo(), out, progress=False)
+    with pytest.raises(SidecarError, match="check"):
+        caption_data("shapes:4:brief", _Echo(), out, progress=False, check="shapes")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--captioner", "no-such-captioner"], "unknown captioner 'no-such-captioner'"),
     (["--captioner", "T5"], "has no image-text-to-text head"),
     (["--captioner", "shapes", "--out", "INSIDE"], "is inside the data folder"),
     (["--captioner", "shapes", "--max-new-tokens", "0"], "must be at least 1"),
+    (["--captioner", "shapes", "--check", "nope"], "unknown caption check 'nope'"),
+    (["--captioner", "rewrite:"], "the rewrite captioner names its LLM"),
+    (["--captioner", "rewrite:T5", "--prompt", "no slot"], "must hold {caption}"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, folder_data, tmp_path, capsys):
     from ella.testing import tiny_t5

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--captioner", required=True, help="hf:MODEL or a model folder/hub id (image-text-to-text),"
                      " vllm:MODEL, or a plugin's" + "".join(f", {n}" for n in registry().captioners))
     cap.add_argument("--out", required=True, help="the caption set's folder (one per captioner; not inside the data)")
-    cap.add_argument("--prompt", default="dense", help="dense (the default: long, exhaustive), short, or the prompt text")
+    cap.add_argument("--prompt", default=None, help="dense (image captioners' default: long, exhaustive), short,"
+                     " rewrite (rewrite:LLM's default; the text holds {caption}), or the prompt text")
+    cap.add_argument("--check", default=None, help="a plugin's caption check: captions untrue to their image are"
+                     " recorded as rejected and never trained on" + "".join(f" ({n})" for n in registry().caption_checks))
     cap.add_argument("--max-new-tokens", type=positive_int, default=256)
     cap.add_argument("--batch-size", type=positive_int, default=8, help="images per model call")
     cap.add_argument("--chunk-size", type=positive_int, default=256, help="captions per atomic rewrite of a sidecar")
@@ -161,17 +164,20 @@ def cmd_caption(args) -> None:
     from accelerate import PartialState
 
     from .caption.captioners import load_captioner
-    from .caption.run import caption_data, check_out
+    from .caption.run import caption_data, check_out, load_check
     from .caption.sources import shards
     from .devices import accelerator_available
 
     check_out(args.data, args.out)  # bad input fails before any model loads or any file is written
+    load_check(args.check)
     sources = shards(args.data)
     captioner = load_captioner(args.captioner, args.prompt, args.max_new_tokens, args.device, args.dtype)
     state = PartialState(cpu=not accelerator_available())  # `accelerate launch -m ella.cli caption ...`: ranks
     stats = caption_data(args.data, captioner, args.out, args.batch_size, args.chunk_size, state.process_index,
-                         state.num_processes, progress=not args.quiet and sys.stderr.isatty(), all_shards=sources)
-    print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s); "
+                         state.num_processes, progress=not args.quiet and sys.stderr.isatty(), all_shards=sources,
+                         check=args.check)
+    kept = f"; the {args.check} check kept {stats.captioned - stats.rejected} of them" if args.check else ""
+    print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s){kept}; "
           f"{stats.skipped} already there, {stats.unreadable} unreadable")
 
 

@@ -7,6 +7,7 @@ function that names, as "module:attribute" strings, what it adds:
     registry.dataset_schemes["myworld"] = "my_world.data:from_spec"   # train_data: myworld:...
     registry.vqa_backends["myjudge"] = "my_world.judge:MyBackend"      # ella bench dpg score --vqa myjudge
     registry.captioners["mycaptioner"] = "my_world.caption:make"       # ella caption --captioner mycaptioner[:ARG]
+    registry.caption_checks["mycheck"] = "my_world.judge:agrees"      # ella caption --check mycheck
     registry.prompt_sources["myworld"] = "my_world.prompts:write_csv"  # ella feedback: prompts: myworld:...
     registry.cli_commands["myworld"] = "my_world.cli:add_parser"       # ella myworld ...
     registry.bench_commands["myworld"] = "my_world.cli:add_bench_parser"  # ella bench myworld ...
@@ -36,6 +37,7 @@ class Registry:
     dataset_schemes: dict[str, str] = field(default_factory=dict)
     vqa_backends: dict[str, str] = field(default_factory=dict)
     captioners: dict[str, str] = field(default_factory=dict)  # name -> callable(arg: str) -> caption.Captioner
+    caption_checks: dict[str, str] = field(default_factory=dict)  # name -> callable(image, caption) -> bool
     prompt_sources: dict[str, str] = field(default_factory=dict)  # scheme -> callable(spec, out_csv): prompts + questions
     cli_commands: dict[str, str] = field(default_factory=dict)
     bench_commands: dict[str, str] = field(default_factory=dict)

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CaptionStats:
     captioned: int = 0
+    rejected: int = 0  # captioned, but the check found the caption untrue to its image
     skipped: int = 0  # already in the set (a resumed run)
     unreadable: int = 0
     seconds: float = 0.0
@@ -39,13 +40,18 @@ def check_out(data: str, out: str) -> None:
 
 
 def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size: int = 256, rank: int = 0,
-                 world: int = 1, progress: bool = True, all_shards: list | None = None) -> CaptionStats:
+                 world: int = 1, progress: bool = True, all_shards: list | None = None,
+                 check: str | None = None) -> CaptionStats:
     """Caption this rank's shards of `data` (shard i goes to rank i % world) into the set `out`.
     Keys already in a shard's sidecar are skipped; a sidecar is rewritten atomically every
-    `chunk_size` captions. `all_shards`: `sources.shards(data)`, if the caller has them already."""
+    `chunk_size` captions. `all_shards`: `sources.shards(data)`, if the caller has them already.
+    `check`: a plugin's caption check (`registry.caption_checks`): a caption it finds untrue to its
+    image is recorded as rejected (`"caption": ""`, the text under `"rejected"`), so training never
+    reads it and a resumed run does not caption the image again."""
     check_out(data, out)
+    agrees = load_check(check)
     all_shards = shards(data) if all_shards is None else all_shards
-    described = captioner.describe()
+    described = {**captioner.describe(), **({"check": check} if check else {})}
     mine = all_shards[rank::world]
     for shard in mine:  # every sidecar this run would add to is its own, before anything is written
         path = sidecar_path(out, shard.name)
@@ -58,7 +64,7 @@ def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size
     stats, start = CaptionStats(), time.perf_counter()
     bar = tqdm(total=None, desc=f"captioning ({len(mine)} shards)", unit="img", disable=not progress)
     for shard in mine:
-        _caption_shard(shard, captioner, out, described, batch_size, chunk_size, stats, bar)
+        _caption_shard(shard, captioner, agrees, out, described, batch_size, chunk_size, stats, bar)
     bar.close()
     stats.seconds = time.perf_counter() - start
     if stats.unreadable:
@@ -66,7 +72,20 @@ def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size
     return stats
 
 
-def _caption_shard(shard, captioner, out, described, batch_size, chunk_size, stats, bar) -> None:
+def load_check(name: str | None):
+    """The caption check a plugin registered under `name` (None: no check)."""
+    if name is None:
+        return None
+    from ..plugins import lookup, registry
+
+    agrees = lookup("caption_checks", name)
+    if agrees is None:
+        known = ", ".join(registry().caption_checks) or "none is installed"
+        raise ValueError(f"unknown caption check {name!r} (a plugin's: {known})")
+    return agrees
+
+
+def _caption_shard(shard, captioner, agrees, out, described, batch_size, chunk_size, stats, bar) -> None:
     path = sidecar_path(out, shard.name)
     header = {**described, "shard": shard.name, "shard_digest": shard.digest()}
     old_header, records = read_sidecar(path)
@@ -80,8 +99,12 @@ def _caption_shard(shard, captioner, out, described, batch_size, chunk_size, sta
         if not pending:
             return
         keys, images, originals = zip(*pending)
-        for key, original, text in zip(keys, originals, captioner.caption(list(images), list(originals))):
-            records.append({"key": key, "caption": text, "original": original, **described})
+        for key, image, original, text in zip(keys, images, originals, captioner.caption(list(images), list(originals))):
+            if agrees is not None and not agrees(image, text):
+                records.append({"key": key, "caption": "", "rejected": text, "original": original, **described})
+                stats.rejected += 1
+            else:
+                records.append({"key": key, "caption": text, "original": original, **described})
         stats.captioned += len(pending)
         bar.update(len(pending))
         pending.clear()

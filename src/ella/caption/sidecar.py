@@ -57,7 +57,7 @@ def read_header(path: str) -> dict:
 
 
 def check_header(path: str, header: dict, expected: dict) -> None:
-    for field in ("captioner", "revision", "prompt", "settings", "shard_digest"):
+    for field in ("captioner", "revision", "prompt", "settings", "check", "shard_digest"):
         if header.get(field) != expected.get(field):
             what = "the shard changed since it was captioned" if field == "shard_digest" else \
                 f"it was written with {field} {header.get(field)!r}, this run has {expected.get(field)!r}"
@@ -77,7 +77,7 @@ def write_set_file(out: str, description: dict) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        for field in ("captioner", "revision", "prompt", "settings"):
+        for field in ("captioner", "revision", "prompt", "settings", "check"):
             if old.get(field) != description.get(field):
                 raise SidecarError(f"{out} holds captions by {old.get('captioner')!r} ({field} differs): one caption"
                                    " set per captioner; use another --out")
@@ -87,13 +87,14 @@ def write_set_file(out: str, description: dict) -> None:
 
 
 def load_caption_set(folder: str) -> dict[str, str]:
-    """{key: caption} of a caption set folder (every sidecar in it)."""
+    """{key: caption} of a caption set folder (every sidecar in it); captions a check rejected
+    (empty) are left out, so those samples keep their other captions."""
     if not os.path.isfile(os.path.join(folder, SET_FILE)):
         raise FileNotFoundError(f"caption set not found: {folder} (no {SET_FILE}; `ella caption` writes one)")
     captions = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".jsonl"):
-            captions.update({r["key"]: r["caption"] for r in read_sidecar(os.path.join(folder, name))[1]})
+            captions.update({r["key"]: r["caption"] for r in read_sidecar(os.path.join(folder, name))[1] if r["caption"]})
     return captions
 
 

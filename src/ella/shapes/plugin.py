@@ -1,5 +1,6 @@
 """ShapesWorld's registration with the core (see `ella.plugins`): its UNet class, its `shapes:`
-training data, its exact judge, its commands, and the shipped model `ella generate` runs."""
+training data, its exact judge (of images, and of captions against
+them), its commands, and the shipped model `ella generate` runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ def register(registry) -> None:
     registry.dataset_schemes["shapes"] = "ella.shapes.data:ShapesSceneDataset.from_spec"
     registry.vqa_backends["shapes"] = "ella.shapes.judge:ShapesBackend"
     registry.captioners["shapes"] = "ella.shapes.captioner:ShapesCaptioner.from_arg"
+    registry.caption_checks["shapes"] = "ella.shapes.reader:agrees"
     registry.prompt_sources["shapes"] = "ella.shapes.bench:write_feedback_prompts"
     registry.cli_commands["shapes"] = "ella.shapes.cli:add_parser"
     registry.bench_commands["shapes"] = "ella.shapes.cli:add_bench_parser"
