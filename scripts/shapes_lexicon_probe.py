@@ -67,28 +67,29 @@ def sentences(attribute: str, word: str, rng: random.Random) -> list[tuple[str, 
 
 
 class WordFeatures:
-    """The LLM's last hidden state, averaged over the tokens of one word in its sentence."""
+    """The LLM's hidden state (the last layer unless `layer` says which), averaged over the tokens
+    of one word in its sentence; `layer="all"` gives every layer, (layers + 1, B, D)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, layer: int | str = -1):
         from ella.text_encoders import load_text_encoder
 
         self.model, self.tokenizer = load_text_encoder(name)
         self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token  # decoder-only LLMs have none
+        self.layer = layer
 
     @torch.no_grad()
     def __call__(self, items: list[tuple[str, int, int]]) -> torch.Tensor:
         texts = [t for t, _, _ in items]
         tokens = self.tokenizer(texts, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = tokens.pop("offset_mapping")  # (B, L, 2)
-        out = self.model(**tokens, output_hidden_states=True)
-        hidden = getattr(out, "last_hidden_state", None)
-        hidden = out.hidden_states[-1] if hidden is None else hidden  # (B, L, D)
+        states = self.model(**tokens, output_hidden_states=True).hidden_states  # embeddings + each layer
+        hidden = torch.stack(states) if self.layer == "all" else states[self.layer]  # ([layers,] B, L, D)
         starts = torch.tensor([s for _, s, _ in items])[:, None]
         ends = torch.tensor([e for _, _, e in items])[:, None]
         inside = (offsets[..., 0] < ends) & (offsets[..., 1] > starts) & (offsets[..., 1] > offsets[..., 0])
         inside &= tokens["attention_mask"].bool()
         weights = inside.float() / inside.sum(1, keepdim=True).clamp(min=1)
-        return torch.einsum("bl,bld->bd", weights, hidden.float())  # (B, D)
+        return torch.einsum("bl,...bld->...bd", weights, hidden.float())  # ([layers,] B, D)
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> torch.nn.Module:
@@ -115,18 +116,24 @@ def word_accuracy(predict, feats: dict, labels: dict) -> tuple[float, dict]:
     return sum(per_word.values()) / len(per_word), per_word
 
 
+def features(encode, lexicons: dict, attribute: str, rng: random.Random, class_index: dict) -> tuple[dict, dict]:
+    """({(split, word): features of the word in its CONTEXTS sentences}, {(split, word): class})."""
+    feats, labels = {}, {}
+    for split, classes in lexicons.items():
+        for c, words in classes.items():
+            for w in dict.fromkeys(words):
+                feats[(split, w)] = encode(sentences(attribute, w, rng))
+                labels[(split, w)] = class_index[c]
+    return feats, labels
+
+
 def probe_llm(name: str) -> dict:
     rng, encode = random.Random(0), WordFeatures(name)
     result = {}
     for attribute, train_classes in lexicon_words(VARIED).items():
         class_index = {c: i for i, c in enumerate(train_classes)}
         lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
-        feats, labels = {}, {}
-        for split, classes in lexicons.items():
-            for c, words in classes.items():
-                for w in dict.fromkeys(words):
-                    feats[(split, w)] = encode(sentences(attribute, w, rng))
-                    labels[(split, w)] = class_index[c]
+        feats, labels = features(encode, lexicons, attribute, rng, class_index)
         train_keys = [k for k in feats if k[0] == "train"]
         x = torch.cat([feats[k] for k in train_keys])
         y = torch.cat([torch.full((len(feats[k]),), labels[k]) for k in train_keys])
@@ -164,6 +171,30 @@ def probe_llm(name: str) -> dict:
     return result
 
 
+def probe_layers(name: str) -> dict:
+    """Whether another layer than the last (the one ELLA's connectors read) knows the held-out
+    words better: the probe fitted and tested on each hidden layer (0: the token embeddings)."""
+    rng, encode = random.Random(0), WordFeatures(name, layer="all")
+    result = {}
+    for attribute, train_classes in lexicon_words(VARIED).items():
+        class_index = {c: i for i, c in enumerate(train_classes)}
+        lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
+        feats, labels = features(encode, lexicons, attribute, rng, class_index)
+        train_keys = [k for k in feats if k[0] == "train"]
+        rows = []
+        for layer in range(next(iter(feats.values())).shape[0]):
+            predict = fit_probe(torch.cat([feats[k][layer] for k in train_keys]),
+                                torch.cat([torch.full((feats[k].shape[1],), labels[k]) for k in train_keys]),
+                                len(class_index), 200)
+            rows.append({split: 100 * word_accuracy(predict, {k: feats[k][layer] for k in feats if k[0] == split},
+                                                    labels)[0] for split in ("paraphrase", "other")})
+        best = max(range(len(rows)), key=lambda i: rows[i]["paraphrase"] + rows[i]["other"])
+        result[attribute] = {"per_layer": rows, "best_layer": best, "last_layer": len(rows) - 1}
+        print(f"{name:8s} {attribute:10s} last layer {rows[-1]['paraphrase']:5.1f} / {rows[-1]['other']:5.1f}  "
+              f"best (layer {best}) {rows[best]['paraphrase']:5.1f} / {rows[best]['other']:5.1f}", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llm", default="minilm,smollm2", help="comma-separated LLM names or paths")
@@ -172,6 +203,7 @@ def main() -> None:
     start, results = time.process_time(), {}
     for name in args.llm.split(","):
         results[name] = probe_llm(name)
+        results.setdefault("layers", {})[name] = probe_layers(name)
     results["_meta"] = {"command": "python scripts/shapes_lexicon_probe.py --llm " + args.llm,
                         "contexts_per_word": CONTEXTS, "templates": TEMPLATES, "cpu_minutes": (time.process_time() - start) / 60,
                         "machine": "2-core development CPU"}

@@ -73,3 +73,16 @@ def test_count_groups_name_one_object_per_one():
         ("red", "large", "circle"), None, None, None, ("red", "small", "circle"), None, None, None,
         ("blue", "small", "square")]
     assert read_text(text.replace("a small one in the center", "")) is None  # two circles, one named
+
+
+def test_each_new_word_is_named_with_the_trained_phrase_its_llm_reads_it_most_like():
+    from ella.shapes.vocabulary import nearest_trained_words
+    from ella.text_encoders import load_text_encoder
+
+    model, tokenizer = load_text_encoder("minilm")
+    prompt = "a huge crimson triangular shape in the upper left corner on a grey background"
+    trained = ["huge", "crimson", "triangular shape", "upper left corner", "grey"]
+    # A trained phrase put in its own place is read most like itself: the span compared is the swapped one.
+    for phrase in trained:
+        assert nearest_trained_words(prompt, [phrase], model, tokenizer) == {phrase: phrase}
+    assert nearest_trained_words(prompt, ["absent"], model, tokenizer) == {}  # not in the prompt: nothing to say

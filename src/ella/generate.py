@@ -94,7 +94,7 @@ def check_settings(args, pipe, steps: int, shipped) -> None:
     if pipe.unet.dtype == torch.float16 and pipe.device.type == "cpu":
         warn("fp16 on the CPU is slow and loses precision; --dtype fp32 (the CPU default) or bf16")
     if shipped is not None:
-        for message in shipped.check_prompt(args.prompt) + shipped.check_settings(args.size, type(pipe.scheduler).__name__):
+        for message in shipped.check_prompt(args.prompt, pipe) + shipped.check_settings(args.size, type(pipe.scheduler).__name__):
             warn(message)
 
 

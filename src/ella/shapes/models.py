@@ -92,6 +92,9 @@ def load_own_connector(path: str, torch_dtype=None):
     return ella, reads
 
 
+MAX_NEAREST = 8  # unknown words of one prompt given their nearest trained phrase (one LLM batch each)
+
+
 class ShippedModel:
     """What `ella generate` runs without --model (registered by `ella.shapes.plugin`)."""
 
@@ -106,19 +109,24 @@ class ShippedModel:
         return shipped_model_dir() is not None
 
     @staticmethod
-    def check_prompt(prompt: str) -> list[str]:
+    def check_prompt(prompt: str, pipe=None) -> list[str]:
         """Warnings about a prompt: the words no training caption used. Not "cannot draw": the
-        frozen LLM may carry a new word to one the connector learned (docs/shapesworld.md, "Words
-        no caption taught", measures how often)."""
-        from .vocabulary import unknown_words
+        frozen LLM may carry a new word to one the connector learned. With the pipeline, each word
+        comes with the trained phrase its LLM reads it most like in this prompt
+        (`vocabulary.nearest_trained_words`): what the model will most likely draw for it."""
+        from .vocabulary import nearest_trained_words, unknown_words
 
         unknown = unknown_words(prompt)
         if not unknown:
             return []
-        return [f"no ShapesWorld training caption uses these words: {', '.join(unknown)}. The model may still follow"
-                " them through its frozen LLM, which knows most new words for sizes, many for shapes and few for"
-                " colours (docs/shapesworld.md, \"Words no caption taught\"); it draws only circles, squares and"
-                " triangles, red, green, blue, yellow or purple, large or small, on black, gray or white"]
+        nearest = {}
+        if pipe is not None and getattr(pipe, "ella", None) is not None:
+            nearest = nearest_trained_words(prompt, unknown[:MAX_NEAREST], pipe.text_encoder, pipe.tokenizer)
+        named = ", ".join(f"{w} (read most like '{nearest[w]}')" if w in nearest else w for w in unknown)
+        return [f"no ShapesWorld training caption uses these words: {named}. The model may still follow them"
+                " through its frozen LLM, which knows most new words for sizes, many for shapes and few for colours"
+                " (docs/shapesworld.md, \"Words no caption taught\"); it draws only circles, squares and triangles,"
+                " red, green, blue, yellow or purple, large or small, on black, gray or white"]
 
     @staticmethod
     def check_settings(size: tuple | None, scheduler: str) -> list[str]:

@@ -40,3 +40,40 @@ def unknown_words(prompt: str) -> list[str]:
         if word not in known and word not in seen:
             seen.append(word)
     return seen
+
+
+def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer) -> dict[str, str]:
+    """For each of `words` (words of `prompt` no training caption uses): the training caption's
+    attribute phrase (a colour, size, shape, background or place) the frozen LLM reads most like
+    it, in this very prompt. The word's first occurrence is swapped for each trained phrase, every
+    variant is encoded in one batch, and the features over the swapped span are compared (cosine)
+    with the word's own. What it measures is the LLM's reading, which is all a connector trained on
+    these phrases sees: "maroon" read most like "green" is drawn green (docs/shapesworld.md, "Words
+    no caption taught", measures how often the nearest trained word is of the right class)."""
+    import torch
+
+    from .reader import phrase_table
+
+    candidates = [" ".join(w) for w, (kind, _) in phrase_table().items()
+                  if kind in ("color", "size", "shape", "background", "place")]
+    device = next(text_encoder.parameters()).device
+    out = {}
+    for word in words:
+        match = re.search(rf"(?<![a-z]){re.escape(word)}(?![a-z])", prompt.lower())
+        if match is None:
+            continue
+        head, tail = prompt[: match.start()], prompt[match.end() :]
+        variants = [head + word + tail] + [head + c + tail for c in candidates]
+        spans = [(len(head), len(head) + len(word))] + [(len(head), len(head) + len(c)) for c in candidates]
+        tokens = tokenizer(variants, padding=True, return_offsets_mapping=True, return_tensors="pt")
+        offsets = tokens.pop("offset_mapping")  # (V, L, 2) character span of each token
+        with torch.no_grad():
+            states = text_encoder(**{k: v.to(device) for k, v in tokens.items()}, output_hidden_states=True)
+        hidden = states.hidden_states[-1].float().cpu()  # (V, L, D): what the connector reads
+        start, end = torch.tensor([s for s, _ in spans])[:, None], torch.tensor([e for _, e in spans])[:, None]
+        inside = (offsets[..., 0] < end) & (offsets[..., 1] > start) & (offsets[..., 1] > offsets[..., 0])
+        inside &= tokens["attention_mask"].bool()
+        span = torch.einsum("vl,vld->vd", inside.float() / inside.sum(1, keepdim=True).clamp(min=1), hidden)
+        similarity = torch.nn.functional.cosine_similarity(span[:1], span[1:], dim=-1)  # (candidates,)
+        out[word] = candidates[int(similarity.argmax())]
+    return out
