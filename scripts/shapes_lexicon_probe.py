@@ -203,7 +203,13 @@ def main() -> None:
     start, results = time.process_time(), {}
     for name in args.llm.split(","):
         results[name] = probe_llm(name)
-        results.setdefault("layers", {})[name] = probe_layers(name)
+        layers = probe_layers(name)
+        # One layer may read one attribute's few held-out words better by chance: the sum over
+        # the attributes says whether a layer reads new words better as a whole.
+        layers["sum_over_attributes"] = [
+            {split: sum(layers[a]["per_layer"][i][split] for a in layers) for split in ("paraphrase", "other")}
+            for i in range(len(next(iter(layers.values()))["per_layer"]))]
+        results.setdefault("layers", {})[name] = layers
     results["_meta"] = {"command": "python scripts/shapes_lexicon_probe.py --llm " + args.llm,
                         "contexts_per_word": CONTEXTS, "templates": TEMPLATES, "cpu_minutes": (time.process_time() - start) / 60,
                         "machine": "2-core development CPU"}

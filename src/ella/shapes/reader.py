@@ -93,8 +93,7 @@ def phrase_table() -> dict[tuple[str, ...], tuple[str, object]]:
     for k, w in enumerate(NUMBER_WORDS[2:], start=2):
         add(w, "number", k)
     add("one", "one", 1)
-    # A phrase with two meanings ("square": a shape; "white": never a colour here) is kept only
-    # where they agree; none of the training lexicon's phrases has two.
+    # A phrase with two meanings could not be read: it is left out (the training lexicon has none).
     return {words: next(iter(meanings)) for words, meanings in table.items() if len(meanings) == 1}
 
 
@@ -155,8 +154,8 @@ def _anchors(found: list[Mention]) -> tuple[list[tuple[int, str, str | None]], s
             anchors.append((m.start, m.value, None))
         elif m.kind == "plural":
             j, colours = _group_number(found, i), _group_colours(found, i)
-            if j is None or len({p.value for p in colours}) != 1:
-                return None  # "circles" without a count, or a group without one colour
+            if j is None or len({p.value for p in colours}) != 1 or (group and group[2]):
+                return None  # "circles" without a count, a group without one colour, or the last group unfinished
             group = [m.value, colours[0].value, found[j].value]
             grouped |= {p.start for p in colours}
         elif m.kind == "one" and group and group[2]:

@@ -1,0 +1,123 @@
+"""The lexicon probe's ceiling in score points: what the paraphrase benchmark would score if the
+connector read every held-out word exactly as well as a linear probe on the frozen LLM's features
+reads it, and every held-out form perfectly.
+
+For each of the benchmark's 50 held-out scenes, every attribute word of its paraphrase prompt is
+read the way the probe reads it (`shapes_lexicon_probe.py`: fitted on the training lexicon's words;
+for each word a context drawn at random, so each word is read right as often as the probe reads it
+right). The scene so read is written as a plain prompt in trained words ("a large red circle at the
+top left, ... on a white background"), drawn by a connector, and judged against the *true* scene.
+A second row writes the true scene the same way: the score of a perfect reading, the bar.
+
+    python scripts/shapes_word_ceiling.py --llm minilm --connector tsc \
+        --out docs/results/shapesworld-word-ceiling.json
+
+The ratio of the two is the most of its plain-words score a connector reading these words through
+this LLM can keep (for a linear reading; new forms for free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import time
+
+import torch
+from shapes_lexicon_probe import OTHER, features, fit_probe, lexicon_words
+
+from ella.bench.dpg import CSV_COLUMNS, load_csv
+from ella.bench.runner import generate_images, score_run, write_manifest
+from ella.fileio import write_text_atomic
+from ella.shapes.bench import write_heldout
+from ella.shapes.judge import ShapesBackend
+from ella.shapes.models import load_shapes_pipeline
+from ella.shapes.phrasing import PARAPHRASE, VARIED
+from ella.shapes.world import Obj, Scene, place_phrase
+
+ATTRIBUTES = ("color", "size", "shape", "background", "place")
+
+
+def probe_readings(llm: str) -> dict[str, dict[str, list]]:
+    """{attribute: {held-out word: the class the probe reads, one per context}}."""
+    from shapes_lexicon_probe import WordFeatures
+
+    rng, encode, out = random.Random(0), WordFeatures(llm), {}
+    for attribute, train_classes in lexicon_words(VARIED).items():
+        classes = list(train_classes)
+        class_index = {c: i for i, c in enumerate(classes)}
+        lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
+        feats, labels = features(encode, lexicons, attribute, rng, class_index)
+        train_keys = [k for k in feats if k[0] == "train"]
+        predict = fit_probe(torch.cat([feats[k] for k in train_keys]),
+                            torch.cat([torch.full((len(feats[k]),), labels[k]) for k in train_keys]), len(classes))
+        out[attribute] = {w: [classes[i] for i in predict(f).tolist()] for (split, w), f in feats.items()
+                          if split == "paraphrase"}
+    return out
+
+
+def read_scene(scene: Scene, readings: dict | None, rng: random.Random) -> Scene:
+    """The scene as a reader of its paraphrase words sees it: each attribute's word drawn as the
+    paraphrase prompt draws it, read in a random context (None: read right)."""
+    words = lexicon_words(PARAPHRASE)
+
+    def read(attribute: str, value):
+        if readings is None:
+            return value
+        word = rng.choice(words[attribute][value])
+        return rng.choice(readings[attribute][word])
+
+    objects = tuple(Obj(read("shape", o.shape), read("color", o.color), read("size", o.size), read("place", o.cell))
+                    for o in scene.objects)
+    return Scene(objects, read("background", scene.background))
+
+
+def plain_prompt(scene: Scene) -> str:
+    return ", ".join(f"a {o.size} {o.color} {o.shape} {place_phrase(o.cell)}" for o in scene.objects) + \
+        f" on a {scene.background} background"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llm", default="minilm", help="the LLM the connector reads (its probe)")
+    parser.add_argument("--connector", default="tsc", help="a shipped connector reading that LLM")
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--work-dir", default="runs/word-ceiling")
+    parser.add_argument("--out", default="docs/results/shapesworld-word-ceiling.json")
+    args = parser.parse_args()
+    start = time.process_time()
+    readings = probe_readings(args.llm)
+    questions, _, scenes = write_heldout(args.prompts, args.work_dir, "paraphrase")
+    items = load_csv(questions)
+    pipe = load_shapes_pipeline(connector=args.connector)
+    result = {}
+    for row, reader in (("perfect reading", None), ("probe reading", readings)):
+        rng = random.Random(0)
+        prompts = {i: plain_prompt(read_scene(scene, reader, rng)) for i, scene in scenes.items()}
+        name = row.replace(" ", "-")
+        with open(os.path.join(args.work_dir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)  # the true scene's questions, the prompt read
+            writer.writeheader()
+            writer.writerows({**q, "text": prompts[q["item_id"]]} for q in csv.DictReader(open(questions, encoding="utf-8")))
+        images = os.path.join(args.work_dir, "images", f"{args.connector}-{name}")
+        settings = dict(connector=args.connector, llm=args.llm, prompts=row, steps=25, guidance=5.0, seed=0, samples=4)
+        write_manifest(images, settings)
+        generate_images(pipe, prompts, images, samples=4, seed=0, batch_size=64, num_inference_steps=25,
+                        guidance_scale=5.0, conditioning="ella")
+        summary = score_run(items, images, ShapesBackend(), os.path.join(args.work_dir, "scores", f"{args.connector}-{name}"),
+                            settings=settings)
+        result[row] = {"overall": summary["overall"], **summary["l1"], "example_prompt": next(iter(prompts.values()))}
+        print(f"{row:16s} {summary['overall']:6.2f}", flush=True)
+    result["kept_percent"] = 100 * result["probe reading"]["overall"] / result["perfect reading"]["overall"]
+    result["_meta"] = {"command": "python scripts/shapes_word_ceiling.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "bench": f"{args.prompts} held-out scenes (the paraphrase bench's) x 4 images, seed 0, 25 steps, guidance 5",
+        "cpu_minutes": (time.process_time() - start) / 60, "machine": "2-core development CPU"}
+    write_text_atomic(args.out, json.dumps(result, indent=1))
+    print(f"kept {result['kept_percent']:.1f} %; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
