@@ -49,7 +49,9 @@ def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer
     variant is encoded in one batch, and the features over the swapped span are compared (cosine)
     with the word's own. What it measures is the LLM's reading, which is all a connector trained on
     these phrases sees: "maroon" read most like "green" is drawn green (docs/shapesworld.md, "Words
-    no caption taught", measures how often the nearest trained word is of the right class)."""
+    no caption taught", measures how often the nearest trained word is of the right class). It
+    compares one reading of the prompt; a connector that reads an echo (a second reading) sees
+    features close to it, not the same."""
     import torch
 
     from .reader import phrase_table
