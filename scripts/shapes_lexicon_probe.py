@@ -127,18 +127,24 @@ def features(encode, lexicons: dict, attribute: str, rng: random.Random, class_i
     return feats, labels
 
 
-def probe_llm(name: str) -> dict:
-    rng, encode = random.Random(0), WordFeatures(name)
-    result = {}
+def attribute_features(encode):
+    """Per attribute: (attribute, its classes, {(split, word): features}, {(split, word): class
+    index}, the training words' keys); the same sentences on every call."""
+    rng = random.Random(0)
     for attribute, train_classes in lexicon_words(VARIED).items():
         class_index = {c: i for i, c in enumerate(train_classes)}
         lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
         feats, labels = features(encode, lexicons, attribute, rng, class_index)
-        train_keys = [k for k in feats if k[0] == "train"]
+        yield attribute, list(train_classes), feats, labels, [k for k in feats if k[0] == "train"]
+
+
+def probe_llm(name: str) -> dict:
+    result = {}
+    for attribute, classes, feats, labels, train_keys in attribute_features(WordFeatures(name)):
         x = torch.cat([feats[k] for k in train_keys])
         y = torch.cat([torch.full((len(feats[k]),), labels[k]) for k in train_keys])
-        predict = fit_probe(x, y, len(class_index))
-        row = {"classes": len(class_index), "chance": 100 / len(class_index),
+        predict = fit_probe(x, y, len(classes))
+        row = {"classes": len(classes), "chance": 100 / len(classes),
                "train_words": len(train_keys), "fit": 100 * word_accuracy(predict, {k: feats[k] for k in train_keys},
                                                                         labels)[0]}
         # Leave one training word out: the probe has never seen the word it reads.
@@ -148,7 +154,7 @@ def probe_llm(name: str) -> dict:
             if not any(labels[j] == labels[k] for j in rest):
                 continue  # the only word of its class: nothing to generalise from
             p = fit_probe(torch.cat([feats[j] for j in rest]),
-                          torch.cat([torch.full((len(feats[j]),), labels[j]) for j in rest]), len(class_index), 100)
+                          torch.cat([torch.full((len(feats[j]),), labels[j]) for j in rest]), len(classes), 100)
             loo.append((p(feats[k]) == labels[k]).float().mean().item())
         row["train_leave_one_word_out"] = 100 * sum(loo) / len(loo)
         centroids = {k: torch.nn.functional.normalize(feats[k].mean(0), dim=0) for k in train_keys}
@@ -174,18 +180,13 @@ def probe_llm(name: str) -> dict:
 def probe_layers(name: str) -> dict:
     """Whether another layer than the last (the one ELLA's connectors read) knows the held-out
     words better: the probe fitted and tested on each hidden layer (0: the token embeddings)."""
-    rng, encode = random.Random(0), WordFeatures(name, layer="all")
     result = {}
-    for attribute, train_classes in lexicon_words(VARIED).items():
-        class_index = {c: i for i, c in enumerate(train_classes)}
-        lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
-        feats, labels = features(encode, lexicons, attribute, rng, class_index)
-        train_keys = [k for k in feats if k[0] == "train"]
+    for attribute, classes, feats, labels, train_keys in attribute_features(WordFeatures(name, layer="all")):
         rows = []
         for layer in range(next(iter(feats.values())).shape[0]):
             predict = fit_probe(torch.cat([feats[k][layer] for k in train_keys]),
                                 torch.cat([torch.full((feats[k].shape[1],), labels[k]) for k in train_keys]),
-                                len(class_index), 200)
+                                len(classes), 200)
             rows.append({split: 100 * word_accuracy(predict, {k: feats[k][layer] for k in feats if k[0] == split},
                                                     labels)[0] for split in ("paraphrase", "other")})
         best = max(range(len(rows)), key=lambda i: rows[i]["paraphrase"] + rows[i]["other"])

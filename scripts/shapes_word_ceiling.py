@@ -20,22 +20,17 @@ trained words here, so one connector serves every LLM's row.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import random
 import time
 
 import torch
-from shapes_lexicon_probe import OTHER, features, fit_probe, lexicon_words
+from shapes_lexicon_probe import WordFeatures, attribute_features, fit_probe, lexicon_words
 
-from ella.bench.dpg import CSV_COLUMNS, load_csv
-from ella.bench.runner import generate_images, score_run, write_manifest
 from ella.fileio import write_text_atomic
-from ella.shapes.bench import write_heldout
-from ella.shapes.judge import ShapesBackend
+from ella.shapes.bench import bench_prompts, write_heldout
 from ella.shapes.models import load_shapes_pipeline
-from ella.shapes.phrasing import PARAPHRASE, VARIED
+from ella.shapes.phrasing import PARAPHRASE
 from ella.shapes.world import Obj, Scene, place_phrase
 
 ATTRIBUTES = ("color", "size", "shape", "background", "place")
@@ -43,15 +38,8 @@ ATTRIBUTES = ("color", "size", "shape", "background", "place")
 
 def probe_readings(llm: str) -> dict[str, dict[str, list]]:
     """{attribute: {held-out word: the class the probe reads, one per context}}."""
-    from shapes_lexicon_probe import WordFeatures
-
-    rng, encode, out = random.Random(0), WordFeatures(llm), {}
-    for attribute, train_classes in lexicon_words(VARIED).items():
-        classes = list(train_classes)
-        class_index = {c: i for i, c in enumerate(classes)}
-        lexicons = {"train": train_classes, "paraphrase": lexicon_words(PARAPHRASE)[attribute], "other": OTHER[attribute]}
-        feats, labels = features(encode, lexicons, attribute, rng, class_index)
-        train_keys = [k for k in feats if k[0] == "train"]
+    out = {}
+    for attribute, classes, feats, labels, train_keys in attribute_features(WordFeatures(llm)):
         predict = fit_probe(torch.cat([feats[k] for k in train_keys]),
                             torch.cat([torch.full((len(feats[k]),), labels[k]) for k in train_keys]), len(classes))
         out[attribute] = {w: [classes[i] for i in predict(f).tolist()] for (split, w), f in feats.items()
@@ -83,39 +71,39 @@ def plain_prompt(scene: Scene) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llm", default="minilm,smollm2", help="the LLMs whose probes read the words, comma-separated")
-    parser.add_argument("--connector", default="tsc", help="the shipped connector that draws the prompts read")
-    parser.add_argument("--prompts", type=int, default=50)
-    parser.add_argument("--work-dir", default="runs/word-ceiling")
-    parser.add_argument("--out", default="docs/results/shapesworld-word-ceiling.json")
-    args = parser.parse_args()
-    start = time.process_time()
-    questions, _, scenes = write_heldout(args.prompts, args.work_dir, "paraphrase")
-    items = load_csv(questions)
-    pipe = load_shapes_pipeline(connector=args.connector)
+    args, start, questions, scenes, pipe = start_bench(parser, "runs/word-ceiling", "docs/results/shapesworld-word-ceiling.json")
     result = {}
     rows = [("perfect reading", None, {})]
     rows += [(f"{llm} probe reading", probe_readings(llm), {"llm": llm}) for llm in args.llm.split(",")]
     for row, reader, llm in rows:
         rng = random.Random(0)
         prompts = {i: plain_prompt(read_scene(scene, reader, rng)) for i, scene in scenes.items()}
-        name = row.replace(" ", "-")
-        with open(os.path.join(args.work_dir, f"{name}.csv"), "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)  # the true scene's questions, the prompt read
-            writer.writeheader()
-            writer.writerows({**q, "text": prompts[q["item_id"]]} for q in csv.DictReader(open(questions, encoding="utf-8")))
-        images = os.path.join(args.work_dir, "images", f"{args.connector}-{name}")
-        settings = dict(connector=args.connector, **llm, prompts=row, steps=25, guidance=5.0, seed=0, samples=4)
-        write_manifest(images, settings)
-        generate_images(pipe, prompts, images, samples=4, seed=0, batch_size=64, num_inference_steps=25,
-                        guidance_scale=5.0, conditioning="ella")
-        summary = score_run(items, images, ShapesBackend(), os.path.join(args.work_dir, "scores", f"{args.connector}-{name}"),
-                            settings=settings)
+        summary = bench_prompts(pipe, prompts, questions, args.work_dir, f"{args.connector}-{row.replace(' ', '-')}",
+                                dict(connector=args.connector, **llm, prompts=row))
         result[row] = {"overall": summary["overall"], **summary["l1"], "example_prompt": next(iter(prompts.values()))}
         print(f"{row:16s} {summary['overall']:6.2f}", flush=True)
     for row, _, _ in rows[1:]:
         result[row]["kept_percent"] = 100 * result[row]["overall"] / result["perfect reading"]["overall"]
         print(f"{row}: kept {result[row]['kept_percent']:.1f} % of the perfect reading's score")
-    result["_meta"] = {"command": "python scripts/shapes_word_ceiling.py " + " ".join(
+    write_result("shapes_word_ceiling.py", args, result, start)
+
+
+def start_bench(parser, work_dir: str, out: str):
+    """Parse the bench arguments every such script takes; (args, CPU clock at start, the paraphrase
+    bench's questions CSV, its scenes, the connector's pipeline)."""
+    parser.add_argument("--connector", default="tsc", help="the shipped connector that draws the prompts")
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--work-dir", default=work_dir)
+    parser.add_argument("--out", default=out)
+    args = parser.parse_args()
+    start = time.process_time()
+    questions, _, scenes = write_heldout(args.prompts, args.work_dir, "paraphrase")
+    return args, start, questions, scenes, load_shapes_pipeline(connector=args.connector)
+
+
+def write_result(script: str, args, result: dict, start: float) -> None:
+    """`result` and how it was made (the command, the bench, the CPU time since `start`) to --out."""
+    result["_meta"] = {"command": f"python scripts/{script} " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "bench": f"{args.prompts} held-out scenes (the paraphrase bench's) x 4 images, seed 0, 25 steps, guidance 5",
         "cpu_minutes": (time.process_time() - start) / 60, "machine": "2-core development CPU"}
