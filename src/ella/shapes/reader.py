@@ -20,19 +20,15 @@ is above the blue square"), name no new object: each must hold for the reading, 
 
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 from dataclasses import dataclass
 
 from .judge import Seen
-from .phrasing import NUMBER_WORDS, VARIED
-from .world import BACKGROUNDS, COLORS, NUMBERS, RELATIVE_STEPS, SHAPES, SIZES, cell_name, place_phrase
+from .vocabulary import known_words, phrase_table
+from .world import NUMBERS
 
-_WORD = re.compile(r"[a-z]+")
-_LEADING = {"at", "in", "on", "the", "very"}  # dropped from place phrases: "at the top left" reads as "top left"
 MAX_OBJECTS = 9
-RELATIONS = ("to the left of", "to the right of", "above", "below")  # the judge's relation questions
 
 
 @dataclass(frozen=True)
@@ -41,10 +37,6 @@ class Mention:
     kind: str  # color, size, shape, plural, background, place, relative, relation, number, one
     value: object
     sentence: int = 0
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def _sentences(text: str) -> tuple[list[str], list[int]]:
@@ -59,50 +51,10 @@ def _sentences(text: str) -> tuple[list[str], list[int]]:
     return words, sentence_of
 
 
-@functools.cache
-def phrase_table() -> dict[tuple[str, ...], tuple[str, object]]:
-    """{words: (kind, value)} for every attribute phrase of the training captions."""
-    table: dict[tuple[str, ...], set] = {}
-
-    def add(phrase: str, kind: str, value) -> None:
-        table.setdefault(tuple(_words(phrase)), set()).add((kind, value))
-
-    for name in COLORS:
-        for w in (name, *VARIED.colors[name]):
-            add(w, "color", name)
-    for name in SIZES:
-        for w in (name, *VARIED.sizes[name]):
-            add(w, "size", name)
-    for name in BACKGROUNDS:
-        for w in (name, *VARIED.backgrounds[name]):
-            add(w, "background", name)
-    for name in SHAPES:
-        for singular, plural in ((name, name + "s"), *VARIED.shapes[name]):
-            add(singular, "shape", name)
-            add(plural, "plural", name)
-    for cell in range(9):
-        for phrase in (place_phrase(cell), cell_name(cell), *VARIED.places[cell]):
-            words = _words(phrase)
-            while len(words) > 1 and words[0] in _LEADING:
-                words = words[1:]
-            add(" ".join(words), "place", cell)
-    for phrase, step in RELATIVE_STEPS.items():
-        add(phrase, "relative", step)
-    for relation in RELATIONS:
-        add(relation, "relation", relation)
-    for k, w in enumerate(NUMBER_WORDS[2:], start=2):
-        add(w, "number", k)
-    add("one", "one", 1)
-    # A phrase with two meanings could not be read: it is left out (the training lexicon has none).
-    return {words: next(iter(meanings)) for words, meanings in table.items() if len(meanings) == 1}
-
-
 def mentions(text: str) -> list[Mention] | None:
     """The caption's attribute phrases, longest first at each word, in order; None when a place
     phrase has a word ShapesWorld does not know beside it ("bttom right", "the far left"): that
     word may change the place, so the place cannot be read."""
-    from .vocabulary import known_words
-
     (words, sentence_of), table, known = _sentences(text), phrase_table(), known_words()
     longest = max(map(len, table))
     out, i = [], 0

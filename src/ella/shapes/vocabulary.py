@@ -1,11 +1,15 @@
-"""The words ShapesWorld's connectors were trained on: `ella generate` names the words of a prompt
-outside them, so that a prompt this miniature cannot draw ("a fluffy orange cat") says so."""
+"""The words ShapesWorld's connectors were trained on: every word (`known_words`; `ella generate`
+names a prompt's words outside them, each with the trained phrase its LLM reads it most like) and
+every attribute phrase with its meaning (`phrase_table`, what the judge's text side reads)."""
 
 from __future__ import annotations
 
 import functools
 import random
 import re
+
+from .phrasing import NUMBER_WORDS, VARIED
+from .world import BACKGROUNDS, COLORS, RELATIVE_STEPS, SHAPES, SIZES, cell_name, place_phrase
 
 WORD = re.compile(r"[a-z]+")
 
@@ -14,7 +18,6 @@ WORD = re.compile(r"[a-z]+")
 def known_words() -> frozenset[str]:
     """Every word of the training caption styles: the dense, brief and relative grammars (read off
     generated captions) and the varied lexicon (read off its word lists, without typos)."""
-    from .phrasing import VARIED
     from .styles import make_item
     from .world import sample_scene
 
@@ -31,6 +34,52 @@ def known_words() -> frozenset[str]:
     for text in texts:
         words |= set(WORD.findall(re.sub(r"\{\w+\}", " ", text.lower())))
     return frozenset(words)
+
+
+_LEADING = {"at", "in", "on", "the", "very"}  # dropped from place phrases: "at the top left" reads as "top left"
+RELATIONS = ("to the left of", "to the right of", "above", "below")  # the judge's relation questions
+
+
+def _words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+@functools.cache
+def phrase_table() -> dict[tuple[str, ...], tuple[str, object]]:
+    """{words: (kind, value)} for every attribute phrase of the training captions."""
+    table: dict[tuple[str, ...], set] = {}
+
+    def add(phrase: str, kind: str, value) -> None:
+        table.setdefault(tuple(_words(phrase)), set()).add((kind, value))
+
+    for name in COLORS:
+        for w in (name, *VARIED.colors[name]):
+            add(w, "color", name)
+    for name in SIZES:
+        for w in (name, *VARIED.sizes[name]):
+            add(w, "size", name)
+    for name in BACKGROUNDS:
+        for w in (name, *VARIED.backgrounds[name]):
+            add(w, "background", name)
+    for name in SHAPES:
+        for singular, plural in ((name, name + "s"), *VARIED.shapes[name]):
+            add(singular, "shape", name)
+            add(plural, "plural", name)
+    for cell in range(9):
+        for phrase in (place_phrase(cell), cell_name(cell), *VARIED.places[cell]):
+            words = _words(phrase)
+            while len(words) > 1 and words[0] in _LEADING:
+                words = words[1:]
+            add(" ".join(words), "place", cell)
+    for phrase, step in RELATIVE_STEPS.items():
+        add(phrase, "relative", step)
+    for relation in RELATIONS:
+        add(relation, "relation", relation)
+    for k, w in enumerate(NUMBER_WORDS[2:], start=2):
+        add(w, "number", k)
+    add("one", "one", 1)
+    # A phrase with two meanings could not be read: it is left out (the training lexicon has none).
+    return {words: next(iter(meanings)) for words, meanings in table.items() if len(meanings) == 1}
 
 
 def unknown_words(prompt: str) -> list[str]:
@@ -53,8 +102,6 @@ def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer
     compares one reading of the prompt; a connector that reads an echo (a second reading) sees
     features close to it, not the same."""
     import torch
-
-    from .reader import phrase_table
 
     candidates = [" ".join(w) for w, (kind, _) in phrase_table().items()
                   if kind in ("color", "size", "shape", "background", "place")]
