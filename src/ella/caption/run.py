@@ -100,11 +100,10 @@ def _caption_shard(shard, captioner, agrees, out, described, batch_size, chunk_s
             return
         keys, images, originals = zip(*pending)
         for key, image, original, text in zip(keys, images, originals, captioner.caption(list(images), list(originals))):
-            if agrees is not None and not agrees(image, text):
-                records.append({"key": key, "caption": "", "rejected": text, "original": original, **described})
-                stats.rejected += 1
-            else:
-                records.append({"key": key, "caption": text, "original": original, **described})
+            kept = agrees is None or agrees(image, text)
+            records.append({"key": key, "caption": text if kept else "", **({} if kept else {"rejected": text}),
+                            "original": original, **described})
+            stats.rejected += not kept
         stats.captioned += len(pending)
         bar.update(len(pending))
         pending.clear()
