@@ -24,7 +24,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from .judge import Seen
+from .judge import Seen, analyse, answer
 from .vocabulary import known_words, phrase_table
 from .world import NUMBERS
 
@@ -167,8 +167,7 @@ def _statements(found: list[Mention]) -> tuple[list[str], list[Mention]]:
     relation_sentences = {m.sentence for m in found if m.kind == "relation"}
     for sentence in sorted(relation_sentences):
         said = [m for m in found if m.sentence == sentence]
-        kinds = [m.kind for m in said]
-        if kinds not in (["color", "shape", "relation", "color", "shape"],):
+        if [m.kind for m in said] != ["color", "shape", "relation", "color", "shape"]:
             questions.append("unreadable")  # a relation between objects it does not name by colour and shape
             continue
         a_color, a_shape, rel, b_color, b_shape = (m.value for m in said)
@@ -186,8 +185,6 @@ def _statements(found: list[Mention]) -> tuple[list[str], list[Mention]]:
 def read_text(text: str) -> tuple[str, list[Seen | None]] | None:
     """(background, what each of the 9 cells holds), as `judge.analyse` gives for an image; None
     when the caption does not say it all in words ShapesWorld knows, or says it two ways."""
-    from .judge import answer
-
     found = mentions(text)
     if found is None:
         return None
@@ -219,6 +216,4 @@ def read_text(text: str) -> tuple[str, list[Seen | None]] | None:
 
 def agrees(image, text: str) -> bool:
     """Whether `text` says exactly what the judge sees in `image` (`ella caption --check shapes`)."""
-    from .judge import analyse
-
     return read_text(text) == analyse(image)
