@@ -153,8 +153,13 @@ def test_the_shapes_captioner_writes_what_is_there(tmp_path):
         for o in scene.objects:  # every object, with every attribute
             assert f"{o.size} {o.color} {o.shape}" in text or f"{o.size} one" in text
         assert answer(analyse(render(scene)), f"Is the background {scene.background}?") == "yes"
-    caption_data("shapes:40:alt", load_captioner("shapes:0.3"), str(tmp_path / "p3"), progress=False)
+    p3 = caption_data("shapes:40:alt", load_captioner("shapes:0.3"), str(tmp_path / "p3"), progress=False,
+                      check="shapes")
     assert _records(str(tmp_path / "p3")) != captions  # an imperfect captioner writes other captions
+    assert 0 < p3.rejected < 40  # ... and the judge's check finds its mistakes
+    exact = caption_data("shapes:40:alt", load_captioner("shapes"), str(tmp_path / "checked"), progress=False,
+                         check="shapes")
+    assert exact.rejected == 0 and _records(str(tmp_path / "checked")) == captions  # the exact one is always kept
 
 
 def test_training_reads_the_caption_set(tmp_path):
