@@ -77,19 +77,10 @@ class WordFeatures:
         self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token  # decoder-only LLMs have none
         self.layer = layer
 
-    @torch.no_grad()
     def __call__(self, items: list[tuple[str, int, int]]) -> torch.Tensor:
-        texts = [t for t, _, _ in items]
-        tokens = self.tokenizer(texts, padding=True, return_offsets_mapping=True, return_tensors="pt")
-        offsets = tokens.pop("offset_mapping")  # (B, L, 2)
-        states = self.model(**tokens, output_hidden_states=True).hidden_states  # embeddings + each layer
-        hidden = torch.stack(states) if self.layer == "all" else states[self.layer]  # ([layers,] B, L, D)
-        starts = torch.tensor([s for _, s, _ in items])[:, None]
-        ends = torch.tensor([e for _, _, e in items])[:, None]
-        inside = (offsets[..., 0] < ends) & (offsets[..., 1] > starts) & (offsets[..., 1] > offsets[..., 0])
-        inside &= tokens["attention_mask"].bool()
-        weights = inside.float() / inside.sum(1, keepdim=True).clamp(min=1)
-        return torch.einsum("bl,...bld->...bd", weights, hidden.float())  # ([layers,] B, D)
+        from ella.text_encoders import span_features
+
+        return span_features(self.model, self.tokenizer, items, self.layer)  # ([layers,] B, D)
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300) -> torch.nn.Module:

@@ -265,6 +265,25 @@ class LLMEncoder:
         return TextFeatures(*self._encode(prompts, "max_length"))
 
 
+@torch.no_grad()
+def span_features(model, tokenizer, items: list[tuple[str, int, int]], layer: int | str = -1,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """The LLM's hidden state over a character span of each text, averaged over the span's
+    tokens: items are (text, start, end). `layer` picks the hidden state (-1: the last, which
+    connectors read; "all": every one, embeddings first). (B, D), or (layers + 1, B, D)."""
+    tokens = tokenizer([t for t, _, _ in items], padding=True, return_offsets_mapping=True, return_tensors="pt")
+    offsets = tokens.pop("offset_mapping")  # (B, L, 2) characters of each token
+    device = device or next(model.parameters()).device
+    states = model(**{k: v.to(device) for k, v in tokens.items()}, output_hidden_states=True).hidden_states
+    hidden = torch.stack(states) if layer == "all" else states[layer]  # ([layers,] B, L, D)
+    starts = torch.tensor([s for _, s, _ in items])[:, None]
+    ends = torch.tensor([e for _, _, e in items])[:, None]
+    inside = (offsets[..., 0] < ends) & (offsets[..., 1] > starts) & (offsets[..., 1] > offsets[..., 0])
+    inside &= tokens["attention_mask"].bool()
+    weights = inside.float() / inside.sum(1, keepdim=True).clamp(min=1)  # (B, L)
+    return torch.einsum("bl,...bld->...bd", weights, hidden.float().cpu())
+
+
 def pad_features(features: list[TextFeatures]) -> TextFeatures:
     """Concatenate feature batches along the batch axis, right-padding to the longest with a
     mask. Batches without masks (fixed mode) must already share their length."""

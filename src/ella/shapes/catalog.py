@@ -37,7 +37,7 @@ CONNECTORS = {
     "resampler": ShippedConnector(MINILM, "ablation: resampler without timestep"),
     "mlp": ShippedConnector(MINILM, "ablation: an MLP"),
     "tsc-noise": ShippedConnector(MINILM, "the default fine-tuned with strong text-feature noise: more held-out words,"
-                                          " worse brief prompts (docs/shapesworld.md)"),
+                                          " worse on every other style (docs/shapesworld.md)"),
     "tsc-feedback": ShippedConnector(MINILM, "the default after one round of `ella feedback` (worse: docs/shapesworld.md)"),
     "tsc-smollm2": ShippedConnector(SMOLLM2, "the TSC on SmolLM2-135M (optional package)"),
     "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "the same LLM reading each prompt twice", echo=True),

@@ -121,7 +121,8 @@ class ShippedModel:
             return []
         nearest = {}
         if pipe is not None and getattr(pipe, "ella", None) is not None:
-            nearest = nearest_trained_words(prompt, unknown[:MAX_NEAREST], pipe.text_encoder, pipe.tokenizer)
+            nearest = nearest_trained_words(prompt, unknown[:MAX_NEAREST], pipe.text_encoder, pipe.tokenizer,
+                                            pipe._execution_device)
         named = ", ".join(f"{w} (read most like '{nearest[w]}')" if w in nearest else w for w in unknown)
         return [f"no ShapesWorld training caption uses these words: {named}. The model may still follow them"
                 " through its frozen LLM, which knows most new words for sizes, many for shapes and few for colours"

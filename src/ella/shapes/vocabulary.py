@@ -91,7 +91,7 @@ def unknown_words(prompt: str) -> list[str]:
     return seen
 
 
-def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer) -> dict[str, str]:
+def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer, device=None) -> dict[str, str]:
     """For each of `words` (words of `prompt` no training caption uses): the training caption's
     attribute phrase (a colour, size, shape, background or place) the frozen LLM reads most like
     it, in this very prompt. The word's first occurrence is swapped for each trained phrase, every
@@ -100,29 +100,22 @@ def nearest_trained_words(prompt: str, words: list[str], text_encoder, tokenizer
     these phrases sees: "maroon" read most like "green" is drawn green (docs/shapesworld.md, "Words
     no caption taught", measures how often the nearest trained word is of the right class). It
     compares one reading of the prompt; a connector that reads an echo (a second reading) sees
-    features close to it, not the same."""
+    features close to it, not the same. `device`: where the LLM runs (the pipeline's execution
+    device when offloading hooks keep its weights elsewhere)."""
     import torch
+
+    from ..text_encoders import span_features
 
     candidates = [" ".join(w) for w, (kind, _) in phrase_table().items()
                   if kind in ("color", "size", "shape", "background", "place")]
-    device = next(text_encoder.parameters()).device
     out = {}
     for word in words:
         match = re.search(rf"(?<![a-z]){re.escape(word)}(?![a-z])", prompt.lower())
         if match is None:
             continue
         head, tail = prompt[: match.start()], prompt[match.end() :]
-        variants = [head + word + tail] + [head + c + tail for c in candidates]
-        spans = [(len(head), len(head) + len(word))] + [(len(head), len(head) + len(c)) for c in candidates]
-        tokens = tokenizer(variants, padding=True, return_offsets_mapping=True, return_tensors="pt")
-        offsets = tokens.pop("offset_mapping")  # (V, L, 2) character span of each token
-        with torch.no_grad():
-            states = text_encoder(**{k: v.to(device) for k, v in tokens.items()}, output_hidden_states=True)
-        hidden = states.hidden_states[-1].float().cpu()  # (V, L, D): what the connector reads
-        start, end = torch.tensor([s for s, _ in spans])[:, None], torch.tensor([e for _, e in spans])[:, None]
-        inside = (offsets[..., 0] < end) & (offsets[..., 1] > start) & (offsets[..., 1] > offsets[..., 0])
-        inside &= tokens["attention_mask"].bool()
-        span = torch.einsum("vl,vld->vd", inside.float() / inside.sum(1, keepdim=True).clamp(min=1), hidden)
+        items = [(head + p + tail, len(head), len(head) + len(p)) for p in (word, *candidates)]
+        span = span_features(text_encoder, tokenizer, items, device=device)  # (1 + candidates, D)
         similarity = torch.nn.functional.cosine_similarity(span[:1], span[1:], dim=-1)  # (candidates,)
         out[word] = candidates[int(similarity.argmax())]
     return out
