@@ -33,8 +33,6 @@ from ella.shapes.models import load_shapes_pipeline
 from ella.shapes.phrasing import PARAPHRASE
 from ella.shapes.world import Obj, Scene, place_phrase
 
-ATTRIBUTES = ("color", "size", "shape", "background", "place")
-
 
 def probe_readings(llm: str) -> dict[str, dict[str, list]]:
     """{attribute: {held-out word: the class the probe reads, one per context}}."""
