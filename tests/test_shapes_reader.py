@@ -86,3 +86,24 @@ def test_each_new_word_is_named_with_the_trained_phrase_its_llm_reads_it_most_li
     for phrase in trained:
         assert nearest_trained_words(prompt, [phrase], model, tokenizer) == {phrase: phrase}
     assert nearest_trained_words(prompt, ["absent"], model, tokenizer) == {}  # not in the prompt: nothing to say
+
+
+def test_a_prompt_is_compared_with_an_image_object_by_object():
+    """`compare` (the main-prompt table and its test): the exact scene is exact; a wrong shape, an
+    extra object, an asked colour drawn twice and a wrong background are each named."""
+    from ella.shapes.reader import compare
+
+    prompt = "a large red circle at the top left, a small blue square below it"
+    wanted = read_text(prompt, background=False)
+    assert wanted[0] is None and read_text(prompt) is None  # no background said: a prompt, not a caption
+    asked = (Obj("circle", "red", "large", 0), Obj("square", "blue", "small", 3))
+    exact = compare(wanted, analyse(render(Scene(asked, "white"))))
+    assert exact["exact"] and not exact["extras"] and not exact["drawn_twice"]
+    assert [(o["cell"], o["right"]) for o in exact["objects"]] == [(0, True), (3, True)]
+
+    extra = compare(wanted, analyse(render(Scene((*asked, Obj("square", "blue", "small", 6)), "gray"))))
+    assert not extra["exact"] and [e["cell"] for e in extra["extras"]] == [6] and extra["drawn_twice"] == [3]
+    wrong = compare(wanted, analyse(render(Scene((Obj("square", "red", "large", 0), asked[1]), "black"))))
+    assert not wrong["exact"] and [o["right"] for o in wrong["objects"]] == [False, True] and not wrong["extras"]
+    with_bg = read_text(prompt + ", white background", background=False)
+    assert not compare(with_bg, analyse(render(Scene(asked, "black"))))["background_right"]

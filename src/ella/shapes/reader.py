@@ -182,16 +182,19 @@ def _statements(found: list[Mention]) -> tuple[list[str], list[Mention]]:
     return questions, left
 
 
-def read_text(text: str) -> tuple[str, list[Seen | None]] | None:
+def read_text(text: str, background: bool = True) -> tuple[str | None, list[Seen | None]] | None:
     """(background, what each of the 9 cells holds), as `judge.analyse` gives for an image; None
-    when the caption does not say it all in words ShapesWorld knows, or says it two ways."""
+    when the caption does not say it all in words ShapesWorld knows, or says it two ways.
+    `background=False` reads a prompt, which may leave the background unsaid (then None: any)."""
     found = mentions(text)
     if found is None:
         return None
     questions, found = _statements(found)
     backgrounds = {m.value for m in found if m.kind == "background"}
     grouped = _anchors(found)
-    if len(backgrounds) != 1 or not grouped or not grouped[0] or len(grouped[0]) > MAX_OBJECTS:
+    if len(backgrounds) > 1 or (background and not backgrounds):
+        return None
+    if not grouped or not grouped[0] or len(grouped[0]) > MAX_OBJECTS:
         return None
     anchors = grouped[0]
     attributes = [m for m in found if m.kind in ("color", "size", "place", "relative") and m.start not in grouped[1]]
@@ -208,10 +211,29 @@ def read_text(text: str) -> tuple[str, list[Seen | None]] | None:
                 return None  # two readings: the text is ambiguous
     if not readings:
         return None
-    analysis = backgrounds.pop(), [None if c is None else Seen(*c) for c in readings.pop()]
+    analysis = (backgrounds.pop() if backgrounds else None), [None if c is None else Seen(*c) for c in readings.pop()]
     if any(q == "unreadable" or answer(analysis, q) != "yes" for q in questions):
         return None  # a count or a relation the objects named do not bear out
     return analysis
+
+
+def compare(wanted: tuple[str | None, list[Seen | None]], seen: tuple[str, list[Seen | None]]) -> dict:
+    """How an image (`judge.analyse`) draws a prompt's scene (`read_text(prompt, background=False)`):
+    per object asked for, what its cell holds and whether that is exactly it; the objects drawn
+    where none was asked (extras); the asked objects whose colour stands in more cells than asked
+    (drawn twice: the cells of those asked); the background, when asked; and `exact`: all of it right, nothing else drawn."""
+    (want_bg, want), (seen_bg, cells) = wanted, seen
+    objects = [{"cell": i, "wanted": w, "seen": cells[i], "right": cells[i] == w}
+               for i, w in enumerate(want) if w is not None]
+    extras = [{"cell": i, "seen": s} for i, s in enumerate(cells) if s is not None and want[i] is None]
+    def colour_cells(colour, objects_in):
+        return sum(s is not None and s.color == colour for s in objects_in)
+
+    # an asked object's colour in more cells than the prompt asks for it: drawn twice (or more)
+    twice = [o["cell"] for o in objects if colour_cells(o["wanted"].color, cells) > colour_cells(o["wanted"].color, want)]
+    background_right = want_bg is None or want_bg == seen_bg
+    return {"objects": objects, "extras": extras, "drawn_twice": twice, "background_right": background_right,
+            "exact": background_right and not extras and all(o["right"] for o in objects)}
 
 
 def agrees(image, text: str) -> bool:
