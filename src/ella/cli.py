@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from .cli_args import CLIError, add_model_args, add_model_source_args, positive_int, seed, strength
+from .cli_args import CLIError, add_model_args, add_model_source_args, positive_int, seed, strength, unit_float
 from .errors import TrainingInterrupted
 
 EXIT_USAGE = 2
@@ -42,9 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-weighting", nargs="?", const="attention", choices=("attention", "anchor", "scale"),
                    default=None, help="read (words:1.3), (words), [words] in the prompts; how a weight acts:"
                    " attention (the default), anchor or scale (docs/pipeline.md)")
+    g.add_argument("--regions", metavar="auto|LAYOUT.json", default=None, help="draw each region from its own"
+                   " prompt: auto plans the layout with --planner, or a layout file (`ella plan` writes one);"
+                   " the layout is saved as OUT.layout.json")
+    g.add_argument("--planner", default=None, help="with --regions auto: llm:MODEL (a chat LLM, e.g. llm:smollm2),"
+                   " openai:URL#MODEL, or a plugin's (the shipped model's own by default)")
+    g.add_argument("--base-ratio", type=unit_float, default=None, help="the global prompt's share inside regions"
+                   " (default: the layout's, 0.3)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
+
+    pl = sub.add_parser("plan", help="plan a prompt's regions: the layout as JSON (for generate --regions FILE)")
+    pl.add_argument("prompt")
+    pl.add_argument("--planner", default=None, help="llm:MODEL, openai:URL#MODEL, or a plugin's" +
+                    "".join(f", {n}" for n in registry().planners) + " (default: the shipped model's)")
+    pl.add_argument("--out", default=None, help="also write the layout here (.json)")
+    pl.add_argument("--device", default=None, help="where an LLM planner runs (default: cuda if available)")
+    pl.set_defaults(func=cmd_plan)
 
     d = sub.add_parser("demo", help="base vs ELLA side by side in the browser (Gradio: pip install -e '.[demo]')")
     d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
@@ -207,6 +222,17 @@ def cmd_train(args) -> None:
     from .train.cli import run_train_command
 
     run_train_command(args)
+
+
+def cmd_plan(args) -> None:
+    import json
+
+    from .generate import plan_for_cli
+
+    layout = plan_for_cli(args.prompt, "auto", args.planner, getattr(args, "device", None))
+    if args.out:
+        layout.save(args.out)
+    print(json.dumps(layout.to_dict(), indent=1))
 
 
 def cmd_generate(args) -> None:

@@ -55,6 +55,11 @@ def strength(text: str) -> float:
     return _number(text, float, "a number", lambda v: 0 < v <= 1, "must be in (0, 1] (1 = from pure noise)")
 
 
+def unit_float(text: str) -> float:
+    """argparse type for shares such as --base-ratio: a number in [0, 1]."""
+    return _number(text, float, "a number", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts (steps, images, prompts, batch sizes): 0 would silently do nothing."""
     return _number(text, int, "a whole number", lambda v: v >= 1, "must be at least 1")

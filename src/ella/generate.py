@@ -123,6 +123,12 @@ def generate_cli(args) -> list[str]:
         for text in (args.prompt, args.negative or ""):  # a syntax error fails before the model loads
             parse_prompt_weights(text)
         options["prompt_weighting"] = args.prompt_weighting
+    layout = None
+    if args.regions is not None:  # planned (or read) before the model loads: a bad layout costs nothing
+        layout = plan_for_cli(args.prompt, args.regions, args.planner, args.device)
+        options.update(regions=layout, base_ratio=args.base_ratio)
+    elif args.planner is not None or args.base_ratio is not None:
+        raise ValueError("--planner and --base-ratio go with --regions (auto, or a layout file)")
     pipe, defaults, shipped = load_for_cli(args)
     steps = args.steps or defaults["steps"]
     check_settings(args, pipe, steps, shipped)
@@ -133,7 +139,34 @@ def generate_cli(args) -> list[str]:
     pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty(), leave=False)
     rows = render(pipe, args.prompt, COMPARE if args.compare else ("ella",), args.seed, args.num_images, steps,
                   guidance, args.negative, height, width, **options)
-    return write_outputs(args.out, rows, defaults.get("view_size"))
+    written = write_outputs(args.out, rows, defaults.get("view_size"))
+    if layout is not None:  # the plan beside the image: its planner's prompt, raw output and the layout drawn
+        path = f"{os.path.splitext(args.out)[0]}.layout.json"
+        layout.save(path)
+        written.append(path)
+    return written
+
+
+def plan_for_cli(prompt: str, regions: str, planner: str | None, device: str | None = None):
+    """The layout `--regions auto` (planned by `planner`, the default model's own planner when
+    None) or `--regions FILE` names; LayoutError in one line otherwise."""
+    from .planning import plan_regions
+    from .plugins import default_model
+    from .regions import LayoutError, load_layout
+
+    check_prompt(prompt)
+    if regions != "auto":
+        if planner is not None:
+            raise LayoutError("--planner goes with --regions auto; --regions FILE is a layout already planned")
+        layout = load_layout(regions)
+        layout.prompt = layout.prompt or prompt
+        return layout
+    if planner is None:
+        shipped = default_model()
+        planner = getattr(shipped, "planner", None) if shipped is not None else None
+        if planner is None:
+            raise LayoutError("--regions auto needs --planner (llm:MODEL, openai:URL#MODEL, or a plugin's)")
+    return plan_regions(prompt, planner, device)
 
 
 def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: int, guidance: float,

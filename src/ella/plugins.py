@@ -9,6 +9,7 @@ function that names, as "module:attribute" strings, what it adds:
     registry.captioners["mycaptioner"] = "my_world.caption:make"       # ella caption --captioner mycaptioner[:ARG]
     registry.caption_checks["mycheck"] = "my_world.judge:agrees"      # ella caption --check mycheck
     registry.prompt_sources["myworld"] = "my_world.prompts:write_csv"  # ella feedback: prompts: myworld:...
+    registry.planners["myplanner"] = "my_world.plan:plan"              # ella plan --planner myplanner (prompt -> Layout)
     registry.cli_commands["myworld"] = "my_world.cli:add_parser"       # ella myworld ...
     registry.bench_commands["myworld"] = "my_world.cli:add_bench_parser"  # ella bench myworld ...
     registry.default_model = "my_world.models:SHIPPED"                 # what `ella generate` uses without --model
@@ -39,6 +40,7 @@ class Registry:
     captioners: dict[str, str] = field(default_factory=dict)  # name -> callable(arg: str) -> caption.Captioner
     caption_checks: dict[str, str] = field(default_factory=dict)  # name -> callable(image, caption) -> bool
     prompt_sources: dict[str, str] = field(default_factory=dict)  # scheme -> callable(spec, out_csv): prompts + questions
+    planners: dict[str, str] = field(default_factory=dict)  # name -> callable(prompt) -> regions.Layout
     cli_commands: dict[str, str] = field(default_factory=dict)
     bench_commands: dict[str, str] = field(default_factory=dict)
     _default_model: str | None = None

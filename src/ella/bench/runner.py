@@ -48,10 +48,11 @@ def finished(path: str) -> bool:
 
 def generate_images(
     pipe, prompts: dict[str, str], out_dir: str, samples: int = 4, seed: int = 0, batch_size: int = 8,
-    rank: int = 0, world: int = 1, **call_kwargs,
+    rank: int = 0, world: int = 1, layouts: dict | None = None, **call_kwargs,
 ) -> list[str]:
-    """Render `samples` images per prompt, tiled in a grid, into `<out_dir>/<item_id>.png`.
-    Finished items are skipped, so a restarted run only does what is left. Returns written ids."""
+    """Render `samples` images per prompt, tiled in a grid, into `<out_dir>/<item_id>.png`; with
+    `layouts` ({item_id: ella.regions.Layout}), each prompt drawn with its regions. Finished items
+    are skipped, so a restarted run only does what is left. Returns written ids."""
     os.makedirs(out_dir, exist_ok=True)
     todo = [i for i in shard(sorted(prompts), rank, world) if not finished(os.path.join(out_dir, f"{i}.png"))]
     per_batch = max(1, batch_size // samples)
@@ -60,6 +61,8 @@ def generate_images(
     for start in range(0, len(todo), per_batch):
         ids = todo[start : start + per_batch]
         generators = [torch.Generator("cpu").manual_seed(sample_seed(seed, i, k)) for i in ids for k in range(samples)]
+        if layouts is not None:
+            call_kwargs["regions"] = [layouts[i] for i in ids]
         images = pipe([prompts[i] for i in ids], num_images_per_prompt=samples, generator=generators, **call_kwargs).images
         for j, item_id in enumerate(ids):
             tiles = images[j * samples : (j + 1) * samples]

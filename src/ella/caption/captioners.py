@@ -130,7 +130,7 @@ class RewriteCaptioner(Captioner):
                              f" {prompt!r}")
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        self.model, self.tokenizer, revision = _load_causal_lm(model, torch_dtype)
+        self.model, self.tokenizer, revision = load_causal_lm(model, torch_dtype)
         self.model.to(dev)
         self.tokenizer.padding_side = "left"  # generation continues each row from its last real token
         self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
@@ -170,7 +170,7 @@ class RewriteCaptioner(Captioner):
         return out
 
 
-def _load_causal_lm(model: str, dtype):
+def load_causal_lm(model: str, dtype, what: str = "captioner"):
     """(model, tokenizer, revision) of a text-generating LLM: a hub id, a folder, a `.gguf` file or
     an offline name (`ella.offline_llms`). A GGUF file is dequantized once, into the folder the
     text encoders use too (`text_encoders.gguf_cache_folder`)."""
@@ -183,22 +183,22 @@ def _load_causal_lm(model: str, dtype):
     if path.endswith(".gguf"):
         load_text_encoder(path)  # converts and caches the file (once)
         path = gguf_cache_folder(path)
-    tokenizer = _load(AutoTokenizer.from_pretrained, path)
-    lm = _load(AutoModelForCausalLM.from_pretrained, path, dtype=dtype).eval()
+    tokenizer = _load(AutoTokenizer.from_pretrained, path, what)
+    lm = _load(AutoModelForCausalLM.from_pretrained, path, what, dtype=dtype).eval()
     if not hasattr(lm, "generate") or not getattr(lm, "can_generate", lambda: False)():
-        raise ValueError(f"the rewrite captioner needs a text-generating LLM; {model} cannot generate")
+        raise ValueError(f"the {what} needs a text-generating LLM; {model} cannot generate")
     return lm, tokenizer, getattr(lm.config, "_commit_hash", None) or _folder_revision(path)
 
 
-def _load(loader, model: str, **kwargs):
+def _load(loader, model: str, what: str = "captioner", **kwargs):
     """A transformers `from_pretrained`, with its failures as one line that names the model."""
     from ..paths import require_local_folder
 
-    require_local_folder(model, "captioner")
+    require_local_folder(model, what)
     try:
         return loader(model, **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot load captioner {model}: {str(err).strip().splitlines()[0]}") from err
+        raise ValueError(f"cannot load {what} {model}: {str(err).strip().splitlines()[0]}") from err
 
 
 def _folder_revision(model: str) -> str:

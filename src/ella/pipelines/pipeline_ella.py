@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.utils import logging as hf_logging
 
 from ..models.connector import ELLA
+from ..regions import RegionalConditioning, as_layout, blend_weights, coverage, regional_attention
 from ..prompt_weighting import DEFAULT_MODE, apply_weights, parse_prompt_weights, token_weights
 from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
 from .init_image import Inpainting, check_same_size, cut_timesteps, image_size, mask_to_latents
@@ -62,6 +63,10 @@ def _positive_rows(x, rows: int):
     if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == 2 * rows:
         return x[rows:]
     return x
+
+
+def _rows_of(mask, start: int, stop: int | None):
+    return None if mask is None else mask[start:stop]
 
 
 class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
@@ -494,6 +499,47 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             clip_embeds = self._repeat(self.encode_clip(negatives + prompts if do_cfg else prompts, self.clip_skip), n)
         return text, clip_embeds
 
+    def prepare_regions(self, regions, prompts, negatives, text, conditioning: str, do_cfg: bool, n: int,
+                        height: int, width: int, prompt_weighting=None, base_ratio: float | None = None):
+        """The call's regions (`ella.regions`) as the loop carries them: every region's prompt
+        through the LLM (its negative: its own, else the prompt's), the blend weights at the
+        latent resolution, rows in the CFG order of `text`."""
+        if prompts is None:
+            raise ValueError("regions need the prompt as text (the regions' prompts are read with it): pass `prompt`")
+        if getattr(self.unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
+            raise ValueError("regions do not combine with a loaded IP-Adapter (its image tokens follow the text's):"
+                             " call unload_ip_adapter() first")
+        layouts = as_layout(regions, len(prompts))
+        count = max(len(layout.segments()) for layout in layouts)
+        # padding regions (coverage 0, so weight 0 everywhere) repeat the prompt: any text would do
+        region_prompts, region_negatives = [], []
+        for prompt, negative, layout in zip(prompts, negatives, layouts):
+            segments = layout.segments()
+            segments += [(prompt, None)] * (count - len(segments))
+            region_prompts += [p for p, _ in segments]
+            region_negatives += [negative if neg is None else neg for _, neg in segments]
+        region_text, region_clip = self.prepare_conditioning(region_prompts, region_negatives, None, conditioning,
+                                                             do_cfg, n, prompt_weighting)
+        cfg = 2 if do_cfg else 1
+
+        def regroup(x):  # rows (CFG, prompt, region, image) -> (CFG, prompt, image, region)
+            return None if x is None else x.unflatten(0, (cfg, len(prompts), count, n)).transpose(2, 3).flatten(0, 3)
+
+        if region_text is not None:
+            joint = pad_features([text, TextFeatures(regroup(region_text.hidden_states),
+                                                     regroup(region_text.attention_mask))])
+            rows = text.hidden_states.shape[0]
+            region_text = TextFeatures(joint.hidden_states[rows:], _rows_of(joint.attention_mask, rows, None))
+            text = TextFeatures(joint.hidden_states[:rows], _rows_of(joint.attention_mask, 0, rows))
+        if base_ratio is not None and not 0 <= base_ratio <= 1:
+            raise ValueError(f"base_ratio must be in [0, 1], got {base_ratio}")
+        cover = coverage(layouts, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        weights = torch.cat([blend_weights(cover[i : i + 1], layout.base_ratio if base_ratio is None else base_ratio)
+                             for i, layout in enumerate(layouts)])
+        weights = weights.repeat_interleave(n, dim=0).repeat(cfg, 1, 1, 1)  # (rows, 1 + K, h, w)
+        return text, RegionalConditioning(region_text, regroup(region_clip),
+                                          weights.to(self._execution_device, self.unet.dtype))
+
     def prepare_unet_inputs(self, prompts, negatives, batch: int, height: int, width: int, image, do_cfg: bool, n: int,
                             ip_adapter_image=None, ip_adapter_image_embeds=None, pooled=None):
         """(added_cond_kwargs, ControlNet image), in the rows' CFG order and repeated n times."""
@@ -514,7 +560,7 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
 
     def denoise(self, latents, timesteps, text, clip_embeds, added, control, step_kwargs: dict,
                 precompute_connector: bool | None, inpaint: Inpainting | None = None, callback_on_step_end=None,
-                callback_on_step_end_tensor_inputs=("latents",)):
+                callback_on_step_end_tensor_inputs=("latents",), regional: RegionalConditioning | None = None):
         """The loop: the connector runs at every step with that step's timestep (or ran for all of
         them at once, before the loop), then ControlNet, UNet, CFG and the scheduler step; when
         inpainting, the mask and masked image join the UNet's input (9 channels) or the known
@@ -528,6 +574,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
             precompute_connector = self._execution_device.type == "cuda"
         if precompute_connector and text is not None:
             precomputed = self.ella.forward_timesteps(text.hidden_states, timesteps, text.attention_mask)
+            if regional is not None:
+                regional.precomputed = self.ella.forward_timesteps(regional.text.hidden_states, timesteps,
+                                                                   regional.text.attention_mask)
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
@@ -539,7 +588,9 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 if not do_cfg:  # CFG is off, or a callback turned it off: the positive rows only
                     text, clip_embeds, added, control, extra, step_output = (
                         _positive_rows(x, rows) for x in (text, clip_embeds, added, control, extra, step_output))
-                noise_pred = self.predict_noise(latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg)
+                    regional = None if regional is None else regional.positive(rows)
+                noise_pred = self.predict_noise(latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg,
+                                                regional and (regional, i))
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if inpaint is not None:
                     latents = inpaint.blend(self.scheduler, latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
@@ -549,17 +600,25 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                     latents = returned.get("latents", latents)
                     text, clip_embeds, replaced = self._replace_embeds(given, returned, text, clip_embeds, rows)
                     precomputed = None if replaced else precomputed
+                    if replaced and regional is not None:
+                        regional.precomputed = None  # the global side is computed per step from now on
                 progress.update()
         return latents
 
-    def predict_noise(self, latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg: bool):
-        """One step's noise prediction: the conditioning at t, ControlNet, the UNet, guidance
-        (with `guidance_rescale`, Lin et al. 2023, Sec. 3.4, as diffusers' `rescale_noise_cfg`)."""
+    def predict_noise(self, latents, t, text, clip_embeds, added, control, extra, step_output, do_cfg: bool,
+                      regional: tuple[RegionalConditioning, int] | None = None):
+        """One step's noise prediction: the conditioning at t (with `regional`, (the regions, the
+        step's index), every region's tokens after the global prompt's), ControlNet, the UNet,
+        guidance (with `guidance_rescale`, Lin et al. 2023, Sec. 3.4, as diffusers' `rescale_noise_cfg`)."""
         model_input = torch.cat([latents] * 2) if do_cfg else latents
         model_input = self.scheduler.scale_model_input(model_input, t)
         unet_input = model_input if extra is None else torch.cat([model_input, extra], dim=1)
-        cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
-        step_added = self.added_cond_at(added, cond)
+        if regional is None:
+            cond, cond_mask = self.conditioning_at(t, text, clip_embeds, step_output)
+            step_added = self.added_cond_at(added, cond)
+        else:
+            cond, cond_mask = regional[0].conditioning(self, t, regional[1], text, clip_embeds, step_output)
+            step_added = self.added_cond_at(added, cond[:, : cond.shape[1] // (regional[0].count + 1)])
         residuals = {}
         if control is not None:
             down, mid = self.controlnet(
@@ -732,6 +791,8 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         prompt_weighting: str | bool | None = None,
         precompute_connector: bool | None = None,
+        regions=None,
+        base_ratio: float | None = None,
         guidance_rescale: float = 0.0,
         cross_attention_kwargs: dict | None = None,
         clip_skip: int | None = None,
@@ -750,7 +811,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
         `strength` (img2img; height and width default to its size), `mask_image` repaints where it
         is white (inpainting); `ip_adapter_image` conditions a loaded IP-Adapter;
         `prompt_weighting` ("attention", "anchor", "scale" or True) reads `(words:1.3)` in both
-        prompts; `precompute_connector` runs the connector for all steps in one batched call
+        prompts; `regions` (an `ella.regions.Layout`, a list of `Region`s, or one of those per
+        prompt) draws each region from its own prompt, through the LLM and the connector, the
+        prompt being the global one everywhere, in the share `base_ratio` inside regions (None: the
+        layout's, 0.3 by default; `ella.regions` says how); `precompute_connector` runs the connector for all steps in one batched call
         before the loop (the same conditioning; faster where calls are bound by kernel launches:
         9.2% of an SD1.5 CFG step per-step vs 1.1% at once on an H200,
         benchmarks/results/connector_overhead_h200.txt); None (the default) does so on CUDA. `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` are SDXL's (from
@@ -791,6 +855,10 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                                                       prompt_weighting)
         added, control = self.prepare_unet_inputs(prompts, negatives, batch, height, width, image, do_cfg, n,
                                                   ip_adapter_image, ip_adapter_image_embeds, pooled)
+        regional = None
+        if regions is not None:
+            text, regional = self.prepare_regions(regions, prompts, negatives, text, conditioning, do_cfg, n, height,
+                                                  width, prompt_weighting, base_ratio)
 
         # 3. Timesteps and initial latents: noise, or the init image noised to `strength`
         timesteps, num_inference_steps = retrieve_timesteps(
@@ -803,10 +871,11 @@ class ELLAStableDiffusionPipeline(DiffusionPipeline, IPAdapterMixin):
                 init_image, mask_image, strength, timesteps, num_inference_steps, batch, n, height, width, generator,
                 latents)
 
-        # 4. Denoising loop
-        latents = self.denoise(latents, timesteps, text, clip_embeds, added, control,
-                               self.prepare_extra_step_kwargs(generator, eta), precompute_connector, inpaint,
-                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+        # 4. Denoising loop (with regions, under regional cross-attention, restored whatever happens)
+        with regional_attention([self.unet, self.controlnet] if regional else [], regional and regional.weights):
+            latents = self.denoise(latents, timesteps, text, clip_embeds, added, control,
+                                   self.prepare_extra_step_kwargs(generator, eta), precompute_connector, inpaint,
+                                   callback_on_step_end, callback_on_step_end_tensor_inputs, regional)
 
         # 5. Decode
         images = self.decode_latents(latents, output_type)

@@ -52,6 +52,8 @@ def image_start_call(default_strength: float, needs_mask: bool):
         ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         prompt_weighting: str | bool | None = None,
         precompute_connector: bool | None = None,
+        regions=None,
+        base_ratio: float | None = None,
         guidance_rescale: float = 0.0,
         cross_attention_kwargs: dict | None = None,
         clip_skip: int | None = None,

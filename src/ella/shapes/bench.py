@@ -46,16 +46,18 @@ def write_questions(data: ShapesSceneDataset, prefix: str, path: str) -> tuple[d
 
 
 def bench_prompts(pipe, prompts: dict[str, str], questions: str, out_dir: str, name: str, settings: dict,
-                  steps: int = 25, guidance: float = 5.0, seed: int = 0, batch_size: int = 64) -> dict:
+                  steps: int = 25, guidance: float = 5.0, seed: int = 0, batch_size: int = 64,
+                  layouts: dict | None = None) -> dict:
     """Draw `prompts` ({item id: prompt}, 4 images each) with the pipeline's connector and judge
     them against the questions of those items in the CSV `questions`: the held-out scenes benched
     with prompts of one's own (another reading or phrasing of each scene). Images and scores go
-    under `out_dir`, as `name`; `settings` (with the call's) are its manifest."""
+    under `out_dir`, as `name`; `settings` (with the call's) are its manifest. `layouts`: {item id:
+    ella.regions.Layout}, to draw each prompt with its regions."""
     settings = {**settings, "steps": steps, "guidance": guidance, "seed": seed, "samples": 4}
     images = os.path.join(out_dir, "images", name)
     write_manifest(images, settings)
     generate_images(pipe, prompts, images, samples=4, seed=seed, batch_size=batch_size, num_inference_steps=steps,
-                    guidance_scale=guidance, conditioning="ella")
+                    guidance_scale=guidance, conditioning="ella", layouts=layouts)
     return score_run(load_csv(questions), images, ShapesBackend(), os.path.join(out_dir, "scores", name),
                      settings=settings)
 

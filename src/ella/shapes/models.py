@@ -101,6 +101,7 @@ class ShippedModel:
     name = "the shipped ShapesWorld model"
     connectors = CONNECTORS
     default_connector = DEFAULT_CONNECTOR
+    planner = "shapes"  # `--regions auto` plans with its exact parser (ella.shapes.planner)
     defaults = SHAPES_DEFAULTS
     poor_samplers = POOR_SAMPLERS
 

@@ -12,6 +12,7 @@ def register(registry) -> None:
     registry.captioners["shapes"] = "ella.shapes.captioner:ShapesCaptioner.from_arg"
     registry.caption_checks["shapes"] = "ella.shapes.reader:agrees"
     registry.prompt_sources["shapes"] = "ella.shapes.bench:write_feedback_prompts"
+    registry.planners["shapes"] = "ella.shapes.planner:plan"
     registry.cli_commands["shapes"] = "ella.shapes.cli:add_parser"
     registry.bench_commands["shapes"] = "ella.shapes.cli:add_bench_parser"
     registry.default_model = "ella.shapes.models:SHIPPED"
