@@ -7,7 +7,9 @@ asked-for object's cell holds (**bold** where it is not the object asked for), t
 where none was asked, and whether the scene is exactly right. Then the counts: exactly right,
 each object right, images with extras, images drawing an asked object's colour and shape twice.
 
-    python scripts/shapes_prompt_table.py ["PROMPT"] [--seeds 1001-1008] [--ella tsc] [--out result.json]
+    python scripts/shapes_prompt_table.py ["PROMPT"] [--seeds 1001-1008] [--ella tsc] [--regions PLANNER] [--out result.json]
+
+`--regions shapes` (or llm:MODEL, a layout file: `ella plan`'s planners) draws with regions.
 
 The README's main-prompt numbers come from `docs/results/shapesworld-main-prompt.json`, written
 by this script with its defaults.
@@ -20,6 +22,7 @@ import json
 import sys
 
 from ella.generate import render
+from ella.planning import plan_regions
 from ella.shapes.catalog import DEFAULT_CONNECTOR, MAIN_PROMPT, SHAPES_DEFAULTS
 from ella.shapes.judge import analyse
 from ella.shapes.models import load_shapes_pipeline
@@ -86,6 +89,7 @@ def main() -> int:
     parser.add_argument("prompt", nargs="?", default=MAIN_PROMPT)
     parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("1001-1008"), help="FIRST-LAST (1001-1008)")
     parser.add_argument("--ella", default=DEFAULT_CONNECTOR, help="a shipped connector (default: the default)")
+    parser.add_argument("--regions", default=None, metavar="PLANNER", help="draw with the regions this planner gives")
     parser.add_argument("--out", default=None, help="also write the result as JSON here")
     args = parser.parse_args()
     if read_text(args.prompt, background=False) is None:
@@ -93,10 +97,11 @@ def main() -> int:
         return 2
     pipe = load_shapes_pipeline(connector=args.ella)
     pipe.set_progress_bar_config(disable=True)
-    result = judge_prompt(pipe, args.prompt, args.seeds)
+    options = {} if args.regions is None else {"regions": plan_regions(args.prompt, args.regions)}
+    result = judge_prompt(pipe, args.prompt, args.seeds, **options)
     print(markdown(args.prompt, result))
     if args.out:
-        record = {"prompt": args.prompt, "connector": args.ella, "settings": "ella generate's: 25 DPM-Solver++ steps,"
+        record = {"prompt": args.prompt, "connector": args.ella, "regions": args.regions, "settings": "ella generate's: 25 DPM-Solver++ steps,"
                   " guidance 5, one call per seed", "machine": "2-core CPU",
                   "command": "python scripts/shapes_prompt_table.py " + " ".join(sys.argv[1:]), **as_json(result)}
         with open(args.out, "w") as f:
