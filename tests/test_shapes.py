@@ -196,7 +196,16 @@ def test_shipped_default_draws_the_main_job_prompt(shipped_pipeline):
     assert sum(s["objects"][0]["right"] for s in seen) >= 4
     assert sum(s["objects"][1]["right"] for s in seen) >= 2
     assert sum(bool(s["extras"]) for s in seen) <= 7
-    # the scene exactly right: measured 0 of 8 (the goal is 7 of 8), so nothing to guard yet
+    # the scene exactly right: measured 0 of 8 without regions, so nothing to guard there; with the
+    # regions `--regions auto` plans (docs/results/shapesworld-main-prompt-regions.json): 7 of 8,
+    # both objects right in 7 and 8, no extras
+    from ella.shapes.planner import plan
+
+    regional = pipe(MAIN_PROMPT, num_images_per_prompt=8, regions=plan(MAIN_PROMPT),
+                    num_inference_steps=SHAPES_DEFAULTS["steps"], guidance_scale=SHAPES_DEFAULTS["guidance"],
+                    generator=[torch.Generator().manual_seed(1001 + i) for i in range(8)]).images
+    seen = [compare(wanted, analyse(image)) for image in regional]
+    assert sum(s["exact"] for s in seen) >= 7 and not any(s["extras"] for s in seen)
 
 
 def test_generate_cli_uses_the_shipped_default(tmp_path, capsys):
