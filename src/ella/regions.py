@@ -261,8 +261,9 @@ class RegionalAttnProcessor:
         context = encoder_hidden_states.reshape(rows * segments, length, -1)  # (rows * S, L, C)
         if attention_mask is not None:  # diffusers' bias (rows, 1, S * L) or (rows * heads, ...)
             attention_mask = attention_mask.unflatten(-1, (segments, length)).movedim(-2, 1).flatten(0, 1)
-        repeat = (lambda x: x if x is None or not hasattr(x, "repeat_interleave")
-                  else x.repeat_interleave(segments, dim=0))
+        def repeat(x):  # each row once per segment
+            return x if x is None or not hasattr(x, "repeat_interleave") else x.repeat_interleave(segments, dim=0)
+
         out = self.processor(attn, repeat(hidden_states), context, attention_mask, repeat(temb), *args, **kwargs)
         out = out.unflatten(0, (rows, segments))  # (rows, S, N, C), or (rows, S, C, h, w) for 4-D inputs
         if out.ndim == 4:

@@ -24,8 +24,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.utils import logging as hf_logging
 
 from ..models.connector import ELLA
-from ..regions import RegionalConditioning, as_layout, blend_weights, coverage, regional_attention
 from ..prompt_weighting import DEFAULT_MODE, apply_weights, parse_prompt_weights, token_weights
+from ..regions import RegionalConditioning, as_layout, blend_weights, coverage, regional_attention
 from ..text_encoders import TEXT_MODES, LLMEncoder, TextFeatures, pad_features
 from .init_image import Inpainting, check_same_size, cut_timesteps, image_size, mask_to_latents
 
