@@ -3,6 +3,7 @@
 driver, Gradio or Selenium are absent; `.ci/run` installs them."""
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ def demo_model():
     from ella.demo import DemoModel
     from ella.shapes.models import SHIPPED
 
-    return DemoModel(SHIPPED.load("tsc"), dict(SHIPPED.defaults), SHIPPED, "tsc", [])
+    return DemoModel(SHIPPED.load("tsc"), dict(SHIPPED.defaults), SHIPPED, "tsc", [], SHIPPED.planner)
 
 
 def test_the_buttons_function_draws_what_ella_generate_draws(demo_model, tmp_path):
@@ -45,6 +46,32 @@ def test_the_buttons_function_draws_what_ella_generate_draws(demo_model, tmp_pat
     generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "pndm", 1, str(tmp_path),
              on_step=lambda done, total: progress.append((done, total)))
     assert progress[-1][0] == progress[-1][1] > 10  # PNDM takes more steps than asked: the bar still ends full
+
+
+def test_the_regions_switch_draws_what_ella_generate_regions_auto_draws(demo_model, tmp_path):
+    from ella.demo import generate
+
+    result = generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "dpm++", 2, str(tmp_path), regions=True)
+    assert "--regions auto" in result["command"] and "--planner" not in result["command"]  # the shipped planner
+    plan, layout_file = result["plan"]
+    assert plan.size[0] >= 256 and plan.size[1] > plan.size[0]  # the image, then the legend under it
+    assert json.load(open(layout_file))["regions"]
+    assert main(["generate", MAIN_PROMPT, "--compare", "--regions", "auto", "--seed", "1001", "--steps", "5",
+                 "--num-images", "2", "--out", str(tmp_path / "cli.png")]) == 0
+    column = np.asarray(Image.open(tmp_path / "cli.ella.png"))
+    for i, (_, path, _) in enumerate(result["ella"]):
+        assert np.array_equal(np.asarray(Image.open(path)), column[32 * i : 32 * (i + 1)])
+    plain = generate(demo_model, MAIN_PROMPT, "", 1001, 5, 5.0, "dpm++", 1, str(tmp_path / "plain"))
+    assert "plan" not in plain and "--regions" not in plain["command"]
+    assert not np.array_equal(np.asarray(Image.open(plain["ella"][0][1])), column[:32])  # the switch does something
+
+
+def test_the_regions_switch_without_a_planner_is_a_message(demo_model, tmp_path):
+    from ella.demo import DemoInputError, generate
+
+    with pytest.raises(DemoInputError, match="--planner"):
+        generate(dataclasses.replace(demo_model, planner=None), MAIN_PROMPT, "", 1, 5, 5.0, "dpm++", 1,
+                 str(tmp_path), regions=True)
 
 
 @pytest.mark.parametrize("prompt, steps, images, message", [
@@ -159,6 +186,12 @@ def test_the_page_in_a_real_browser(demo_model, tmp_path):
         browser.find_element(By.ID, "generate").click()
         wait.until(lambda b: "Error" in b.find_element(By.ID, "status").text)
         assert "the prompt is empty" in browser.find_element(By.ID, "status").text
+        box.send_keys(MAIN_PROMPT)  # the regions switch: the plan shows beside the images
+        browser.find_element(By.CSS_SELECTOR, "#regions input").click()
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "Done." in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#plan img"))
+        assert "--regions auto" in browser.find_element(By.ID, "command").text
     finally:
         browser.quit()
         app.close()

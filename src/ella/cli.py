@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     d.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
     d.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    d.add_argument("--planner", default=None, help="what plans the page's regions switch: llm:MODEL, openai:URL#MODEL"
+                   " (default: the shipped model's own planner)")
     add_model_source_args(d)
     d.set_defaults(func=cmd_demo)
 

@@ -8,6 +8,7 @@ also shows what the exact judge sees in it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -38,6 +39,7 @@ class DemoModel:
     shipped: object | None  # the default model provider (ShapesWorld), or None for --model
     connector: str | None
     cli_model_args: list[str]  # how `ella generate` names this model
+    planner: str | None = None  # what plans regions (`ella.planning`): --planner, or the shipped model's own
 
     @property
     def samplers(self) -> list[str]:
@@ -64,7 +66,7 @@ def check_request(prompt: str, steps, images, guidance) -> None:
 
 
 def command_line(model: DemoModel, prompt: str, negative: str, seed: int, steps: int, guidance: float, sampler: str,
-                 images: int) -> str:
+                 images: int, regions: bool = False) -> str:
     """The `ella generate` line that draws the same images."""
     args = ["ella", "generate", prompt, *model.cli_model_args, "--seed", str(seed), "--steps", str(steps),
             "--guidance", f"{guidance:g}", "--num-images", str(images), "--scheduler", sampler]
@@ -72,6 +74,10 @@ def command_line(model: DemoModel, prompt: str, negative: str, seed: int, steps:
         args += ["--ella", model.connector]
     if negative:
         args += ["--negative", negative]
+    if regions:
+        args += ["--regions", "auto"]
+        if model.shipped is None or model.planner != getattr(model.shipped, "planner", None):
+            args += ["--planner", model.planner]
     if model.has_base:
         args.append("--compare")
     return shlex.join(args)
@@ -93,23 +99,32 @@ class StepCounter:
 
 
 def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int, guidance: float, sampler: str,
-             images: int, out_dir: str, on_step=None) -> dict:
+             images: int, out_dir: str, on_step=None, regions: bool = False) -> dict:
     """Both sides for one request: {"base"/"ella": [(view image, original PNG path, judge text)],
     "command": str}. The same code path as `ella generate --compare`; `on_step(done, total)`
-    follows the denoising steps of both sides."""
+    follows the denoising steps of both sides. With `regions`, the prompt is planned first
+    (`ella generate --regions auto`), both sides draw the plan, and "plan" is (the plan drawn over
+    the first ELLA image, its layout.json)."""
     from .generate import COMPARE, COMPARE_NAMES, render
+    from .planning import plan_regions
     from .images import save_atomic, upscale
     from .samplers import scheduler_class
 
     check_request(prompt, steps, images, guidance)
+    layout, options = None, {}
+    if regions:
+        if model.planner is None:
+            raise DemoInputError("this model has no planner for regions: start the demo with --planner llm:MODEL")
+        layout = plan_regions(prompt, loaded_planner(model.planner))
+        options = {"regions": layout}
     steps, images, seed = int(steps), int(images), int(seed)
     model.pipe.scheduler = scheduler_class(sampler).from_config(model.pipe.scheduler.config)
     height, width = model.defaults["size"]
     sides = COMPARE if model.has_base else ("ella",)
     counter = None if on_step is None else StepCounter(len(sides), on_step)
     rows = render(model.pipe, prompt, sides, seed, images, steps, guidance, negative or None, height, width,
-                  callback_on_step_end=counter)
-    result = {"command": command_line(model, prompt, negative, seed, steps, guidance, sampler, images)}
+                  callback_on_step_end=counter, **options)
+    result = {"command": command_line(model, prompt, negative, seed, steps, guidance, sampler, images, regions)}
     for conditioning, row in rows.items():
         side = []
         for i, image in enumerate(row):
@@ -118,7 +133,21 @@ def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int
             seen = model.shipped.describe(image) if model.shipped is not None else ""
             side.append((upscale(image, model.defaults.get("view_size") or 256), path, seen))
         result[COMPARE_NAMES[conditioning]] = side
+    if layout is not None:
+        from .regions import draw_layout
+
+        path = os.path.join(out_dir, f"layout-seed{seed}.json")
+        layout.save(path)
+        result["plan"] = (draw_layout(layout, rows["ella"][0], model.defaults.get("view_size") or 256), path)
     return result
+
+
+@functools.cache
+def loaded_planner(spec: str):
+    """A planner loaded once per page (an LLM planner loads its model)."""
+    from .planning import load_planner
+
+    return load_planner(spec)
 
 
 def load_demo_model(args) -> DemoModel:
@@ -128,7 +157,8 @@ def load_demo_model(args) -> DemoModel:
     connector = (args.ella or shipped.default_connector) if shipped is not None else None
     cli_args = ["--preset", args.preset] if args.preset else [] if args.model is None else [
         "--model", args.model, "--ella", args.ella] + (["--llm", args.llm] if args.llm else [])
-    return DemoModel(pipe, defaults, shipped, connector, cli_args)
+    planner = args.planner or (getattr(shipped, "planner", None) if shipped is not None else None)
+    return DemoModel(pipe, defaults, shipped, connector, cli_args, planner)
 
 
 def build_app(model: DemoModel, loader=None):
@@ -139,7 +169,7 @@ def build_app(model: DemoModel, loader=None):
     state = {"model": model}
     default_steps, default_guidance = model.defaults["steps"], model.defaults["guidance"]
 
-    def on_generate(prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector,
+    def on_generate(prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector, regions,
                     progress=gr.Progress()):  # noqa: B008 (Gradio's own idiom)
         try:
             if loader is not None and connector and connector != state["model"].connector:
@@ -148,15 +178,17 @@ def build_app(model: DemoModel, loader=None):
                 seed = random.randrange(2**31)
             state["model"].pipe.set_progress_bar_config(disable=True)  # the page has its own
             result = generate(state["model"], prompt, negative, seed, steps, guidance, sampler, images, out_dir,
-                              on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"))
-        except ValueError as err:  # DemoInputError and the library's own one-line errors
-            return [], [], "", "", "", [], f"**Error:** {err}"
+                              on_step=lambda done, total: progress((done, total), desc="denoising", unit="steps"),
+                              regions=bool(regions))
+        except ValueError as err:  # DemoInputError and the library's own one-line errors (LayoutError too)
+            return [], [], "", "", "", [], None, f"**Error:** {err}"
         base, ella = result.get("base", []), result["ella"]
-        files = [path for _, path, _ in base + ella]
+        plan, layout_file = result.get("plan", (None, None))
+        files = [path for _, path, _ in base + ella] + ([layout_file] if layout_file else [])
         judge = lambda side: "\n".join(f"- seed {int(seed) + i}: {seen}" for i, (_, _, seen) in enumerate(side))  # noqa: E731
         return ([(v, f"seed {int(seed) + i}") for i, (v, _, _) in enumerate(base)],
                 [(v, f"seed {int(seed) + i}") for i, (v, _, _) in enumerate(ella)],
-                judge(base), judge(ella), f"```\n{result['command']}\n```", files, "Done.")
+                judge(base), judge(ella), f"```\n{result['command']}\n```", files, plan, "Done.")
 
     with gr.Blocks(title="ELLA: base vs ELLA") as app:
         gr.Markdown("# ELLA: the same prompt and seeds, base model and ELLA side by side")
@@ -173,6 +205,8 @@ def build_app(model: DemoModel, loader=None):
             images = gr.Slider(*LIMITS["images"], value=model.defaults.get("images", 4), step=1, label="Images")
             connectors = list(model.shipped.connectors) if model.shipped is not None else []
             connector = gr.Dropdown(connectors, value=model.connector, label="Connector", visible=bool(connectors))
+            regions = gr.Checkbox(label=f"Regions (planned by {model.planner})", value=False, elem_id="regions",
+                                  visible=model.planner is not None)
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
@@ -184,16 +218,20 @@ def build_app(model: DemoModel, loader=None):
                 gr.Markdown("### ELLA")
                 ella_gallery = gr.Gallery(label="ELLA", columns=4, elem_id="ella-gallery")
                 ella_judge = gr.Markdown(elem_id="ella-judge")
+            with gr.Column(scale=0, min_width=260):
+                gr.Markdown("### The plan (with regions)")
+                plan = gr.Image(label="plan", type="pil", elem_id="plan", interactive=False)
         command = gr.Markdown(elem_id="command")
         files = gr.File(label="Original PNGs", file_count="multiple")
         if model.shipped is not None:
             gr.Examples([[p] for p in model.shipped.example_prompts], inputs=[prompt])
         # The progress bar and timer on the status line only: Gradio's default animates a spinner
-        # over all seven outputs, which cost the browser 8.2 CPU-seconds per click here, against
+        # over every output, which cost the browser 8.2 CPU-seconds per click here, against
         # 3.6 on one line (benchmarks/demo_latency.py): CPU the generation needs when the page and
         # the model share a small machine.
-        button.click(on_generate, [prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector],
-                     [base_gallery, ella_gallery, base_judge, ella_judge, command, files, status],
+        button.click(on_generate,
+                     [prompt, negative, seed, random_seed, steps, guidance, sampler, images, connector, regions],
+                     [base_gallery, ella_gallery, base_judge, ella_judge, command, files, plan, status],
                      show_progress_on=status)
     app.queue(default_concurrency_limit=1)  # one job at a time on the CPU: visitors wait in line
     return app
@@ -237,13 +275,15 @@ def check_can_serve(command: str, host: str, port: int) -> None:
 
 def run_demo(args) -> None:
     check_can_serve("ella demo", args.host, args.port)
+    if args.planner is not None:
+        loaded_planner(args.planner)  # an unknown planner fails before the model loads
     model = load_demo_model(args)
     loader = None
     if model.shipped is not None:
         def loader(connector):
             return DemoModel(model.shipped.load(connector, device=args.device, dtype=args.dtype,
                                                 llm_precision=args.llm_precision), model.defaults,
-                             model.shipped, connector, [])
+                             model.shipped, connector, [], model.planner)
     leave_a_core_for_the_page(model)
     print(f"ella demo on http://{args.host}:{args.port} (Ctrl-C stops it)")
     build_app(model, loader).launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -187,7 +187,8 @@ def render(pipe, prompt: str, conditionings, seed: int, num_images: int, steps: 
 
     # The execution device, not `pipe.device`: with model offload the modules sit on the CPU
     # between calls, and offload hooks are not for two threads at once.
-    if len(conditionings) > 1 and pipe._execution_device.type == "cpu":
+    # Not with regions: they set the shared UNet's attention processors for the call, one set at a time.
+    if len(conditionings) > 1 and pipe._execution_device.type == "cpu" and pipe_kwargs.get("regions") is None:
         return _concurrently(pipe, conditionings, draw)
     return {conditioning: draw(pipe, conditioning) for conditioning in conditionings}
 

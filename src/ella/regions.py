@@ -179,6 +179,42 @@ def _regions(items) -> list[Region]:
     return out
 
 
+def draw_layout(layout: Layout, image, min_side: int = 256):
+    """The plan over an image (a PIL image, upscaled to `min_side`): each region's box outlined in
+    its own colour, numbered, with its prompt in a legend below (the demo shows it beside the
+    images). Mask regions are outlined by their bounding box."""
+    from PIL import ImageDraw
+
+    from .images import upscale
+
+    view = upscale(image.convert("RGB"), min_side)
+    width, height = view.size
+    colours = ["#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ffffff"]
+    legend = [f"global: {layout.prompt or '(the prompt)'}"] + [
+        f"{k}: {r.prompt}" for k, r in enumerate(layout.regions, 1)]
+    line = 12
+    canvas = view.crop((0, 0, width, height + line * len(legend) + 4))  # the crop pads with black
+    draw = ImageDraw.Draw(canvas)
+    for k, r in enumerate(layout.regions, 1):
+        colour = colours[(k - 1) % len(colours)]
+        x0, y0, x1, y1 = r.box if r.box is not None else _mask_box(r.mask)
+        draw.rectangle((x0 * width, y0 * height, x1 * width - 1, y1 * height - 1), outline=colour, width=2)
+        draw.text((x0 * width + 3, y0 * height + 2), str(k), fill=colour)
+    for n, text in enumerate(legend):
+        colour = "#dddddd" if n == 0 else colours[(n - 1) % len(colours)]
+        draw.text((3, height + 2 + n * line), text[: max(8, width // 6)], fill=colour)
+    return canvas
+
+
+def _mask_box(mask) -> tuple[float, float, float, float]:
+    import numpy as np
+
+    array = np.asarray(mask.convert("L") if hasattr(mask, "convert") else mask, dtype=np.float32)
+    ys, xs = np.nonzero(array > array.max() / 2) if array.max() > 0 else (np.array([0]), np.array([0]))
+    h, w = array.shape[-2:]
+    return xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h
+
+
 # ---- the attention side (torch from here on) ---------------------------------------------------
 
 
