@@ -106,8 +106,8 @@ def generate(model: DemoModel, prompt: str, negative: str, seed: int, steps: int
     (`ella generate --regions auto`), both sides draw the plan, and "plan" is (the plan drawn over
     the first ELLA image, its layout.json)."""
     from .generate import COMPARE, COMPARE_NAMES, render
-    from .planning import plan_regions
     from .images import save_atomic, upscale
+    from .planning import plan_regions
     from .samplers import scheduler_class
 
     check_request(prompt, steps, images, guidance)
