@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         " generate, judge, keep, train)")
     fb.add_argument("config", help="YAML feedback config (configs/shapes/ella-tsc-feedback.yaml)")
     fb.add_argument("overrides", nargs="*", default=[], help="--key value overrides of config fields")
+    fb.add_argument("--fresh", action="store_true", help="the output folder holds a run with other settings: move it"
+                    " aside and start over")
     fb.set_defaults(func=cmd_feedback)
     from .study.cli import add_parser as add_study_parser
 
@@ -198,19 +200,29 @@ def cmd_caption(args) -> None:
           f"{stats.skipped} already there, {stats.unreadable} unreadable")
 
 
-def cmd_feedback(args) -> None:
-    from .feedback import load_feedback_config, run_feedback
+def cmd_feedback(args) -> int:
+    """Exit 0 when every round ran, 3 when a round kept nothing, 4 when a round fell below the best."""
+    from .feedback import EXIT_NOTHING_PASSED, EXIT_WORSE, best_round, load_feedback_config, run_feedback
     from .train.config import parse_overrides
 
     config = load_feedback_config(args.config, parse_overrides(args.overrides)).validate()  # before any work
-    for summary in run_feedback(config):
+    summaries = run_feedback(config, fresh=args.fresh)
+    for summary in summaries:
         bench = summary.get("bench", {}).get("overall")
         if summary["round"] == 0:
             print(f"round 0 (the starting connector): held-out score {bench:.2f}")
             continue
-        print(f"round {summary['round']}: kept {summary['kept']} of {summary['candidates']} candidates"
+        kept = "pairs" if config.method == "dpo" else "of"
+        print(f"round {summary['round']}: kept {summary['kept']} {kept} {summary['candidates']} candidates"
               + (f"; held-out score {bench:.2f}" if bench is not None else "")
-              + (f"; connector {summary['connector']}" if "connector" in summary else "; stopped: nothing passed"))
+              + (f"; connector {summary['connector']}" if "connector" in summary else ""))
+    best = best_round(summaries)
+    stop = summaries[-1].get("stop_line")
+    if stop:
+        print(stop)
+    score = f" (held-out {best['bench']['overall']:.2f})" if "bench" in best else " (unchecked: no bench_csv)"
+    print(f"best: round {best['round']}{score}: {os.path.join(config.output_dir, 'best')}")
+    return {"nothing passed": EXIT_NOTHING_PASSED, "worse": EXIT_WORSE}.get(summaries[-1].get("stopped"), 0)
 
 
 def cmd_demo(args) -> None:
@@ -292,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.func(args)
+        code = args.func(args)  # a command may end with its own exit code (`ella feedback` stopped early)
     except TrainingInterrupted as err:
         print(f"ella: interrupted: {err}", file=sys.stderr)
         return err.exit_code
@@ -303,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         message = _one_line(err)
         print(f"ella: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -10,21 +10,37 @@ A round, in `OUTPUT_DIR/round-NN/`:
    (dependencies respected; answers resumable, as `ella bench dpg score`);
 3. `kept.jsonl`, `kept/`: the candidates whose score reaches `threshold` (best-of-K if set);
    a round where none does says so and stops;
-4. `train/`: the connector fine-tuned on the kept (prompt, image) pairs, the original training
-   data mixed in at `replay_fraction`; its export starts the next round;
+   with `strict`, a candidate holding what the prompt does not ask for fails (the judge's
+   whole-scene reading where it has one, else count and "nothing else" questions);
+4. `train/`: `method: sft` fine-tunes on the kept (prompt, image) pairs, the original training
+   data mixed in at `replay_fraction`; `method: dpo` (Diffusion-DPO, Wallace et al. 2023) on
+   (winner, loser) pairs of the same prompt, against a frozen copy of the round's starting
+   connector; its export starts the next round;
 5. `bench/` (with `bench_csv`): the held-out prompts, drawn and judged with the new connector.
-Every stage skips what is on disk, so a killed run, run again, resumes where it stopped.
+
+Never worse than the start: with `bench_csv`, round 0 (the starting connector) is benched too;
+`best/` holds the best round's connector (ties to the earlier), and a round more than
+`tolerance` points below the best so far ends the run. `rounds.json` says which round is best.
+Every stage skips what is on disk, so a killed run, run again, resumes where it stopped; a run
+folder remembers its settings (`run.json`) and refuses a rerun with others. Paths inside the run
+are recorded relative to it.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
+
+METHODS = ("sft", "dpo")
+# `ella feedback`'s exit codes for a run that stopped early (a finished run exits 0)
+EXIT_NOTHING_PASSED, EXIT_WORSE = 3, 4
+PATH_FIELDS = ("train_config", "init_connector", "bench_csv")  # compared resolved
 
 
 @dataclass
@@ -44,13 +60,16 @@ class FeedbackConfig:
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
     bench_csv: str = ""  # held-out prompts (never used in feedback) drawn and judged after every round
+    tolerance: float = 1.0  # held-out points a round may fall below the best so far before the run stops
+    method: str = "sft"  # sft: regress onto the kept images; dpo: prefer each prompt's winner to its loser
+    dpo_beta: float = 2500.0
+    strict: bool = False  # also fail candidates holding what the prompt does not ask for
     seed: int = 0
     output_dir: str = "runs/feedback"
 
     def validate(self) -> "FeedbackConfig":
         from .bench.vqa import check_backend_name
         from .paths import require_path
-        from .plugins import registry
 
         for name in ("rounds", "candidates", "steps_per_round", "num_inference_steps"):
             if getattr(self, name) < 1:
@@ -59,17 +78,89 @@ class FeedbackConfig:
             raise ValueError(f"threshold is a DPG score share and must be in [0, 1], got {self.threshold}")
         if not 0 <= self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.dpo_beta > 0 or not self.tolerance >= 0:
+            raise ValueError("dpo_beta must be positive and tolerance at least 0")
         check_backend_name(self.judge)
         for name in ("train_config", "init_connector", "prompts"):
             if not getattr(self, name):
                 raise ValueError(f"set {name} in the feedback config")
         require_path(self.train_config, "training config")
-        scheme, sep, _ = self.prompts.partition(":")
-        if not (sep and scheme in registry().prompt_sources and not os.path.exists(self.prompts)):
+        if not os.path.exists(self.init_connector):  # a folder or a .safetensors file
+            raise FileNotFoundError(f"init_connector not found: {self.init_connector}")
+        if self.replay_data and not _is_scheme(self.replay_data, "dataset_schemes", ("synthetic",)):
+            if not os.path.exists(self.replay_data.split("*")[0].rstrip("/") or "."):
+                raise FileNotFoundError(f"replay_data not found: {self.replay_data}")
+        if not _is_scheme(self.prompts, "prompt_sources"):
             load_items(self.prompts)  # a CSV: its questions are checked now, before any work
         if self.bench_csv:
             load_items(self.bench_csv)
         return self
+
+
+    def path(self, recorded: str) -> str:
+        """A path as the run records it (relative to the run folder when inside it), usable."""
+        return recorded if os.path.isabs(recorded) else os.path.join(self.output_dir, recorded)
+
+    def record(self, path: str) -> str:
+        """A path as the run records it: relative to the run folder when inside it (a copied run
+        folder then points at its own rounds), absolute otherwise."""
+        full, run = os.path.abspath(path), os.path.abspath(self.output_dir)
+        return os.path.relpath(full, run) if full.startswith(run + os.sep) else full
+
+    def settings(self) -> dict:
+        """What the run's results depend on (`run.json`): every field but `rounds` (more rounds
+        continue a run) and `output_dir`, paths resolved."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("rounds", "output_dir")}
+        for name in PATH_FIELDS:
+            out[name] = os.path.abspath(out[name]) if out[name] else ""
+        return out
+
+
+def _is_scheme(spec: str, table: str, builtin: tuple[str, ...] = ()) -> bool:
+    """Whether `spec` is SCHEME:... of a plugin's `table` (or a built-in scheme), not a path."""
+    from .plugins import registry
+
+    scheme, sep, _ = spec.partition(":")
+    return bool(sep) and (scheme in getattr(registry(), table) or scheme in builtin) and not os.path.exists(spec)
+
+
+def open_run_folder(config: FeedbackConfig, fresh: bool = False) -> None:
+    """Record the run's settings in `run.json`, or check that a rerun has the same ones: a rerun
+    with other settings is refused, naming the differences, unless `fresh` (the old run is then
+    moved aside, never deleted)."""
+    from .fileio import write_text_atomic
+
+    path = os.path.join(config.output_dir, "run.json")
+    settings = config.settings()
+    if os.path.isdir(config.output_dir) and os.listdir(config.output_dir):
+        before = _read_json(path) if os.path.isfile(path) else None
+        if before != settings:
+            if before is None:
+                differences = "it records no settings (made by an older version, or not by ella feedback)"
+            else:
+                differences = "; ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items()
+                                        if before.get(k) != v) or "its settings differ"
+            if not fresh:
+                raise ValueError(f"{config.output_dir} holds a feedback run made with other settings ({differences}):"
+                                 " pass --fresh to start over (the old run is moved aside), or choose another"
+                                 " output_dir")
+            n = 1
+            while os.path.exists(f"{config.output_dir}.old-{n}"):
+                n += 1
+            os.replace(config.output_dir, f"{config.output_dir}.old-{n}")
+            logger.warning("--fresh: the old run in %s is moved to %s.old-%d", config.output_dir, config.output_dir, n)
+    os.makedirs(config.output_dir, exist_ok=True)
+    write_text_atomic(path, json.dumps(settings, indent=1))
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged: {err}") from None
 
 
 def load_items(path: str) -> dict:
@@ -88,23 +179,26 @@ def prompt_items(config: FeedbackConfig) -> dict:
     """The feedback prompts: the CSV, or the one a plugin's prompt source writes (once) into the run."""
     from .plugins import lookup
 
-    scheme, sep, _ = config.prompts.partition(":")
-    source = lookup("prompt_sources", scheme) if sep and not os.path.exists(config.prompts) else None
-    if source is None:
+    if not _is_scheme(config.prompts, "prompt_sources"):
         return load_items(config.prompts)
     path = os.path.join(config.output_dir, "prompts.csv")
     if not os.path.isfile(path):
         os.makedirs(config.output_dir, exist_ok=True)
-        source(config.prompts, path)
+        lookup("prompt_sources", config.prompts.partition(":")[0])(config.prompts, path)
     return load_items(path)
 
 
-def run_feedback(config: FeedbackConfig) -> list[dict]:
-    """All rounds (skipping what is done); returns each round's summary (also in rounds.json)."""
-    from .fileio import write_text_atomic
-
+def run_feedback(config: FeedbackConfig, fresh: bool = False) -> list[dict]:
+    """All rounds (skipping what is done); returns each round's summary (also in rounds.json, with
+    paths relative to the run). The best round's summary has `best: true` and its connector is
+    exported to `best/`; a run that ended early says why in its last round's `stopped`
+    ("nothing passed" or "worse")."""
     config.validate()
+    open_run_folder(config, fresh)
     items = prompt_items(config)
+    if not config.bench_csv:
+        logger.warning("no bench_csv: nothing checks a round against the start, so nothing guards against a worse"
+                       " connector; best/ is the last round's, unchecked")
     connector, summaries = config.init_connector, []
     # The frozen parts, loaded once for the whole run (only if a stage still has work).
     frozen = FrozenOnce(round_train_config(config, config.output_dir, connector))
@@ -114,26 +208,82 @@ def run_feedback(config: FeedbackConfig) -> list[dict]:
     for r in range(1, config.rounds + 1):
         summary = run_round(config, items, r, connector, frozen)
         summaries.append(summary)
-        write_text_atomic(os.path.join(config.output_dir, "rounds.json"), json.dumps(summaries, indent=2))
+        best = best_round(summaries)
         if summary["kept"] == 0:
-            logger.warning("round %d: no candidate reached the threshold %.2f: stopping (nothing to train on)",
-                           r, config.threshold)
+            summary["stopped"] = "nothing passed"
+            summary["stop_line"] = (f"round {r}: no candidate reached the threshold {config.threshold:g}"
+                                    f"{' (or no prompt had a winner and a loser)' if config.method == 'dpo' else ''};"
+                                    f" stopped; best is round {best['round']}")
+        elif "bench" in summary and summary["bench"]["overall"] < best["bench"]["overall"] - config.tolerance:
+            summary["stopped"] = "worse"
+            summary["stop_line"] = (f"round {r}: {summary['bench']['overall']:.2f} < round {best['round']}:"
+                                    f" {best['bench']['overall']:.2f}; stopped; best is round {best['round']}")
+        finish_round(config, summaries, best)
+        if "stopped" in summary:
+            logger.warning("%s", summary["stop_line"])
             break
         connector = summary["connector"]
     return summaries
+
+
+def best_round(summaries: list[dict]) -> dict:
+    """The best round by the held-out score (ties to the earlier); without a bench, the last
+    round that trained a connector (round 0 is the start)."""
+    trained = [s for s in summaries if "connector" in s]
+    benched = [s for s in trained if "bench" in s]
+    if benched:
+        return max(benched, key=lambda s: (s["bench"]["overall"], -s["round"]))
+    return trained[-1] if trained else {"round": 0, "connector": summaries[0].get("connector_in")}
+
+
+def finish_round(config: FeedbackConfig, summaries: list[dict], best: dict) -> None:
+    """Mark the best round, export its connector to `best/`, write rounds.json (paths relative
+    to the run)."""
+    from .fileio import write_text_atomic
+
+    for s in summaries:
+        s["best"] = s is best
+    export_best(config, best.get("connector") or config.init_connector)
+    recorded = [{k: config.record(v) if k in ("connector", "connector_in") else v for k, v in s.items()}
+                for s in summaries]
+    write_text_atomic(os.path.join(config.output_dir, "rounds.json"), json.dumps(recorded, indent=2))
+
+
+def export_best(config: FeedbackConfig, connector: str) -> str:
+    """`best/`: the connector, as `save_pretrained` writes it, replacing the folder whole."""
+    import shutil
+
+    from .pipelines.loading import load_connector
+
+    path = os.path.join(config.output_dir, "best")
+    marker = os.path.join(path, "source.json")
+    if os.path.isfile(marker) and _read_json(marker).get("connector") == config.record(connector):
+        return path
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    load_connector(connector).save_pretrained(tmp)
+    with open(os.path.join(tmp, "source.json"), "w", encoding="utf-8") as f:
+        json.dump({"connector": config.record(connector)}, f)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
 
 
 def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, frozen: FrozenOnce) -> dict:
     folder = os.path.join(config.output_dir, f"round-{r:02d}")
     train_config = round_train_config(config, folder, connector)
     if not os.path.isfile(os.path.join(folder, "kept.jsonl")):
-        candidates = generate_candidates(config, frozen.pipeline(connector), items, folder, r)
-        scores = judge_candidates(config, candidates, folder)
+        from .bench.vqa import get_backend
+
+        judge = get_backend(config.judge)
+        candidates = generate_candidates(config, frozen.pipeline(connector), items, folder, r, judge)
+        scores = judge_candidates(config, candidates, folder, judge)
         keep(config, items, scores, folder)
     with open(os.path.join(folder, "kept.jsonl"), encoding="utf-8") as f:
         kept = [json.loads(line) for line in f]
-    summary = {"round": r, "connector_in": connector, "kept": len(kept), "prompts": len(items),
-               "candidates": len(items) * config.candidates}
+    with open(os.path.join(folder, "keep.json"), encoding="utf-8") as f:
+        summary = {"round": r, "connector_in": connector, "kept": len(kept), "prompts": len(items),
+                   "candidates": len(items) * config.candidates, **json.load(f)}
     if not kept:
         return summary
     if not config.replay_data and len(kept) < train_config.batch_size:  # a few kept pairs: one batch holds them all
@@ -147,7 +297,8 @@ def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, froze
 
 
 def round_train_config(config: FeedbackConfig, folder: str, connector: str):
-    """The fine-tuning config of a round: the recipe, from `connector`, on the kept pairs."""
+    """The fine-tuning config of a round: the recipe, from `connector`, on the kept pairs (DPO:
+    on the pairs alone, with `connector` as the reference)."""
     from .train.config import load_config
 
     overrides = {**config.train_overrides, "init_connector": connector, "output_dir": os.path.join(folder, "train"),
@@ -155,6 +306,8 @@ def round_train_config(config: FeedbackConfig, folder: str, connector: str):
                  "replay_data": config.replay_data or None,
                  "replay_fraction": config.replay_fraction, "max_steps": config.steps_per_round, "cache_dir": None,
                  "captions": None, "validate_every": 0, "resume": True, "seed": config.seed}
+    if config.method == "dpo":
+        overrides.update(objective="dpo", dpo_beta=config.dpo_beta, replay_data=None, caption_dropout=0.0)
     return load_config(config.train_config, overrides)
 
 
@@ -185,9 +338,17 @@ class FrozenOnce:
         return training_pipeline(self.train_config, self.parts, load_connector(connector).to(self.parts.unet.device))
 
 
-def generate_candidates(config: FeedbackConfig, pipe, items: dict, folder: str, r: int) -> dict:
-    """K candidates per prompt (`P__k`), each with its recorded seed; returns the candidates' items."""
-    from .bench.dpg import CSV_COLUMNS
+def reads_scenes(judge) -> bool:
+    """Whether the judge reads a whole scene (`VQABackend.scene_problems`) for the strict check."""
+    from .bench.vqa import VQABackend
+
+    return type(judge).scene_problems is not VQABackend.scene_problems
+
+
+def generate_candidates(config: FeedbackConfig, pipe, items: dict, folder: str, r: int, judge) -> dict:
+    """K candidates per prompt (`P__k`), each with its recorded seed; returns the candidates' items
+    (with `strict`, and a judge that reads no whole scene, each also asked `strict_questions`)."""
+    from .bench.dpg import CSV_COLUMNS, strict_questions
     from .bench.runner import generate_images, write_manifest
 
     candidates = {f"{i}__{k}": item for i, item in items.items() for k in range(config.candidates)}
@@ -198,47 +359,76 @@ def generate_candidates(config: FeedbackConfig, pipe, items: dict, folder: str, 
                             "seed_rule": "bench.runner.sample_seed(seed, candidate, 0)"})
     generate_images(pipe, {c: item.prompt for c, item in candidates.items()}, images, samples=1, seed=seed,
                     num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale)
+    ask_more = config.strict and not reads_scenes(judge)
     path = os.path.join(folder, "candidates.csv")
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for c, item in candidates.items():
-            for q in item.questions:
+            for q in item.questions + (strict_questions(item) if ask_more else []):
                 writer.writerow({"item_id": c, "text": item.prompt, "keywords": "", "proposition_id": q.proposition_id,
                                  "dependency": ",".join(q.parents) or "0", "category_broad": q.l1,
                                  "category_detailed": q.l2, "tuple": q.tuple, "question_natural_language": q.question})
     return load_items(path)
 
 
-def judge_candidates(config: FeedbackConfig, candidates: dict, folder: str) -> dict[str, float]:
-    """{candidate: DPG score in [0, 1]}, by the VQA backend through the corrected scorer."""
+def judge_candidates(config: FeedbackConfig, candidates: dict, folder: str, judge) -> dict[str, float]:
+    """{candidate: DPG score in [0, 1]}, by the VQA backend through the corrected scorer; with
+    `strict`, a candidate whose image holds what its prompt does not ask for scores 0 (the
+    problems are in `strict.jsonl`)."""
     from .bench.runner import score_run
-    from .bench.vqa import get_backend
+    from .images import open_image
 
     out = os.path.join(folder, "scores")
-    score_run(candidates, os.path.join(folder, "images"), get_backend(config.judge), out, tiles=1)
+    score_run(candidates, os.path.join(folder, "images"), judge, out, tiles=1)
     with open(os.path.join(out, "scores.jsonl"), encoding="utf-8") as f:
-        return {r["item_id"]: (r["score"] or 0.0) for r in map(json.loads, f)}
+        scores = {r["item_id"]: (r["score"] or 0.0) for r in map(json.loads, f)}
+    if config.strict and reads_scenes(judge):
+        lines = []
+        for c, item in candidates.items():
+            problems = judge.scene_problems(open_image(os.path.join(folder, "images", f"{c}.png")), item)
+            if problems:
+                scores[c] = 0.0
+                lines.append(json.dumps({"candidate": c, "problems": problems}) + "\n")
+        with open(os.path.join(folder, "strict.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(lines)
+    return scores
 
 
 def keep(config: FeedbackConfig, items: dict, scores: dict[str, float], folder: str) -> list[dict]:
-    """The candidates that pass (all of them, or each prompt's best), as a training manifest."""
+    """The training manifest: the candidates that pass (all, or each prompt's best); for DPO, per
+    prompt its best passing candidate (the winner) and its worst failing one (the loser). A
+    prompt without a winner (or, for DPO, a loser) is skipped and counted in `keep.json`."""
     import shutil
 
     from .fileio import write_text_atomic
 
-    kept = []
+    kept, no_winner, no_loser = [], 0, 0
     for i, item in items.items():
-        passing = [(scores.get(f"{i}__{k}", 0.0), k) for k in range(config.candidates)
-                   if scores.get(f"{i}__{k}", 0.0) >= config.threshold]
-        passing.sort(key=lambda sk: (-sk[0], sk[1]))
+        ranked = sorted(((scores.get(f"{i}__{k}", 0.0), k) for k in range(config.candidates)),
+                        key=lambda sk: (-sk[0], sk[1]))
+        passing = [(score, k) for score, k in ranked if score >= config.threshold]
+        failing = [(score, k) for score, k in ranked if score < config.threshold]
+        no_winner += not passing
+        if config.method == "dpo":
+            if passing and not failing:
+                no_loser += 1
+            if passing and failing:
+                (score, k), (loser_score, loser) = passing[0], min(failing, key=lambda sk: (sk[0], sk[1]))
+                kept.append({"key": f"{i}__{k}", "image": f"{i}__{k}.png", "loser": f"{i}__{loser}.png",
+                             "caption": item.prompt, "score": score, "loser_score": loser_score})
+            continue
         for score, k in passing[:1] if config.best_of_k else passing:
             kept.append({"key": f"{i}__{k}", "image": f"{i}__{k}.png", "caption": item.prompt, "score": score})
     os.makedirs(os.path.join(folder, "kept"), exist_ok=True)
     for record in kept:
-        shutil.copyfile(os.path.join(folder, "images", record["image"]), os.path.join(folder, "kept", record["image"]))
+        for name in (record["image"], record.get("loser")):
+            if name:
+                shutil.copyfile(os.path.join(folder, "images", name), os.path.join(folder, "kept", name))
     lines = "".join(json.dumps(r) + "\n" for r in kept)
     write_text_atomic(os.path.join(folder, "kept", "manifest.jsonl"), lines)
+    skipped = {"skipped_no_winner": no_winner, **({"skipped_no_loser": no_loser} if config.method == "dpo" else {})}
+    write_text_atomic(os.path.join(folder, "keep.json"), json.dumps(skipped))
     write_text_atomic(os.path.join(folder, "kept.jsonl"), lines)  # last: the stage's "done" mark
     return kept
 
@@ -251,10 +441,10 @@ def fine_tune(train_config, folder: str, frozen: FrozenOnce) -> tuple[str, float
     done = os.path.join(folder, "trained.json")
     if not os.path.isfile(done):
         result = train(train_config, frozen.parts)
-        write_text_atomic(done, json.dumps({"export": result.export_dir, "cpu_minutes": result.cpu_seconds / 60}))
-    with open(done, encoding="utf-8") as f:
-        record = json.load(f)
-    return record["export"], record["cpu_minutes"]
+        write_text_atomic(done, json.dumps({"export": os.path.relpath(result.export_dir, folder),
+                                            "cpu_minutes": result.cpu_seconds / 60}))
+    record = _read_json(done)
+    return os.path.join(folder, record["export"]), record["cpu_minutes"]
 
 
 def bench_round(config: FeedbackConfig, frozen: FrozenOnce, connector: str, folder: str) -> dict:

@@ -55,6 +55,34 @@ class Item:
     questions: list[Question] = field(default_factory=list)
 
 
+def strict_questions(item: Item) -> list[Question]:
+    """Questions a judge must answer "yes" to for an image that holds nothing the prompt does not
+    ask for, in the question-CSV's form (proposition ids after the item's own): per entity with no
+    count question of its own, "is there exactly one"; then "nothing else" over all entities. For
+    VQA judges that cannot read a whole scene (`VQABackend.scene_problems`). A plural entity
+    ("dogs") gets no count question."""
+    entities = [q for q in item.questions if q.l2 == "entity - whole"]
+    if not entities:
+        return []
+    counted = {q.tuple.split("(", 1)[1].split(",")[0].strip() for q in item.questions
+               if q.l1 == "other" and "count" in q.l2 and "(" in q.tuple}
+    next_id = max((int(q.proposition_id) for q in item.questions if q.proposition_id.isdigit()), default=0) + 1
+    out = []
+    names = []
+    for q in entities:
+        name = q.tuple.split("(", 1)[1].rstrip(")").strip()
+        names.append(name)
+        if name in counted or name.endswith("s"):
+            continue
+        out.append(Question(str(next_id), [q.proposition_id], f"other - count ({name}, ==1)",
+                            f"Is there exactly one {name}?", 0))
+        next_id += 1
+    listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    out.append(Question(str(next_id), [q.proposition_id for q in entities], f"other - only ({listed})",
+                        f"Does the image show only {listed}, and nothing else?", 0))
+    return out
+
+
 def git_blob_id(path: str) -> str:
     """What `git hash-object FILE` prints."""
     with open(path, "rb") as f:

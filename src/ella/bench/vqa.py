@@ -22,6 +22,12 @@ class VQABackend:
     def answer(self, image: Image.Image, questions: list[str], *, item_id: str, crop: int) -> list[str]:
         raise NotImplementedError
 
+    def scene_problems(self, image: Image.Image, item) -> list[str] | None:
+        """What the image holds that the item (`bench.dpg.Item`) does not ask for, in words; [] for
+        nothing; None when this judge cannot read a whole scene (then the strict check asks
+        questions instead: `bench.dpg.strict_questions`)."""
+        return None
+
 
 class MPLUGBackend(VQABackend):
     """The reference judge: mPLUG-large VQA through ModelScope (`pip install ella-diffusion[mplug]`).

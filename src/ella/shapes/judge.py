@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..bench.vqa import VQABackend
-from .world import BACKGROUNDS, CELL_BY_PHRASE, COLORS, NUMBERS, SHAPES
+from .world import BACKGROUNDS, CELL_BY_PHRASE, COLORS, NUMBERS, SHAPES, place_phrase
 
 _BG = {k: np.array(v, dtype=np.float32) for k, v in BACKGROUNDS.items()}
 _FG = {k: np.array(v, dtype=np.float32) for k, v in COLORS.items()}
@@ -129,3 +129,18 @@ class ShapesBackend(VQABackend):
 
     def answer(self, image, questions, *, item_id, crop):
         return self.judge.answer(image, questions)
+
+    def scene_problems(self, image, item) -> list[str]:
+        """The objects drawn in cells the item's questions never ask about (an extra object, or an
+        asked one drawn a second time): the scene is read off the item's entity questions, so it
+        holds for prompts in any words."""
+        asked = set()
+        for q in item.questions:
+            if q.l2 == "entity - whole":
+                where = q.tuple.split("(", 1)[1].rstrip(")").removeprefix("object ").strip()
+                if where not in CELL_BY_PHRASE:
+                    raise ValueError(f"the shapes judge cannot read the place of {q.tuple!r}")
+                asked.add(CELL_BY_PHRASE[where])
+        _, cells = analyse(image)
+        return [f"an extra {s.size} {s.color} {s.shape} {place_phrase(i)}" for i, s in enumerate(cells)
+                if s is not None and i not in asked]

@@ -46,6 +46,10 @@ class TrainConfig:
     timestep_power: float = 1.0  # t = T * u**(1/p): 1 = uniform (standard); 2 = density rising with noise, where layout is decided
     timestep_logit_normal: list | None = None  # [mean, std]: t = T * sigmoid(N(mean, std)) instead (SD3's sampling)
     snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023; epsilon and v aware); 0 = plain MSE
+    # diffusion: regress onto the images (the paper's); dpo: Diffusion-DPO (Wallace et al. 2023) on
+    # (image, loser) pairs of a manifest, against a frozen copy of init_connector as the reference
+    objective: str = "diffusion"
+    dpo_beta: float = 2500.0  # DPO's KL strength (diffusers' diffusion_dpo example's default for SD1.5)
     cache_dir: str | None = None  # precomputed LLM features + latents (`ella cache`); read if present
     cache_dtype: str | None = None  # float16 halves the cache; None keeps the encoder's dtype
     num_workers: int = 0
@@ -103,11 +107,28 @@ class TrainConfig:
             raise ValueError(f"token_dropout must be in [0, 1), got {self.token_dropout}")
         if not self.train_data and not self.cache_dir:
             raise ValueError("set train_data (or cache_dir to a built feature cache)")
+        if self.objective not in ("diffusion", "dpo"):
+            raise ValueError(f"objective must be diffusion or dpo, got {self.objective!r}")
+        if self.objective == "dpo":
+            check_dpo(self)
         check_schedule(self)
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+def check_dpo(config: TrainConfig) -> None:
+    """DPO trains on pairs of a manifest (`image`, `loser`, `caption` per record) from a reference."""
+    if not config.dpo_beta > 0:
+        raise ValueError(f"dpo_beta must be positive, got {config.dpo_beta}")
+    if not config.init_connector:
+        raise ValueError("objective dpo needs init_connector: its frozen copy is the reference")
+    if not config.train_data.endswith((".jsonl", ".csv")) or config.cache_dir or config.replay_data or config.captions:
+        raise ValueError("objective dpo trains on a .jsonl/.csv manifest of pairs (image, loser, caption) only:"
+                         " no cache_dir, replay_data or caption sets")
+    if config.caption_dropout:
+        raise ValueError("objective dpo compares two images of one caption: set caption_dropout to 0")
 
 
 def check_schedule(config) -> None:

@@ -51,6 +51,7 @@ class Record:
     key: str  # a stable sample id
     image: str  # a path
     caption: str | None  # None: the caption is missing (the sample will be skipped)
+    loser: str | None = None  # a preference pair's other image (DPO), drawn for the same caption
 
 
 def scan_records(source: str) -> list[Record]:
@@ -79,7 +80,8 @@ def scan_records(source: str) -> list[Record]:
     if bad is not None:
         raise ValueError(f"{source}, record {bad}: no 'image' (a manifest has an image and a caption per record)")
     return [
-        Record(str(row.get("key", i)), os.path.join(root, row["image"]), (row.get("caption") or None))
+        Record(str(row.get("key", i)), os.path.join(root, row["image"]), (row.get("caption") or None),
+               os.path.join(root, row["loser"]) if row.get("loser") else None)
         for i, row in enumerate(rows)
     ]
 
@@ -102,11 +104,13 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             logger.debug("skipping %s: no caption", rec.key)
             return None
         try:
-            pixels = load_image(rec.image, self.resolution)
+            sample = {"key": rec.key, "pixel_values": load_image(rec.image, self.resolution), "caption": rec.caption}
+            if rec.loser:
+                sample["loser_pixel_values"] = load_image(rec.loser, self.resolution)
         except (OSError, UnidentifiedImageError, ValueError) as err:
             logger.debug("skipping %s: %s", rec.key, err)
             return None
-        return {"key": rec.key, "pixel_values": pixels, "caption": rec.caption}
+        return sample
 
 
 class ReplayMix(torch.utils.data.Dataset):

@@ -170,14 +170,17 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return (weights / (snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr)).float()
 
 
-def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool,
-                   config: TrainConfig, pooled: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE to the scheduler's target (epsilon or v) at per-sample random timesteps, drawn and
-    weighted as `config` says (timestep_power or timestep_logit_normal; snr_gamma)."""
+def noised(parts: FrozenParts, latents, g: torch.Generator, config: TrainConfig, groups: int = 1):
+    """(noisy latents, timesteps, target): noise and per-sample timesteps drawn from `g` as
+    `config` says (timestep_power or timestep_logit_normal); the target is the scheduler's
+    (epsilon or v). `groups` > 1: latents are that many groups of rows (DPO's winners, then
+    losers) and row i of every group gets the same noise and timestep."""
     sched = parts.scheduler
-    noise = torch.randn(latents.shape, generator=g).to(latents.device)
-    t = sample_timesteps(latents.shape[0], sched.config.num_train_timesteps, g, config.timestep_power,
-                         config.timestep_logit_normal).to(latents.device)
+    rows = latents.shape[0] // groups
+    noise = torch.randn((rows, *latents.shape[1:]), generator=g).to(latents.device).repeat(
+        groups, *[1] * (latents.ndim - 1))
+    t = sample_timesteps(rows, sched.config.num_train_timesteps, g, config.timestep_power,
+                         config.timestep_logit_normal).to(latents.device).repeat(groups)
     noisy = sched.add_noise(latents, noise, t)
     if sched.config.prediction_type == "v_prediction":
         target = sched.get_velocity(latents, noise, t)
@@ -185,11 +188,42 @@ def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Gene
         target = noise
     else:
         raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
+    return noisy, t, target
+
+
+def diffusion_loss(model, parts: FrozenParts, latents, text, mask, g: torch.Generator, use_mask: bool,
+                   config: TrainConfig, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE to the scheduler's target at per-sample random timesteps (`noised`), weighted as
+    `config` says (snr_gamma)."""
+    noisy, t, target = noised(parts, latents, g, config)
     pred = model(noisy.to(parts.unet.dtype), t, text, mask if use_mask else None, pooled)
     if not config.snr_gamma:
         return F.mse_loss(pred.float(), target.float())
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
-    return (per_sample * min_snr_weights(sched, t, config.snr_gamma)).mean()
+    return (per_sample * min_snr_weights(parts.scheduler, t, config.snr_gamma)).mean()
+
+
+def dpo_objective(model_winner, model_loser, reference_winner, reference_loser, beta: float) -> torch.Tensor:
+    """Diffusion-DPO's loss (Wallace et al. 2023, eq. 14) from per-pair denoising errors (B,):
+    -log sigmoid(-beta / 2 * ((e_w - e_l) - (e_w_ref - e_l_ref))). It falls as the model's error
+    on the winner drops against the loser's, measured from the reference's."""
+    inside = -0.5 * beta * ((model_winner - model_loser) - (reference_winner - reference_loser))
+    return -F.logsigmoid(inside).mean()
+
+
+def dpo_loss(model, reference, parts: FrozenParts, winner, loser, text, mask, g: torch.Generator, use_mask: bool,
+             config: TrainConfig, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """DPO on (winner, loser) latents of the same captions: both noised with the same noise and
+    timestep, the trained connector's and the frozen reference's errors compared (`dpo_objective`)."""
+    noisy, t, target = noised(parts, torch.cat([winner, loser]), g, config, groups=2)
+    b = winner.shape[0]
+    args = (noisy.to(parts.unet.dtype), t, text.repeat(2, 1, 1),
+            mask.repeat(2, 1) if use_mask and mask is not None else None,
+            None if pooled is None else pooled.repeat(2, 1))
+    errors = F.mse_loss(model(*args).float(), target.float(), reduction="none").flatten(1).mean(1)  # (2B,)
+    with torch.no_grad():
+        reference_errors = F.mse_loss(reference(*args).float(), target.float(), reduction="none").flatten(1).mean(1)
+    return dpo_objective(errors[:b], errors[b:], reference_errors[:b], reference_errors[b:], config.dpo_beta)
 
 
 def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, position: DataPosition):
@@ -271,6 +305,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: ELLA | None
+    reference: torch.nn.Module | None = None  # DPO: the frozen init_connector around the same UNet
     result: TrainResult = field(default_factory=lambda: TrainResult(step=0))
     position: DataPosition = field(default_factory=DataPosition)
     seen: int = 0  # samples trained on in this process's session (for samples/s)
@@ -307,7 +342,12 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
                        " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
     model = ConnectorTrainingModel(parts.unet, ella, config.resolution)
-    return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema)
+    reference = None
+    if config.objective == "dpo":  # init_connector's weights, whatever step a resumed run is at
+        frozen = build_connector(config, parts).to(device)
+        load_init_connector(frozen, config)
+        reference = ConnectorTrainingModel(parts.unet, frozen.requires_grad_(False).eval(), config.resolution)
+    return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema, reference)
 
 
 def resume(run: Run) -> None:
@@ -353,7 +393,14 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
         latents, text, mask, pooled = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
         sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(run.model)
         with sync, accelerator.autocast():
-            loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config, pooled)
+            if run.reference is not None:
+                if "loser_pixel_values" not in batch:
+                    raise ValueError(f"objective dpo: {config.train_data}'s records need a 'loser' image")
+                loser = encode_images(run.parts, batch["loser_pixel_values"].to(accelerator.device)).float()
+                loss = dpo_loss(run.model, run.reference, run.parts, latents, loser, text, mask, g, use_mask, config,
+                                pooled)
+            else:
+                loss = diffusion_loss(run.model, run.parts, latents, text, mask, g, use_mask, config, pooled)
             accelerator.backward(loss / config.grad_accum)
         step_loss += loss.item() / config.grad_accum
         run.seen += len(batch["key"]) * accelerator.num_processes
