@@ -191,9 +191,10 @@ def test_dpo_loss_equals_a_hand_computation_on_two_pairs():
 
     from ella.train.loop import dpo_objective
 
-    w, l, rw, rl, beta = [0.30, 0.50], [0.40, 0.20], [0.35, 0.45], [0.30, 0.25], 10.0
-    by_hand = sum(-math.log(1 / (1 + math.exp(-(-0.5 * beta * ((w[i] - l[i]) - (rw[i] - rl[i])))))) for i in range(2)) / 2
-    got = dpo_objective(*(torch.tensor(x, dtype=torch.float64) for x in (w, l, rw, rl)), beta)
+    win, lose, ref_win, ref_lose, beta = [0.30, 0.50], [0.40, 0.20], [0.35, 0.45], [0.30, 0.25], 10.0
+    inside = [-0.5 * beta * ((win[i] - lose[i]) - (ref_win[i] - ref_lose[i])) for i in range(2)]  # -0.75, -1.75
+    by_hand = sum(math.log(1 + math.exp(-x)) for x in inside) / 2  # -log sigmoid(x) = log(1 + e^-x)
+    got = dpo_objective(*(torch.tensor(x, dtype=torch.float64) for x in (win, lose, ref_win, ref_lose)), beta)
     assert got.item() == pytest.approx(by_hand, rel=1e-12)
     assert dpo_objective(*(torch.tensor([0.3]),) * 4, beta).item() == pytest.approx(math.log(2))  # the start: log 2
 
