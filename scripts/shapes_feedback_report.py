@@ -84,6 +84,7 @@ def main() -> None:
         return styles
 
     for summary in rounds:
+        summary["connector"] = config.path(summary["connector"])  # rounds.json: relative to the run
         summary["double_drawing"] = count(summary["connector"], MAIN_PROMPT, FIRST, SECOND, args.seeds)
         summary["styles"] = other_styles(summary["connector"])
     controls = []

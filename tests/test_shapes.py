@@ -337,6 +337,33 @@ def test_paraphrase_words_and_forms_are_never_in_training_captions():
     assert {"azure", "orb", "enormous", "northwest", "canvas"} <= held_out  # it is its own vocabulary
 
 
+def test_the_feedback_lexicon_is_new_words_split_in_two_halves_with_the_same_questions():
+    """Feedback's words: in no training caption, not the paraphrase style's, the used and held-out
+    halves disjoint; a lexicon prompt asks the dense prompt's questions (the judge reads the scene)."""
+    from ella.shapes.phrasing import FEEDBACK_WORDS, PARAPHRASE
+    from ella.shapes.styles import make_item
+    from ella.shapes.vocabulary import known_words
+
+    used = {pair[0] for pair in FEEDBACK_WORDS.values()}
+    held_out = {pair[1] for pair in FEEDBACK_WORDS.values()}
+    paraphrase = {w for table in (PARAPHRASE.sizes, PARAPHRASE.colors) for ws in table.values() for w in ws}
+    paraphrase |= {w for pairs in PARAPHRASE.shapes.values() for pair in pairs for w in pair}
+    assert not (used | held_out) & (known_words() | paraphrase) and not used & held_out
+    for i in range(50):
+        texts, rows = {}, {}
+        for style in ("dense", "lexicon", "lexicon-heldout"):
+            rng = random.Random(i)
+            texts[style], rows[style] = make_item(sample_scene(rng), rng, "x", style)
+        assert rows["lexicon"] == [{**r, "text": texts["lexicon"]} for r in rows["dense"]]
+        words = _words(texts["lexicon"])
+        assert words & used and not words & held_out and not words & {"red", "circle", "large", "squares"}
+        assert _words(texts["lexicon-heldout"]) & held_out and not _words(texts["lexicon-heldout"]) & used
+    with pytest.raises(ValueError, match="held out"):
+        from ella.train.data import make_dataset
+
+        make_dataset("shapes:100:lexicon-heldout", 32)
+
+
 def test_paraphrase_style_is_refused_for_training_scenes():
     from ella.shapes.data import HELDOUT_SEED, ShapesSceneDataset
     from ella.train.data import make_dataset

@@ -286,7 +286,7 @@ def run_round(config: FeedbackConfig, items: dict, r: int, connector: str, froze
                    "candidates": len(items) * config.candidates, **json.load(f)}
     if not kept:
         return summary
-    if not config.replay_data and len(kept) < train_config.batch_size:  # a few kept pairs: one batch holds them all
+    if not train_config.replay_data and len(kept) < train_config.batch_size:  # a few kept pairs: one batch holds them all
         logger.info("round %d: %d kept pairs, fewer than the batch size %d: batches of %d", r, len(kept),
                     train_config.batch_size, len(kept))
         train_config.batch_size = len(kept)

@@ -119,6 +119,37 @@ PARAPHRASE = Lexicon(
 )
 
 
+# The feedback lexicon (`ella feedback`'s regime: words no training caption uses, which the judge
+# reads anyway, since it reads the scene, not the words). Each attribute has two words: the first
+# is used in feedback prompts ("lexicon" style), the second never is ("lexicon-heldout", benchmark
+# only), so a connector fed the first half shows whether what it learned transfers to words it was
+# never fed. Disjoint from the training captions and from PARAPHRASE (`tests/test_shapes.py`).
+FEEDBACK_WORDS = {
+    "red": ("vermilion", "rust"), "green": ("mint", "moss"), "blue": ("indigo", "cerulean"),
+    "yellow": ("mustard", "saffron"), "purple": ("lilac", "amethyst"),
+    "large": ("jumbo", "colossal"), "small": ("wee", "compact"),
+    "circle": ("sphere", "bubble"), "square": ("cube", "crate"), "triangle": ("delta", "pennant"),
+}
+_PLURALS = {"sphere": "spheres", "bubble": "bubbles", "cube": "cubes", "crate": "crates", "delta": "deltas",
+            "pennant": "pennants"}
+
+
+def lexicon_caption(caption: str, held_out: bool = False) -> str:
+    """A dense caption with every colour, size and shape word swapped for the feedback lexicon's
+    (its used half, or with `held_out` the other): the same scene and grammar in new words."""
+    half = int(held_out)
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        singular = word[:-1] if word.endswith("s") and word[:-1] in FEEDBACK_WORDS else word
+        new = FEEDBACK_WORDS[singular][half]
+        return _PLURALS.get(new, new + "s") if singular != word else new
+
+    words = "|".join(sorted(FEEDBACK_WORDS, key=len, reverse=True))
+    text = re.sub(rf"\b(?:{words})s?\b", swap, caption)
+    return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)
+
+
 def _typo(word: str, rng: random.Random) -> str:
     """Swap two neighbouring letters or drop one: what a hurried user types."""
     if len(word) < 4 or not word.isalpha():

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import random
 
-from .phrasing import paraphrase_caption, varied_caption
+from .phrasing import lexicon_caption, paraphrase_caption, varied_caption
 from .world import Scene, brief_caption, dense_caption, pick_relations, questions, relative_caption, short_caption
 
-CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase", "alt")
-HELDOUT_STYLES = ("paraphrase",)  # benchmark only: its words and forms are never trained on
+CAPTION_STYLES = ("dense", "brief", "relative", "varied", "paraphrase", "alt", "lexicon", "lexicon-heldout")
+# benchmark only: their words are never trained on (lexicon-heldout: nor fed to `ella feedback`)
+HELDOUT_STYLES = ("paraphrase", "lexicon-heldout")
 _CAPTIONERS = {"brief": brief_caption, "relative": relative_caption, "varied": varied_caption,
                "paraphrase": paraphrase_caption, "alt": short_caption}  # alt: web alt-text, short and partial
 
@@ -22,7 +23,11 @@ def make_item(scene: Scene, rng: random.Random, item_id: str, style: str = "dens
     if style not in CAPTION_STYLES:
         raise ValueError(f"caption style must be one of {CAPTION_STYLES}, got {style!r}")
     relations = pick_relations(scene, rng)
-    text = dense_caption(scene, rng, relations) if style == "dense" else _CAPTIONERS[style](scene, rng)
+    if style in ("dense", "lexicon", "lexicon-heldout"):  # lexicon: the dense caption in the feedback lexicon
+        text = dense_caption(scene, rng, relations)
+        text = text if style == "dense" else lexicon_caption(text, held_out=style == "lexicon-heldout")
+    else:
+        text = _CAPTIONERS[style](scene, rng)
     return text, questions(scene, item_id, text, relations)
 
 
