@@ -87,8 +87,13 @@ def test_every_source_is_captioned_beside_the_data(source, folder_data, shard_da
     assert stats.unreadable == (1 if source == "folder" else 0)
     first = next(open(os.path.join(out, f), encoding="utf-8") for f in sorted(os.listdir(out)) if f.endswith(".jsonl"))
     lines = [json.loads(line) for line in first]
-    assert lines[0]["sidecar"]["captioner"] == captioner.name and lines[1]["original"].startswith("alt")
-    assert {"key", "caption", "original", "captioner", "revision", "prompt", "settings"} <= set(lines[1])
+    captioned = [r for r in lines[1:] if r["caption"]]
+    assert lines[0]["sidecar"]["captioner"] == captioner.name and captioned[0]["original"].startswith("alt")
+    assert {"key", "caption", "original", "captioner", "revision", "prompt", "settings", "file", "stamp"} <= set(
+        captioned[0])
+    if source == "folder":  # the unreadable file is named in the set, with why
+        broken = [r for r in lines[1:] if r.get("unreadable")]
+        assert [r["key"] for r in broken] == ["broken"] and "not a readable image" in broken[0]["unreadable"]
     if source == "shards":  # one sidecar per shard
         assert sorted(f for f in os.listdir(out) if f.endswith(".jsonl")) == [f"shard-{s}.jsonl" for s in range(3)]
 
@@ -268,6 +273,8 @@ def test_a_set_written_without_the_check_is_refused_with_it(tmp_path):
     (["--captioner", "shapes", "--check", "nope"], "unknown caption check 'nope'"),
     (["--captioner", "rewrite:"], "the rewrite captioner names its LLM"),
     (["--captioner", "rewrite:T5", "--prompt", "no slot"], "must hold {caption}"),
+    (["--captioner", "shapes", "--device", "bogus"], "chooses its own device and dtype: drop --device bogus"),
+    (["--captioner", "shapes", "--dtype", "fp16"], "drop --dtype fp16"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, folder_data, tmp_path, capsys):
     from ella.testing import tiny_t5
@@ -293,3 +300,154 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+# ---- a recaptioning run over data nobody in the project made: every file accounted for ----------
+
+
+def _scene_image(objects: int, resolution: int = 32) -> Image.Image:
+    """A ShapesWorld-like render with `objects` objects (more than 4: no ShapesWorld scene)."""
+    from ella.shapes.world import Obj, Scene, render
+
+    cells = list(range(objects))
+    scene = Scene(tuple(Obj("circle", "red", "large", c) for c in cells), "gray")
+    array = render(scene, resolution)
+    return Image.fromarray((np.asarray(array) * 255).round().astype(np.uint8)) if not isinstance(array, Image.Image) \
+        else array
+
+
+def test_an_image_the_captioner_cannot_describe_is_recorded_and_the_run_goes_on(tmp_path, capsys, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    _scene_image(2).save(data / "a.png")
+    _scene_image(6).save(data / "busy.png")  # six objects: the exact captioner has no words for it
+    _image(1).save(data / "noise.png")
+    out = str(tmp_path / "caps")
+    assert main(["caption", str(data), "--captioner", "shapes", "--out", out]) == 0
+    records = {r["key"]: r for name in os.listdir(out) if name.endswith(".jsonl")
+               for r in (json.loads(line) for line in list(open(os.path.join(out, name)))[1:])}
+    assert records["a"]["caption"] and "more than a ShapesWorld scene holds" in records["busy"]["failure"]
+    assert "2 the captioner could not describe" in capsys.readouterr().out
+    assert "busy.png: the captioner failed" in caplog.text  # named (the first few) on stderr
+    assert main(["caption", str(data), "--captioner", "shapes", "--out", out]) == 0  # the rerun does not die on it
+    assert "3 already there" in capsys.readouterr().out
+
+
+def test_a_decompression_bomb_is_unreadable_named_and_counted(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    _image(0).save(data / "fine.png")
+    Image.new("RGB", (64, 64)).save(data / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is over twice the limit: PIL refuses it
+    stats = caption_data(str(data), Counting(), str(tmp_path / "caps"), progress=False)
+    assert stats.captioned == 1 and stats.unreadable == 1
+    assert "huge.png: too large to decode" in stats.named[0]
+
+
+def test_subfolders_are_read_and_keys_are_unique(tmp_path):
+    data = tmp_path / "data"
+    (data / "a" / "deep").mkdir(parents=True)
+    (data / "b").mkdir()
+    _image(0).save(data / "a" / "0001.png")
+    _image(1).save(data / "b" / "0001.png")  # the same name in two folders: two keys
+    _image(2).save(data / "a" / "deep" / "x y é.png")
+    (data / "a" / "deep" / "x y é.txt").write_text("spaced unicode")
+    stats = caption_data(str(data), Counting(), str(tmp_path / "caps"), progress=False)  # a folder of folders
+    assert stats.captioned == 3 and set(_records(str(tmp_path / "caps"))) == {"a/0001", "b/0001", "a/deep/x y é"}
+    _image(3).save(data / "b" / "0001.jpg")
+    with pytest.raises(ValueError, match="0001.jpg.*same name but for the extension|same name but for the extension"):
+        caption_data(str(data), Counting(), str(tmp_path / "caps2"), progress=False)
+
+
+def test_a_set_refuses_other_data_and_recaptions_a_replaced_image(folder_data, tmp_path):
+    out = str(tmp_path / "caps")
+    caption_data(folder_data, Counting(), out, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    _image(5).save(other / "img0.png")
+    with pytest.raises(SidecarError, match="holds captions of .*images, not of .*other"):
+        caption_data(str(other), Counting(), out, progress=False)
+    before = _records(out)["img0"]
+    _image(99).resize((30, 30)).save(os.path.join(folder_data, "img0.png"))  # replaced: new content, new size
+    again = Counting()
+    stats = caption_data(folder_data, again, out, progress=False)
+    assert again.seen == 1 and stats.skipped == 7 and _records(out)["img0"] != before and \
+        _records(out)["img0"].startswith("30px")
+
+
+def test_tar_shards_of_one_name_in_two_folders_get_two_sidecars(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / "shards" / folder).mkdir(parents=True)
+        write_tar(tmp_path / "shards" / folder / "shard-0.tar",
+                  {f"{folder}k.png": _png(ord(folder)), f"{folder}k.txt": b"alt"})
+    out = str(tmp_path / "caps")
+    caption_data(str(tmp_path / "shards" / "*" / "*.tar"), Counting(), out, progress=False)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".jsonl")) == ["a--shard-0.jsonl", "b--shard-0.jsonl"]
+    assert set(_records(out)) == {"ak", "bk"}
+    caption_data(str(tmp_path / "shards" / "*" / "*.tar"), Counting(), out, progress=False)  # resumes, no refusal
+
+
+def test_a_resumed_run_skips_by_key_without_decoding(shard_data, tmp_path, monkeypatch):
+    import ella.caption.sources as sources
+
+    out = str(tmp_path / "caps")
+    caption_data(shard_data, Counting(), out, progress=False)
+    decoded = []
+    real = sources.decode
+    monkeypatch.setattr(sources, "decode", lambda *a: decoded.append(a[1]) or real(*a))
+    stats = caption_data(shard_data, Counting(), out, progress=False)
+    assert stats.skipped == 12 and decoded == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("5\n", "line 2: not a caption record"),
+    ('{"caption": "x"}\n', "line 2: not a caption record"),
+])
+def test_a_damaged_sidecar_or_set_file_is_one_line_naming_it(tmp_path, capsys, damage, message):
+    out = tmp_path / "caps"
+    assert main(["caption", "shapes:4", "--captioner", "shapes", "--out", str(out)]) == 0
+    sidecar = out / "items-00000.jsonl"
+    lines = sidecar.read_text().splitlines(keepends=True)
+    sidecar.write_text(lines[0] + damage + "".join(lines[2:]))
+    capsys.readouterr()
+    assert main(["caption", "shapes:4", "--captioner", "shapes", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "items-00000.jsonl" in err[0] and message in err[0]
+    sidecar.write_text("".join(lines))
+    (out / "set.json").write_text("{damaged")
+    assert main(["caption", "shapes:4", "--captioner", "shapes", "--out", str(out)]) == 2
+    assert "set.json is damaged" in capsys.readouterr().err
+
+
+def test_a_manifest_error_names_its_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    manifest = tmp_path / "data" / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "caption": "x"}\n\n{not json\n')
+    with pytest.raises(ValueError, match="m.jsonl, line 3: not JSON"):
+        caption_data(str(manifest), Counting(), str(tmp_path / "caps"), progress=False)
+
+
+def test_two_runs_on_one_set_the_second_is_refused(shard_data, tmp_path):
+    from ella.fileio import folder_lock
+
+    out = str(tmp_path / "caps")
+    with folder_lock(out), pytest.raises(ValueError, match="another ella run is writing to"):
+        caption_data(shard_data, Counting(), out, progress=False)
+
+
+def test_progress_lines_in_logs_with_a_total(shard_data, folder_data, tmp_path, monkeypatch, caplog):
+    import ella.caption.run as run
+
+    monkeypatch.setattr(run, "LOG_EVERY_S", 0.0)
+    with caplog.at_level("INFO", logger="ella.caption.run"):
+        caption_data(folder_data, Counting(), str(tmp_path / "caps"), progress=False)
+    assert "captioning: 7 of 8 images done" in caplog.text  # the total is known for folders
+
+
+def test_a_run_where_every_image_is_unreadable_fails(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(b"broken")
+    assert main(["caption", str(data), "--captioner", "shapes", "--out", str(tmp_path / "caps")]) == 2
+    assert "none of the 3 images could be captioned" in capsys.readouterr().err

@@ -196,8 +196,12 @@ def cmd_caption(args) -> None:
                          state.num_processes, progress=not args.quiet and sys.stderr.isatty(), all_shards=sources,
                          check=args.check)
     kept = f"; the {args.check} check kept {stats.captioned - stats.rejected} of them" if args.check else ""
+    failed = f", {stats.failed} the captioner could not describe" if stats.failed else ""
     print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s){kept}; "
-          f"{stats.skipped} already there, {stats.unreadable} unreadable")
+          f"{stats.skipped} already there, {stats.unreadable} unreadable{failed}")
+    if not stats.captioned and not stats.skipped and (stats.unreadable or stats.failed):
+        raise CLIError(f"none of the {stats.unreadable + stats.failed} images could be captioned (each is named, with"
+                       f" why, in the sidecars of {args.out})")
 
 
 def cmd_feedback(args) -> int:

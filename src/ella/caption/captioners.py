@@ -224,6 +224,10 @@ def load_captioner(spec: str, prompt: str | None = None, max_new_tokens: int = 2
     prompt = prompt or DEFAULT_PROMPTS.get(name, "dense")
     text = PROMPTS.get(prompt, prompt)
     plugin = lookup("captioners", name)
+    if plugin is not None or name == "vllm":  # these choose their own device and dtype
+        given = [f"--{k} {v}" for k, v in (("device", device), ("dtype", dtype)) if v not in (None, "auto")]
+        if given:
+            raise ValueError(f"the {name} captioner chooses its own device and dtype: drop {' and '.join(given)}")
     if plugin is not None:
         return plugin(arg)
     if name == "rewrite":

@@ -35,13 +35,19 @@ def read_sidecar(path: str) -> tuple[dict, list[dict]]:
         return {}, []
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    try:
-        rows = [json.loads(line) for line in lines]
-    except json.JSONDecodeError as err:
-        raise SidecarError(f"{path}: line {err.lineno} is not JSON; the file is ours: delete it to caption"
-                           " that shard again") from None
-    if not rows or "sidecar" not in rows[0]:
-        raise SidecarError(f"{path} is not a caption sidecar (no header line)")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if number == 1:
+            if not isinstance(row, dict) or not isinstance(row.get("sidecar"), dict):
+                raise SidecarError(f"{path} is not a caption sidecar (no header line)")
+        elif not (isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("caption"), str)):
+            raise SidecarError(f"{path}, line {number}: not a caption record (a JSON object with a key and a"
+                               " caption); the file is ours: delete it to caption that shard again")
+        rows.append(row)
     return rows[0]["sidecar"], rows[1:]
 
 
@@ -75,15 +81,30 @@ def write_set_file(out: str, description: dict) -> None:
     """set.json, once: a set folder written by another captioner is refused."""
     path = os.path.join(out, SET_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = read_set_file(out)
         for field in ("captioner", "revision", "prompt", "settings", "check"):
             if old.get(field) != description.get(field):
                 raise SidecarError(f"{out} holds captions by {old.get('captioner')!r} ({field} differs): one caption"
                                    " set per captioner; use another --out")
+        if old.get("data", description["data"]) != description["data"]:
+            raise SidecarError(f"{out} holds captions of {old['data']}, not of {description['data']}: one caption set"
+                               " per data source (keys of two sources would mix); use another --out")
         return
     with atomic_path(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(description, f, indent=2)
+
+
+def read_set_file(out: str) -> dict:
+    """A set's set.json; a damaged one is a one-line error naming it."""
+    path = os.path.join(out, SET_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SidecarError(f"{path} is damaged ({err}): delete the caption set, or restore the file") from None
+    if not isinstance(data, dict):
+        raise SidecarError(f"{path} is damaged (not a JSON object): delete the caption set, or restore the file")
+    return data
 
 
 def load_caption_set(folder: str) -> dict[str, str]:

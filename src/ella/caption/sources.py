@@ -1,10 +1,15 @@
 """What `ella caption` reads: every data source `ella train` reads, cut into shards.
 
-A tar shard (WebDataset) is a shard. An image folder, a .jsonl/.csv manifest or a plugin scheme
-(`shapes:N`) is cut into fixed blocks of `BLOCK` items, named `items-00000`, ...: the unit that
-ranks share out, that one sidecar file holds, and that a resumed run picks up. A shard yields
-(key, image or None, the original caption or None); an image that cannot be read is None, to be
-counted, not fatal.
+A tar shard (WebDataset) is a shard. An image folder (subfolders too), a .jsonl/.csv manifest or
+a plugin scheme (`shapes:N`) is cut into fixed blocks of `BLOCK` items, named `items-00000`, ...:
+the unit that ranks share out, that one sidecar file holds, and that a resumed run picks up.
+
+A shard yields `SourceItem`s: the key, where the image is, a stamp of its content (size and
+modification time: a replaced image is captioned again), the original caption, and `open()`,
+which decodes the image only when it is to be captioned (a resumed run skips by key without
+decoding). An image that cannot be read raises `UnreadableImage` with the reason, to be named
+and counted, never fatal. Tar shards are streamed: a member's bytes are read when its image is
+opened, so memory stays flat whatever the shard's size.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -22,38 +27,68 @@ from PIL import Image, UnidentifiedImageError
 from ..train.data import IMAGE_EXTS, scan_records
 
 BLOCK = 1000
-Item = tuple[str, "Image.Image | None", "str | None"]
+FINGERPRINT_BYTES = 1 << 20  # a tar shard is fingerprinted by its size and its first and last MiB
+
+
+class UnreadableImage(ValueError):
+    """An image that cannot be decoded: the reason, in a few words."""
+
+
+@dataclass
+class SourceItem:
+    key: str
+    file: str  # where the image is: a path, or SHARD.tar:MEMBER
+    stamp: str | None  # "size:mtime_ns" of the image (None where there is no file: a scheme's render)
+    original: str | None  # the caption it came with
+    open: Callable[[], Image.Image]  # the image, decoded; UnreadableImage when it cannot be
 
 
 @dataclass
 class Shard:
-    name: str  # the sidecar's name: the tar's file name, or items-NNNNN
-    read: object  # () -> Iterator[Item]
-    path: str | None = None  # a tar shard's file: its digest ties the sidecar to it
+    name: str  # the sidecar's name: the tar's path under the pattern's folder, or items-NNNNN
+    read: Callable[[], Iterator[SourceItem]]
+    path: str | None = None  # a tar shard's file: its fingerprint ties the sidecar to it
+    size: int | None = None  # items, where known without reading (blocks)
 
-    def items(self) -> Iterator[Item]:
+    def items(self) -> Iterator[SourceItem]:
         return self.read()
 
     def digest(self) -> str | None:
-        """sha256 of a tar shard (a sidecar is refused for a shard that changed since); None for blocks."""
+        """A tar shard's fingerprint (a sidecar is refused for a shard that changed since): its
+        size and the sha256 of its first and last MiB, read in milliseconds whatever its size.
+        None for blocks."""
         if self.path is None:
             return None
         if not hasattr(self, "_digest"):
-            h = hashlib.sha256()
+            size = os.path.getsize(self.path)
+            h = hashlib.sha256(str(size).encode())
             with open(self.path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._digest = h.hexdigest()
+                h.update(f.read(FINGERPRINT_BYTES))
+                f.seek(max(0, size - FINGERPRINT_BYTES))
+                h.update(f.read(FINGERPRINT_BYTES))
+            self._digest = f"{size}:{h.hexdigest()}"
         return self._digest
 
 
-def _open(source) -> Image.Image | None:
+def decode(source, name: str) -> Image.Image:
+    """An image as RGB, or UnreadableImage naming why not (corrupt, not an image, or over PIL's
+    decompression-bomb limit: a 20,000 x 20,000 "image" is treated as unreadable, not fatal)."""
     try:
-        image = Image.open(source)
-        image.load()
-        return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError):
+        with Image.open(source) as image:
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise UnreadableImage(f"{name}: too large to decode ({err})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # PIL: corrupt or truncated files
+        raise UnreadableImage(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+
+
+def stamp(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
         return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def data_root(data: str) -> str:
@@ -64,13 +99,20 @@ def data_root(data: str) -> str:
     return os.path.dirname(os.path.abspath(first[0])) if first and os.path.exists(first[0]) else ""
 
 
+def data_id(data: str) -> str:
+    """What a caption set records it was made from: a path made absolute, a scheme as written."""
+    scheme, sep, _ = data.partition(":")
+    return data if sep and not os.path.exists(data) else os.path.abspath(data)
+
+
 def shards(data: str) -> list[Shard]:
     """The shards of `data`, in a fixed order."""
     if data.endswith(".tar"):
         paths = sorted(glob.glob(data))
         if not paths:
             raise FileNotFoundError(f"no tar shards match {data}")
-        return [Shard(os.path.basename(p), lambda p=p: _tar_items(p), p) for p in paths]
+        root = _static_prefix(data)
+        return [Shard(os.path.relpath(p, root).replace(os.sep, "--"), lambda p=p: _tar_items(p), p) for p in paths]
     scheme, sep, _ = data.partition(":")
     if sep and not os.path.exists(data):
         from ..train.data import make_dataset
@@ -80,42 +122,68 @@ def shards(data: str) -> list[Shard]:
     records = scan_records(data)
     if not records:
         raise ValueError(f"no images found in {data}")
-    return _blocks(len(records), lambda i: (records[i].key, _open(records[i].image), records[i].caption))
+
+    def record_item(i: int) -> SourceItem:
+        r = records[i]
+        return SourceItem(r.key, r.image, stamp(r.image), r.caption, lambda: decode(r.image, r.image))
+
+    return _blocks(len(records), record_item)
+
+
+def _static_prefix(pattern: str) -> str:
+    """The folder of a glob pattern before its first wildcard: tar shards are named under it, so
+    shards of one name in two folders get two sidecars."""
+    parts = pattern.split(os.sep)
+    fixed = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or "."
 
 
 def _blocks(n: int, item) -> list[Shard]:
     def read(start):
         return (item(i) for i in range(start, min(start + BLOCK, n)))
-    return [Shard(f"items-{start // BLOCK:05d}", lambda s=start: read(s)) for start in range(0, n, BLOCK)]
+    return [Shard(f"items-{start // BLOCK:05d}", lambda s=start: read(s), None, min(BLOCK, n - start))
+            for start in range(0, n, BLOCK)]
 
 
-def _dataset_item(dataset, index: int) -> Item:
+def _dataset_item(dataset, index: int) -> SourceItem:
     import numpy as np
 
     sample = dataset[index]
     pixels = sample["pixel_values"].permute(1, 2, 0).numpy()  # [-1, 1] (H, W, 3)
     image = Image.fromarray(((pixels + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
-    return sample["key"], image, sample.get("caption")
+    return SourceItem(sample["key"], sample["key"], None, sample.get("caption"), lambda: image)
 
 
-def _tar_items(path: str) -> Iterator[Item]:
-    """Members grouped by key (`key.jpg` + `key.txt`), in the shard's order."""
-    pending: dict[str, dict] = {}
-    order: list[str] = []
+def _tar_items(path: str) -> Iterator[SourceItem]:
+    """Members grouped by key (`key.jpg` + `key.txt`, adjacent as WebDataset writes them), in the
+    shard's order; only the captions are read as the shard is walked."""
     with tarfile.open(path) as tar:
+        key, group = None, {}
         for member in tar:
             if not member.isfile():
                 continue
-            key, ext = os.path.splitext(member.name)
-            if key not in pending:
-                pending[key] = {}
-                order.append(key)
-            data = tar.extractfile(member).read()
+            name, ext = os.path.splitext(member.name)
+            if name != key:
+                yield from _tar_item(tar, path, key, group)
+                key, group = name, {}
             if ext.lower() in IMAGE_EXTS:
-                pending[key]["image"] = data
+                group["image"] = member
             elif ext == ".txt":
-                pending[key]["caption"] = data.decode("utf-8", "replace").strip()
-    for key in order:
-        entry = pending[key]
-        if "image" in entry:  # a caption without its image is not an item
-            yield key, _open(io.BytesIO(entry["image"])), entry.get("caption")
+                group["caption"] = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+        yield from _tar_item(tar, path, key, group)
+
+
+def _tar_item(tar, path: str, key: str | None, group: dict) -> Iterator[SourceItem]:
+    member = group.get("image")
+    if member is None:  # a caption without its image is not an item
+        return
+    where = f"{path}:{member.name}"
+
+    def load():
+        return decode(io.BytesIO(tar.extractfile(member).read()), where)
+
+    yield SourceItem(key, where, f"{member.size}:{member.mtime}", group.get("caption"), load)

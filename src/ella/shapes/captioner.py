@@ -13,7 +13,7 @@ import numpy as np
 
 from ..caption.captioners import Captioner
 from .judge import analyse
-from .world import COLORS, SHAPES, SIZES, Obj, Scene, dense_caption, pick_relations
+from .world import COLORS, NUMBERS, SHAPES, SIZES, Obj, Scene, dense_caption, pick_relations
 
 ATTRIBUTES = {"color": tuple(COLORS), "size": tuple(SIZES), "shape": SHAPES}
 
@@ -49,6 +49,8 @@ class ShapesCaptioner(Captioner):
                 obj = self._mistake(obj, rng)
             if obj is not None:
                 objects.append(obj)
+        if len(objects) >= len(NUMBERS):  # not a ShapesWorld scene: a photo, noise, a grid of samples
+            raise ValueError(f"{len(objects)} objects: more than a ShapesWorld scene holds ({len(NUMBERS) - 1})")
         if not objects:
             return f"A plain {background} background with nothing on it."
         scene = Scene(tuple(objects), background)
