@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--config", default="configs/shapes/ella-tsc-feedback-regime.yaml")
     parser.add_argument("--methods", default="dpo,sft")
     parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per style (4 images each)")
+    parser.add_argument("--prompts", type=int, default=None, help="feedback prompts (default: the config's)")
     parser.add_argument("--work", default="runs/feedback-regime")
     parser.add_argument("--out", default="docs/results/shapesworld-feedback-regime.json")
     args = parser.parse_args()
@@ -76,8 +77,10 @@ def main() -> int:
               "config": args.config, "machine": "2-core development CPU, beside other runs",
               "bench": f"{args.scenes} held-out scenes x {len(STYLES)} styles x 4 images, seed 0", "methods": {}}
     for method in args.methods.split(","):
-        config = load_feedback_config(args.config, {"method": method, "bench_csv": bench_csv,
-                                                    "output_dir": os.path.join(args.work, method)})
+        overrides = {"method": method, "bench_csv": bench_csv, "output_dir": os.path.join(args.work, method)}
+        if args.prompts:
+            overrides["prompts"] = f"shapes:{args.prompts}:lexicon+relative"
+        config = load_feedback_config(args.config, overrides)
         rounds = run_feedback(config)
         for summary in rounds:
             if "connector" not in summary:

@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from .cli_args import CLIError, add_model_args, add_model_source_args, positive_int, seed, strength, unit_float
+from .cli_args import CLIError, add_model_args, add_model_source_args, port, positive_int, seed, strength, unit_float
 from .errors import TrainingInterrupted
 
 EXIT_USAGE = 2
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="base vs ELLA side by side in the browser (Gradio: pip install -e '.[demo]')")
     d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    d.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    d.add_argument("--port", type=port, default=7860, help="port (default: 7860)")
     d.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     d.add_argument("--planner", default=None, help="what plans the page's regions switch: llm:MODEL, openai:URL#MODEL"
                    " (default: the shipped model's own planner)")

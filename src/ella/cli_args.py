@@ -65,6 +65,11 @@ def positive_int(text: str) -> int:
     return _number(text, int, "a whole number", lambda v: v >= 1, "must be at least 1")
 
 
+def port(text: str) -> int:
+    """argparse type for a TCP port."""
+    return _number(text, int, "a whole number", lambda v: 1 <= v <= 65535, "must be a port, 1 to 65535")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model and sampling options shared by `generate` and `bench dpg generate`."""
     add_model_source_args(p)

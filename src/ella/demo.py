@@ -255,16 +255,28 @@ def leave_a_core_for_the_page(model: DemoModel) -> int:
 
 
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Whether a server can listen on (host, port) now. With SO_REUSEADDR, as servers bind
+    (uvicorn's included): the connections of a server just stopped (TIME_WAIT) do not hold the
+    port for a minute. A host that is no address of this machine is a ValueError, not "in use"."""
+    import errno
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"cannot serve on host {host!r}: {err}") from None
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError:
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise ValueError(f"cannot serve on host {host}: it is no address of this machine") from None
             return False
     return True
 
 
 def check_can_serve(command: str, host: str, port: int) -> None:
-    """Before loading anything: Gradio is installed, and the port is free."""
+    """Before loading anything: Gradio is installed, the host is ours, and the port is free."""
     try:
         import gradio  # noqa: F401
     except ImportError:

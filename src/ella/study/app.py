@@ -3,24 +3,32 @@ two questions (which follows the prompt better: left, right, tie, both bad; whic
 left, right, tie). Each browser keeps an anonymous random rater id. Same Gradio and queue
 discipline as `ella demo`: public API only, one job at a time."""
 
-from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import uuid
 
 from .schedule import NoPairLeft, Scheduler
-from .store import AESTHETICS, ALIGNMENT, VoteError, VoteStore
+from .store import AESTHETICS, ALIGNMENT, VoteError, VoteStore, check_rater
 
 logger = logging.getLogger(__name__)
 
 
 class StudyServer:
-    """What the page calls, without the page (the load test and the API call the same)."""
+    """What the page calls, without the page (the load test and the API call the same).
 
-    def __init__(self, study, store: VoteStore, seed: int | None = None):
+    Blind: the images are served as copies named by their digest (`blind_dir`), so neither the
+    page nor the API reveals a model's folder. A pair is tied to the page session that was shown
+    it (`session`): only that session may answer it, and a reloaded page gets its unanswered
+    pair back instead of losing it."""
+
+    def __init__(self, study, store: VoteStore, seed: int | None = None, blind_dir: str | None = None):
+        import tempfile
+
         self.study, self.store = study, store
         self.scheduler = Scheduler(study, store, seed)
+        self.blind_dir = blind_dir or tempfile.mkdtemp(prefix="ella-study-")
         self._digests: dict[str, str] = {}
 
     def digest(self, path: str) -> str:
@@ -29,30 +37,53 @@ class StudyServer:
                 self._digests[path] = hashlib.sha256(f.read()).hexdigest()
         return self._digests[path]
 
-    def next_pair(self, rater: str) -> dict:
-        """{shown_id, prompt, left, right} (image files), or {done: True}."""
+    def blind(self, path: str) -> str:
+        """The image as the rater gets it: a copy named by its digest."""
+        import shutil
+
+        from ..fileio import atomic_path
+
+        target = os.path.join(self.blind_dir, f"{self.digest(path)}.png")
+        if not os.path.isfile(target):
+            os.makedirs(self.blind_dir, exist_ok=True)
+            with atomic_path(target, suffix=".png") as tmp:
+                shutil.copyfile(path, tmp)
+        return target
+
+    def next_pair(self, rater: str, session: str | None = None) -> dict:
+        """{shown_id, prompt, left, right} (blind image files), or {done: True}."""
+        check_rater(rater)
+        row = self.store.pending(rater)
+        if row is not None:  # shown and not answered (a reload): the same pair again, now in this session
+            self.store.move(row["id"], session)
+            return {"shown_id": row["id"], "prompt": row["prompt"], "left": self.blind(row["left_file"]),
+                    "right": self.blind(row["right_file"])}
         try:
             item, left, right = self.scheduler.next_pair(rater)
         except NoPairLeft:
             return {"done": True}
         files = [self.study.run(m).image(item) for m in (left, right)]
         shown = self.store.show(rater, item, self.study.prompts[item], (left, files[0], self.digest(files[0])),
-                                (right, files[1], self.digest(files[1])))
-        return {"shown_id": shown, "prompt": self.study.prompts[item], "left": files[0], "right": files[1]}
+                                (right, files[1], self.digest(files[1])), session)
+        return {"shown_id": shown, "prompt": self.study.prompts[item], "left": self.blind(files[0]),
+                "right": self.blind(files[1])}
 
-    def vote(self, shown_id: str, rater: str, alignment: str, aesthetics: str) -> int:
-        return self.store.vote(shown_id, rater, alignment, aesthetics)
+    def vote(self, shown_id: str, rater: str, alignment: str, aesthetics: str, session: str | None = None) -> int:
+        return self.store.vote(shown_id, rater, alignment, aesthetics, session)
 
 
-def build_study_app(server: StudyServer):
+CSS = "#left img, #right img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}"
+
+
+def build_study_app(server: StudyServer, secret: str | None = None, note: str = ""):
+    """The page; `secret` keeps the browsers' rater ids readable across server restarts (a key kept
+    in the study folder), `note` says what the images are (e.g. grids of four samples)."""
     import gradio as gr
 
-    # Small images (ShapesWorld's are 64 px grids) shown large, their pixels kept sharp.
-    css = "#left img, #right img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}"
-    with gr.Blocks(title="Which image follows the prompt?", css=css) as app:
+    with gr.Blocks(title="Which image follows the prompt?") as app:
         gr.Markdown("## Which image follows the prompt better?\nTwo images of the same prompt by two models, in"
-                    " random order. Answer both questions, then Vote: the next pair comes.")
-        rater = gr.BrowserState("", storage_key="ella-study-rater")
+                    " random order. Answer both questions, then Vote: the next pair comes." + (f" {note}" if note else ""))
+        rater = gr.BrowserState("", storage_key="ella-study-rater", secret=secret)
         shown = gr.State("")
         prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt")
         with gr.Row():
@@ -63,30 +94,45 @@ def build_study_app(server: StudyServer):
         button = gr.Button("Vote", variant="primary", elem_id="vote")
         status = gr.Markdown(elem_id="status")
 
-        def show(rater_id):
+        def show(rater_id, request: gr.Request):
             rater_id = rater_id or uuid.uuid4().hex  # anonymous: a random id per browser
-            pair = server.next_pair(rater_id)
+            pair = server.next_pair(rater_id, request.session_hash)
             if pair.get("done"):
                 return rater_id, "", "", None, None, None, None, "You have seen every pair. Thank you!"
             return rater_id, pair["shown_id"], pair["prompt"], pair["left"], pair["right"], None, None, ""
 
-        def cast(rater_id, shown_id, align, looks):
+        def cast(rater_id, shown_id, align, looks, request: gr.Request):
             if not shown_id:
                 return (rater_id, shown_id, gr.skip(), gr.skip(), gr.skip(), align, looks, "No pair is shown.")
             if align is None or looks is None:
                 return (rater_id, shown_id, gr.skip(), gr.skip(), gr.skip(), align, looks,
                         "Answer both questions first.")
             try:
-                server.vote(shown_id, rater_id, align, looks)
+                server.vote(shown_id, rater_id, align, looks, request.session_hash)
             except VoteError as err:
+                logger.info("vote refused: %s", err)
                 return rater_id, shown_id, gr.skip(), gr.skip(), gr.skip(), align, looks, f"Not stored: {err}"
-            *shown_next, message = show(rater_id)
+            *shown_next, message = show(rater_id, request)
             return (*shown_next, message or "Stored. Next pair:")
+
+        def next_pair(rater: str, request: gr.Request) -> dict:
+            try:
+                return server.next_pair(rater, request.session_hash)
+            except VoteError as err:  # the reason goes back to the client, one line to the log
+                logger.info("pair refused: %s", err)
+                raise gr.Error(str(err)) from None
+
+        def vote(shown_id: str, rater: str, alignment: str, aesthetics: str, request: gr.Request) -> int:
+            try:
+                return server.vote(shown_id, rater, alignment, aesthetics, request.session_hash)
+            except VoteError as err:
+                logger.info("vote refused: %s", err)
+                raise gr.Error(str(err)) from None
 
         outputs = [rater, shown, prompt, left, right, alignment, aesthetics, status]
         app.load(show, [rater], outputs)
         button.click(cast, [rater, shown, alignment, aesthetics], outputs, show_progress_on=status)
-        gr.api(server.next_pair, api_name="next_pair")  # the page's HTTP API, for scripted raters
-        gr.api(server.vote, api_name="vote")
+        gr.api(next_pair, api_name="next_pair")  # the page's HTTP API, for scripted raters
+        gr.api(vote, api_name="vote")
     app.queue(default_concurrency_limit=1)
     return app

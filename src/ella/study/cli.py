@@ -7,10 +7,12 @@ import json
 import os
 
 STUDY_FILE = "study.json"
+DB_ENV = "ELLA_STUDY_DB"  # the database URL with its password: read from here, never stored
+SECRET_FILE = "secret.key"  # keeps the browsers' rater ids readable across restarts
 
 
 def add_parser(sub) -> None:
-    from ..cli_args import positive_int
+    from ..cli_args import port, positive_int
 
     s = sub.add_parser("study", help="the user study: blind pairwise votes in a database, and their statistics")
     ssub = s.add_subparsers(dest="study", required=True)
@@ -20,9 +22,11 @@ def add_parser(sub) -> None:
     serve.add_argument("--csv", help="the question CSV of the prompts (gives the report's categories)")
     serve.add_argument("--prompts", help="or the prompt folder (prompts/<item_id>.txt)")
     serve.add_argument("--study", default="study", help="the study's folder: its definition and SQLite votes")
-    serve.add_argument("--db", default=None, help="an SQLAlchemy URL (default: sqlite in --study)")
+    serve.add_argument("--db", default=None, help=f"an SQLAlchemy URL (default: ${DB_ENV}, else sqlite in --study);"
+                       " PostgreSQL: postgresql+psycopg://USER@HOST/DB with pip install -e '.[postgres]'; put a"
+                       f" password in ${DB_ENV}, not on the command line")
     serve.add_argument("--host", default="127.0.0.1", help="address (0.0.0.0 for raters on the LAN)")
-    serve.add_argument("--port", type=positive_int, default=7861)
+    serve.add_argument("--port", type=port, default=7861)
     serve.set_defaults(func=cmd_serve)
     report = ssub.add_parser("report", help="Bradley-Terry strengths, Elo, win rates; a plot; the raw votes as CSV")
     report.add_argument("--study", default="study")
@@ -33,27 +37,34 @@ def add_parser(sub) -> None:
 
 
 def open_study(args, create: bool = False):
-    """(study, store) from the command's flags, or from the study folder's definition."""
+    """(study, store) from the command's flags, or from the study folder's definition. Every check
+    runs before anything is written: a refused serve leaves no study folder behind."""
     from .runs import load_study
-    from .store import VoteStore
+    from .store import VoteStore, masked
 
     path = os.path.join(args.study, STUDY_FILE)
+    saved = read_definition(path) if os.path.isfile(path) else None
     if create:
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-            if [os.path.abspath(r) for r in args.runs] != saved["runs"]:
-                raise ValueError(f"{args.study} is a study of other folders ({', '.join(saved['runs'])}): use another"
-                                 " --study")
-        definition = {"runs": [os.path.abspath(r) for r in args.runs], "csv": _abs(args.csv),
-                      "prompts": _abs(args.prompts), "db": args.db or default_db(args.study)}
+        runs = [os.path.abspath(r) for r in args.runs]
+        twice = sorted({r for r in runs if runs.count(r) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]} is given twice: a study compares different image folders")
+        if saved is not None and runs != saved["runs"]:
+            raise ValueError(f"{args.study} is a study of other folders ({', '.join(saved['runs'])}): use another"
+                             " --study")
+        url = args.db or os.environ.get(DB_ENV) or (saved or {}).get("db") or default_db(args.study)
+        definition = {"runs": runs, "csv": _abs(args.csv), "prompts": _abs(args.prompts), "db": masked(url)}
     else:
-        if not os.path.isfile(path):
+        if saved is None:
             raise FileNotFoundError(f"no study in {args.study} (`ella study serve` makes one)")
-        with open(path, encoding="utf-8") as f:
-            definition = json.load(f)
+        definition = saved
+        url = os.environ.get(DB_ENV) or saved["db"]
+    if "***" in masked(url) and url == masked(url):
+        raise ValueError(f"the study's database needs its password: set {DB_ENV} to its URL")
     study = load_study(definition["runs"], definition["csv"], definition["prompts"])  # checks before any write
-    store = VoteStore(definition["db"])
+    if create:
+        os.makedirs(args.study, exist_ok=True)
+    store = VoteStore(url)
     if create:
         from ..fileio import write_text_atomic
 
@@ -61,8 +72,21 @@ def open_study(args, create: bool = False):
     return study, store
 
 
+def read_definition(path: str) -> dict:
+    """study.json, checked: a damaged or foreign one is one line naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            definition = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}): restore it, or use another --study") from None
+    missing = [k for k in ("runs", "csv", "prompts", "db") if not isinstance(definition, dict) or k not in definition]
+    if missing or not isinstance(definition.get("runs"), list):
+        raise ValueError(f"{path} is not a study definition (no {', '.join(missing) or 'list of runs'}): restore it,"
+                         " or use another --study")
+    return definition
+
+
 def default_db(folder: str) -> str:
-    os.makedirs(folder, exist_ok=True)
     return "sqlite:///" + os.path.abspath(os.path.join(folder, "votes.db"))
 
 
@@ -70,17 +94,34 @@ def _abs(path):
     return None if path is None else os.path.abspath(path)
 
 
+def study_secret(folder: str) -> str:
+    """The key the page's rater ids are kept with, made once per study (owner-only)."""
+    import secrets
+
+    path = os.path.join(folder, SECRET_FILE)
+    if not os.path.isfile(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
 def cmd_serve(args) -> None:
     from ..demo import check_can_serve
-    from .app import StudyServer, build_study_app
+    from .app import CSS, StudyServer, build_study_app
 
     check_can_serve("ella study serve", args.host, args.port)
     study, store = open_study(args, create=True)
+    grids = {r.settings.get("samples") for r in study.runs} - {None, 1}
+    note = (f"Each image is a grid of {grids.pop()} samples of one model: judge the grid as a whole."
+            if len(grids) == 1 else "")
+    blind = os.path.join(args.study, "blind")
     print(f"ella study of {', '.join(study.models)} on {len(study.prompts)} prompts: http://{args.host}:{args.port}"
           " (Ctrl-C stops it)")
-    # Gradio serves files from the working folder and the temp folder only: the image folders are named.
-    build_study_app(StudyServer(study, store)).launch(server_name=args.host, server_port=args.port,
-                                                      allowed_paths=[os.path.abspath(r.folder) for r in study.runs])
+    # Gradio serves files from allowed folders only: the blind copies, never the models' folders.
+    build_study_app(StudyServer(study, store, blind_dir=blind), study_secret(args.study), note).launch(
+        server_name=args.host, server_port=args.port, allowed_paths=[os.path.abspath(blind)], css=CSS)
 
 
 def cmd_report(args) -> None:
