@@ -2,6 +2,7 @@
 one-line error, a refusal, or work that survives, through the real entry points."""
 
 import csv
+import json
 import os
 import signal
 
@@ -351,3 +352,52 @@ def test_exported_and_converted_weights_follow_the_umask(tmp_path):
         os.umask(old)
     for path in (tmp_path / "folder" / "diffusion_pytorch_model.safetensors", tmp_path / "back.safetensors"):
         assert os.stat(path).st_mode & 0o777 == 0o644, path
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from PIL import Image as PILImage
+
+    from ella.bench.runner import AnswerLog
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    out = tmp_path / "out.png"
+    assert main(["generate", "a red circle", "--steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no space left on the device to write {out}" in err[0]
+    log = AnswerLog(str(tmp_path / "answers.jsonl"))
+    monkeypatch.setattr(log, "file", type("Full", (), {"write": full, "flush": full, "fileno": lambda self: 0})())
+    with pytest.raises(OSError, match="answers.jsonl"):
+        log.add("item", 0, "1", "q?", "yes")
+
+
+def test_convert_names_a_bad_config(tmp_path, capsys):
+    from ella import ELLA
+
+    ELLA.from_preset("tiny").save_pretrained(tmp_path / "good")
+    config = json.loads((tmp_path / "good" / "config.json").read_text())
+    for name, broken in (("typed", {**config, "heads": "four"}),
+                         ("bare", {k: v for k, v in config.items() if k.startswith("_")})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(broken))
+        for f in os.listdir(tmp_path / "good"):
+            if f.endswith(".safetensors"):
+                (tmp_path / name / f).write_bytes((tmp_path / "good" / f).read_bytes())
+    (tmp_path / "empty.safetensors").mkdir()
+    cases = [("typed", "heads must be a positive whole number, got 'four'"), ("bare", "lacks width, layers, heads"),
+             ("empty.safetensors", "a folder without config.json")]
+    for src, message in cases:
+        assert main(["convert", str(tmp_path / src), str(tmp_path / "x.safetensors")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_a_training_resolution_the_model_cannot_take_is_refused(tmp_path, capsys):
+    assert main(["train", CONFIG, "--output-dir", str(tmp_path / "run"), "--resolution", "5", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resolution 5 is not a multiple of" in err[0]
+    assert not (tmp_path / "run" / "export").exists()

@@ -163,6 +163,9 @@ def cmd_convert(args) -> None:
     from .pipelines.loading import load_connector
 
     to_file = args.dst.endswith(".safetensors")
+    if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, "config.json")):
+        raise CLIError(f"{args.src} is a folder without config.json: neither a connector folder (save_pretrained) nor"
+                       " a .safetensors file")
     if os.path.isdir(args.src) and not to_file:
         raise CLIError("converting a folder writes a single file: DST must end in .safetensors")
     parent = os.path.dirname(os.path.abspath(args.dst))

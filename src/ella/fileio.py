@@ -4,6 +4,7 @@ planted symlink (torch-free: the CLI and the benchmark use it)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 
@@ -14,6 +15,22 @@ def _umask() -> int:
     return mask
 
 
+FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def disk_full_named(path: str):
+    """A full disk (or quota) while writing `path` as an OSError that names the file: the OS's own
+    "[Errno 28] No space left on device" says neither which file nor that finished work is kept."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in FULL:
+            raise
+        raise OSError(err.errno, f"no space left on the device to write {path}: free some space and rerun (what is"
+                                 " finished is kept)", path) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ".tmp"):
     """Yield a fresh temporary path beside `path`; when the block ends without error, make it
@@ -21,13 +38,15 @@ def atomic_path(path: str, suffix: str = ".tmp"):
     written); a failed or killed write leaves the old file, never half a new one. `mkstemp`
     creates files 0600: the finished file gets the mode any file would (0666 minus the umask)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    with disk_full_named(path):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     os.close(fd)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as f:  # on disk before the rename: a crash never leaves an empty file
-            os.fsync(f.fileno())
+        with disk_full_named(path):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            with open(tmp, "rb") as f:  # on disk before the rename: a crash never leaves an empty file
+                os.fsync(f.fileno())
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # the rename itself, where the platform allows a folder fd
             dir_fd = os.open(folder, os.O_RDONLY)

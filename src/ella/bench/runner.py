@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from ..fileio import atomic_path, named_errors, write_text_atomic
+from ..fileio import atomic_path, disk_full_named, named_errors, write_text_atomic
 from ..images import make_grid, pyplot, save_atomic, split_grid
 from .dpg import Item, summarize
 from .vqa import VQABackend, read_answer_records
@@ -145,11 +145,13 @@ class AnswerLog:
     def add(self, item_id: str, crop: int, proposition_id: str, question: str, answer: str) -> None:
         record = {"item_id": item_id, "crop": crop, "proposition_id": proposition_id, "question": question, "answer": answer}
         self.records[(item_id, crop, proposition_id)] = record
-        self.file.write(json.dumps(record) + "\n")
+        with disk_full_named(self.path):
+            self.file.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        with disk_full_named(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()

@@ -214,8 +214,9 @@ class ELLA(ModelMixin, ConfigMixin):
         pooled_dim: int | None = None,  # SDXL: also a pooled text embedding of this width (`pool`)
     ):
         super().__init__()
-        if connector_type not in CONNECTOR_TYPES:
-            raise ValueError(f"connector_type must be one of {CONNECTOR_TYPES}, got {connector_type!r}")
+        check_config_values(dict(time_channel=time_channel, time_embed_dim=time_embed_dim, width=width, layers=layers,
+                                 heads=heads, num_latents=num_latents, input_dim=input_dim, output_dim=output_dim,
+                                 connector_type=connector_type, pooled_dim=pooled_dim))
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         output_dim = output_dim or width
@@ -338,6 +339,7 @@ class ELLA(ModelMixin, ConfigMixin):
             if heads is None and filename is None and name in SINGLE_FILE_REPOS:  # a release: its heads are known
                 heads = RELEASE_HEADS
             return cls.from_single_file(path, heads=heads, torch_dtype=kwargs.get("torch_dtype"))
+        check_folder_config(path)
         return super().from_pretrained(path, **kwargs)
 
     @classmethod
@@ -356,7 +358,7 @@ class ELLA(ModelMixin, ConfigMixin):
         refused with a message that names them.
         """
         from ..hub import local_single_file
-        from .checkpoint import config_from_state_dict, load_state_dict_file, read_config_metadata
+        from .checkpoint import CONFIG_METADATA_KEY, config_from_state_dict, load_state_dict_file, read_config_metadata
 
         path = local_single_file(os.fspath(path))
         state_dict = load_state_dict_file(path)
@@ -368,7 +370,10 @@ class ELLA(ModelMixin, ConfigMixin):
                                " tell). Pass heads=... if it was trained with another number", path, RELEASE_HEADS)
         elif heads is not None and heads != config.get("heads"):
             raise CheckpointError(f"{path} was saved with heads={config.get('heads')}, not {heads}")
-        model = cls(**config)
+        try:
+            model = cls(**config)
+        except (TypeError, ValueError) as err:  # a config of other fields or types
+            raise CheckpointError(f"{path}: its {CONFIG_METADATA_KEY} metadata is not an ELLA config: {err}") from None
         model.load_strict(state_dict, source=str(path))
         if torch_dtype is not None:  # nn.Module's `to`: diffusers' warns of fp32-only modules, which ELLA has none of
             torch.nn.Module.to(model, torch_dtype)
@@ -417,3 +422,59 @@ PRESETS: dict[str, dict] = {
     # For tests: a few thousand parameters.
     "tiny": dict(time_channel=8, time_embed_dim=16, width=16, layers=2, heads=2, num_latents=4, input_dim=32, output_dim=16),
 }
+
+
+REQUIRED_CONFIG = ("width", "layers", "heads", "num_latents", "input_dim", "connector_type")
+
+
+def check_folder_config(folder: str) -> None:
+    """A `save_pretrained` folder's config.json holds what `save_pretrained` writes (missing fields
+    would silently take the SD1.5 defaults, and the weights then fail with a shape error naming
+    nothing), each of the right type; a CheckpointError naming the file otherwise."""
+    import json
+
+    from .checkpoint import CheckpointError
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return  # diffusers names the missing file itself
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a config (a JSON object)")
+    missing = [k for k in REQUIRED_CONFIG if k not in config and not (k != "width" and config.get("connector_type")
+                                                                       == "mlp" and k in ("layers", "heads",
+                                                                                          "num_latents"))]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an ELLA connector's config (save_pretrained"
+                              " writes every field)")
+    try:
+        check_config_values({k: v for k, v in config.items() if not k.startswith("_")})
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+OPTIONAL_CONFIG = ("output_dim", "pooled_dim")
+
+
+def check_config_values(fields: dict) -> None:
+    """ELLA's config values, each of its type (a config file's `"heads": "four"` is refused here,
+    naming the field, not deep in the model's construction); ValueError naming the first wrong one."""
+    import inspect
+
+    unknown = sorted(set(fields) - set(inspect.signature(ELLA.__init__).parameters))
+    if unknown:
+        raise ValueError(f"ELLA config: unknown fields {', '.join(unknown)}")
+    for name, value in fields.items():
+        if name == "connector_type":
+            if value not in CONNECTOR_TYPES:
+                raise ValueError(f"connector_type must be one of {CONNECTOR_TYPES}, got {value!r}")
+            continue
+        if value is None and name in OPTIONAL_CONFIG:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "layers" else 1):
+            raise ValueError(f"ELLA config: {name} must be a {'non-negative' if name == 'layers' else 'positive'} whole"
+                             f" number{' or null' if name in OPTIONAL_CONFIG else ''}, got {value!r}")

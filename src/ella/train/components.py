@@ -29,6 +29,15 @@ class FrozenParts:
         return LLMEncoder(self.text_encoder, self.tokenizer, config.text_max_length, config.text_mode, config.text_echo)
 
     @property
+    def downsampling(self) -> int:
+        """How many pixels a UNet's coarsest feature spans: the VAE's factor (1 for a pixel-space
+        UNet) times the UNet's (its down blocks halve all but the last). A training resolution must
+        be a multiple of it."""
+        vae = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        unet = 2 ** (len(self.unet.config.down_block_types) - 1) if self.unet is not None else 1
+        return vae * unet
+
+    @property
     def sdxl(self) -> bool:
         return self.unet is not None and self.unet.config.addition_embed_type == "text_time"
 

@@ -331,6 +331,10 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not accelerator_available())
     device = accelerator.device
     parts = parts or load_frozen_parts(config, device, frozen_dtype(config, device))
+    if config.resolution % parts.downsampling:
+        step = parts.downsampling
+        raise ValueError(f"resolution {config.resolution} is not a multiple of {step}, what this model downsamples by:"
+                         f" use {max(step, config.resolution // step * step)} or {(config.resolution // step + 1) * step}")
     torch.manual_seed(config.seed)
     ella = build_connector(config, parts).to(device).train()
     optimizer = torch.optim.AdamW(ella.parameters(), lr=config.lr, weight_decay=config.weight_decay)
