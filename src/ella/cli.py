@@ -21,12 +21,34 @@ def _add_config_command(sub, name: str, help_text: str, config_help: str, func) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `ella` command line: each command registers its own parser (plugins' too)."""
+    from .bench.cli import add_bench_parser
     from .plugins import registry, resolve
+    from .study.cli import add_parser as add_study_parser
 
     parser = argparse.ArgumentParser(prog="ella", description="ELLA: LLM-conditioned diffusion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_generate_parser, add_plan_parser, add_demo_parser, add_convert_parser, add_caption_parser,
+                add_feedback_parser, add_study_parser, add_env_parser, add_train_parsers, add_bench_parser):
+        add(sub)
+    for target in registry().cli_commands.values():
+        resolve(target)(sub)
+    return parser
 
+
+def add_env_parser(sub) -> None:
+    sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
+
+
+def add_train_parsers(sub) -> None:
+    _add_config_command(sub, "train", "train a connector (see configs/)", "YAML config file", cmd_train)
+    _add_config_command(sub, "cache", "precompute LLM features and VAE latents for training",
+                        "YAML config file (its data and cache_dir are used)", cmd_train)
+
+
+def add_generate_parser(sub) -> None:
+    """`ella generate`: text to image (and img2img, inpainting, regions)."""
     g = sub.add_parser("generate", help="text to image")
     g.add_argument("prompt")
     g.add_argument("--out", default="ella.png", help="output image, e.g. ella.png (a grid for several images)")
@@ -53,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
+
+def add_plan_parser(sub) -> None:
+    """`ella plan`: a prompt's regions as a layout."""
+    from .plugins import registry
+
     pl = sub.add_parser("plan", help="plan a prompt's regions: the layout as JSON (for generate --regions FILE)")
     pl.add_argument("prompt")
     pl.add_argument("--planner", default=None, help="llm:MODEL, openai:URL#MODEL, or a plugin's" +
@@ -61,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", default=None, help="where an LLM planner runs (default: cuda if available)")
     pl.set_defaults(func=cmd_plan)
 
+
+def add_demo_parser(sub) -> None:
+    """`ella demo`: the browser page."""
     d = sub.add_parser("demo", help="base vs ELLA side by side in the browser (Gradio: pip install -e '.[demo]')")
     d.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     d.add_argument("--port", type=port, default=7860, help="port (default: 7860)")
@@ -70,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source_args(d)
     d.set_defaults(func=cmd_demo)
 
+
+def add_convert_parser(sub) -> None:
+    """`ella convert`: connector files and folders."""
     c = sub.add_parser("convert", help="official single file <-> save_pretrained folder")
     c.add_argument("src", help="a .safetensors connector file or an ELLA folder")
     c.add_argument("dst", help="a .safetensors file (with the config in its metadata) or a folder")
@@ -77,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--heads", type=positive_int, default=None, help="attention heads of a file without config"
                    " (the weights cannot tell; default: the official release's 8)")
     c.set_defaults(func=cmd_convert)
+
+
+def add_caption_parser(sub) -> None:
+    """`ella caption`: dense recaptioning."""
+    from .plugins import registry
 
     cap = sub.add_parser("caption", help="dense recaptioning: a caption set for training, beside the data")
     cap.add_argument("data", help="what `ella train` reads: an image folder, a .jsonl/.csv manifest, 'shards/*.tar',"
@@ -96,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_caption)
 
+
+def add_feedback_parser(sub) -> None:
+    """`ella feedback`: rounds of generate, judge, keep, train."""
     fb = sub.add_parser("feedback", help="fine-tune a connector from image-understanding feedback (rounds of"
                         " generate, judge, keep, train)")
     fb.add_argument("config", help="YAML feedback config (configs/shapes/ella-tsc-feedback.yaml)")
@@ -103,24 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--fresh", action="store_true", help="the output folder holds a run with other settings: move it"
                     " aside and start over")
     fb.set_defaults(func=cmd_feedback)
-    from .study.cli import add_parser as add_study_parser
-
-    add_study_parser(sub)
-    sub.add_parser("env", help="versions and devices, for bug reports").set_defaults(func=cmd_env)
-    _add_config_command(sub, "train", "train a connector (see configs/)", "YAML config file", cmd_train)
-    _add_config_command(sub, "cache", "precompute LLM features and VAE latents for training",
-                        "YAML config file (its data and cache_dir are used)", cmd_train)
-
-    b = sub.add_parser("bench", help="benchmarks: DPG-Bench" + "".join(f", {n}" for n in registry().bench_commands))
-    bsub = b.add_subparsers(dest="bench", required=True)
-    from .bench.cli import add_bench_parsers
-
-    add_bench_parsers(bsub)
-    for target in registry().bench_commands.values():
-        resolve(target)(bsub)
-    for target in registry().cli_commands.values():
-        resolve(target)(sub)
-    return parser
 
 
 def cmd_env(args) -> None:

@@ -12,6 +12,17 @@ from .dpg import DPGDataError
 UPSTREAM = "https://raw.githubusercontent.com/TencentQQGYLab/ELLA/3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench"
 
 
+def add_bench_parser(sub) -> None:
+    """`ella bench`: DPG-Bench and the plugins' benches."""
+    from ..plugins import registry, resolve
+
+    bench = sub.add_parser("bench", help="benchmarks: DPG-Bench" + "".join(f", {n}" for n in registry().bench_commands))
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    add_bench_parsers(bsub)
+    for target in registry().bench_commands.values():
+        resolve(target)(bsub)
+
+
 def add_bench_parsers(sub) -> None:
     from ..cli_args import add_model_args, positive_int
     from ..plugins import registry
