@@ -69,7 +69,7 @@ def main() -> None:
         run.optimizer.zero_grad(set_to_none=True)
         t.append(time.perf_counter())
         if step >= 2:
-            for (name, times), a, b in zip(phases.items(), t, t[1:]):
+            for times, a, b in zip(phases.values(), t, t[1:]):
                 times.append(b - a)
     step_s = sum(statistics.median(v) for v in phases.values())
     timesteps = torch.randint(0, 1000, (len(latents),))

@@ -233,6 +233,20 @@ def test_a_prompt_without_a_winner_or_a_loser_is_skipped_and_counted(tmp_path):
     assert json.loads((tmp_path / "keep.json").read_text()) == {"skipped_no_winner": 1, "skipped_no_loser": 1}
 
 
+def test_dpo_pairs_by_margin_take_the_best_and_the_worst_when_they_differ_enough(tmp_path):
+    from ella.bench.dpg import Item
+    from ella.feedback import FeedbackConfig, keep
+
+    items = {"a": Item("a", "x"), "b": Item("b", "y")}
+    scores = {"a__0": 0.5, "a__1": 0.9, "a__2": 0.2, "b__0": 0.5, "b__1": 0.6, "b__2": 0.55}
+    (tmp_path / "images").mkdir()
+    for name in scores:
+        (tmp_path / "images" / f"{name}.png").write_bytes(b"png")
+    kept = keep(FeedbackConfig(method="dpo", candidates=3, dpo_margin=0.3), items, scores, str(tmp_path))
+    assert [(k["image"], k["loser"]) for k in kept] == [("a__1.png", "a__2.png")]  # none passed 1.0: margins decide
+    assert json.loads((tmp_path / "keep.json").read_text())["skipped_no_winner"] == 1  # b: 0.1 apart
+
+
 def test_the_strict_judge_fails_one_extra_object_and_passes_the_exact_scene():
     import random
 

@@ -63,6 +63,10 @@ class FeedbackConfig:
     tolerance: float = 1.0  # held-out points a round may fall below the best so far before the run stops
     method: str = "sft"  # sft: regress onto the kept images; dpo: prefer each prompt's winner to its loser
     dpo_beta: float = 2500.0
+    # DPO pairs: None = the best passing and the worst failing candidate; a number = the best and
+    # the worst candidate whenever their scores differ by at least this much (preference data
+    # where few candidates pass)
+    dpo_margin: float | None = None
     strict: bool = False  # also fail candidates holding what the prompt does not ask for
     seed: int = 0
     output_dir: str = "runs/feedback"
@@ -82,6 +86,8 @@ class FeedbackConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not self.dpo_beta > 0 or not self.tolerance >= 0:
             raise ValueError("dpo_beta must be positive and tolerance at least 0")
+        if self.dpo_margin is not None and not 0 < self.dpo_margin <= 1:
+            raise ValueError(f"dpo_margin is a DPG score difference in (0, 1], got {self.dpo_margin}")
         check_backend_name(self.judge)
         for name in ("train_config", "init_connector", "prompts"):
             if not getattr(self, name):
@@ -409,6 +415,9 @@ def keep(config: FeedbackConfig, items: dict, scores: dict[str, float], folder: 
                         key=lambda sk: (-sk[0], sk[1]))
         passing = [(score, k) for score, k in ranked if score >= config.threshold]
         failing = [(score, k) for score, k in ranked if score < config.threshold]
+        if config.method == "dpo" and config.dpo_margin is not None:  # preferences by score, not pass/fail
+            best, worst = ranked[0], min(ranked, key=lambda sk: (sk[0], sk[1]))
+            passing, failing = ([best], [worst]) if best[0] - worst[0] >= config.dpo_margin else ([], ranked)
         no_winner += not passing
         if config.method == "dpo":
             if passing and not failing:
