@@ -205,22 +205,32 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.dst} ({model.config.connector_type}, {sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
-def cmd_caption(args) -> None:
+def launch_ranks() -> tuple[int, int]:
+    """(this process's rank, the number of processes) under `accelerate launch` or torchrun (which
+    set WORLD_SIZE), through accelerate; (0, 1) for a plain run, without importing accelerate
+    (a second of imports a resumed caption run would otherwise spend)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
     from accelerate import PartialState
 
+    from .devices import accelerator_available
+
+    state = PartialState(cpu=not accelerator_available())
+    return state.process_index, state.num_processes
+
+
+def cmd_caption(args) -> None:
     from .caption.captioners import load_captioner
     from .caption.run import caption_data, check_out, load_check
     from .caption.sources import shards
-    from .devices import accelerator_available
 
     check_out(args.data, args.out)  # bad input fails before any model loads or any file is written
     load_check(args.check)
     sources = shards(args.data)
     captioner = load_captioner(args.captioner, args.prompt, args.max_new_tokens, args.device, args.dtype)
-    state = PartialState(cpu=not accelerator_available())  # `accelerate launch -m ella.cli caption ...`: ranks
-    stats = caption_data(args.data, captioner, args.out, args.batch_size, args.chunk_size, state.process_index,
-                         state.num_processes, progress=not args.quiet and sys.stderr.isatty(), all_shards=sources,
-                         check=args.check)
+    rank, world = launch_ranks()
+    stats = caption_data(args.data, captioner, args.out, args.batch_size, args.chunk_size, rank, world,
+                         progress=not args.quiet and sys.stderr.isatty(), all_shards=sources, check=args.check)
     kept = f"; the {args.check} check kept {stats.captioned - stats.rejected} of them" if args.check else ""
     failed = f", {stats.failed} the captioner could not describe" if stats.failed else ""
     print(f"captioned {stats.captioned} images into {args.out} ({stats.images_per_s:.2f} images/s){kept}; "

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from ..train.data import IMAGE_EXTS, scan_records
+from ..train.records import IMAGE_EXTS, scan_records
 
 BLOCK = 1000
 FINGERPRINT_BYTES = 1 << 20  # a tar shard is fingerprinted by its size and its first and last MiB
