@@ -55,22 +55,26 @@ def scan_records(source: str) -> list[Record]:
 
 
 def _scan_folder(source: str) -> list[Record]:
-    found: dict[str, str] = {}
+    found: dict[str, tuple[str, str | None]] = {}  # key -> (image path, caption file or None)
     for folder, subfolders, names in os.walk(source):
         subfolders.sort()  # a fixed order, whatever the file system's
+        prefix = os.path.relpath(folder, source).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        listed = set(names)  # captions found in the listing: no stat per image (a million-image folder)
         for name in sorted(names):
             stem, ext = os.path.splitext(name)
             if ext.lower() not in IMAGE_EXTS:
                 continue
-            path = os.path.join(folder, name)
-            key = os.path.relpath(os.path.join(folder, stem), source).replace(os.sep, "/")
+            path, key = os.path.join(folder, name), prefix + stem
             if key in found:
-                raise ValueError(f"{found[key]} and {path} have the same name but for the extension: one key, two"
+                raise ValueError(f"{found[key][0]} and {path} have the same name but for the extension: one key, two"
                                  " images (rename one)")
-            found[key] = path
+            found[key] = (path, os.path.join(folder, stem + ".txt") if stem + ".txt" in listed else None)
     records = []
-    for key, path in sorted(found.items()):
-        txt = os.path.splitext(path)[0] + ".txt"
-        caption = open(txt, encoding="utf-8").read().strip() if os.path.isfile(txt) else None
+    for key, (path, txt) in sorted(found.items()):
+        caption = None
+        if txt is not None:
+            with open(txt, encoding="utf-8") as f:
+                caption = f.read().strip()
         records.append(Record(key, path, caption))
     return records
