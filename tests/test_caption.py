@@ -451,3 +451,112 @@ def test_a_run_where_every_image_is_unreadable_fails(tmp_path, capsys):
         (data / f"{i}.png").write_bytes(b"broken")
     assert main(["caption", str(data), "--captioner", "shapes", "--out", str(tmp_path / "caps")]) == 2
     assert "none of the 3 images could be captioned" in capsys.readouterr().err
+
+
+# ---- the data engine at scale: nested folders and shards, broken, huge and busy files, two kills ----
+
+
+def _huge_png() -> bytes:
+    """A PNG whose header says 20,000 x 20,000 pixels: over PIL's decompression-bomb limit (it is
+    refused from the header, so the file itself is tiny)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def _engine_data(root, n: int) -> tuple[dict, set, set]:
+    """n items over nested folders and tar shards, 1 % each broken, huge and busy (six objects: the
+    exact captioner has no words for them). Returns ({data spec: keys}, unreadable keys, busy keys)."""
+    import random as rnd
+
+    from ella.shapes.world import render, sample_scene
+
+    rng, specs, unreadable, busy = rnd.Random(0), {}, set(), set()
+    folder, shards = root / "folders", root / "shards"
+    members: dict[str, dict[str, bytes]] = {}
+    for i in range(n):
+        kind = ("broken", "huge", "busy", *["ok"] * 97)[i % 100]
+        if kind == "busy":
+            image = _scene_image(6)
+        elif kind == "ok":
+            image = render(sample_scene(rng))
+        buffer = io.BytesIO()
+        if kind in ("ok", "busy"):
+            image.save(buffer, format="PNG")
+        data = {"broken": b"\x89PNG broken", "huge": _huge_png()}.get(kind, buffer.getvalue())
+        in_tar = i % 2 == 1
+        if in_tar:
+            shard = f"part-{i % 4 // 2}/shard-{i % 8 // 4}.tar"  # two folders, shards of one name in each
+            key = f"t{i:06d}"
+            members.setdefault(shard, {})[f"{key}.png"] = data
+            spec = str(shards / "*" / "*.tar")
+        else:
+            key = f"sub {i % 5}/deep/{i:06d}"
+            path = folder / f"{key}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            spec = str(folder)
+        specs.setdefault(spec, set()).add(key)
+        unreadable |= {key} if kind in ("broken", "huge") else set()
+        busy |= {key} if kind == "busy" else set()
+    for name, content in members.items():
+        (shards / name).parent.mkdir(parents=True, exist_ok=True)
+        write_tar(shards / name, content)
+    return specs, unreadable, busy
+
+
+def _run_killed(data: str, out: str, kills: int) -> None:
+    """`ella caption` in a process killed (SIGKILL) after each of its first `kills` sidecar writes."""
+    import subprocess
+    import sys
+    import time
+
+    for _ in range(kills):
+        before = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} if os.path.isdir(out) else {}
+        process = subprocess.Popen([sys.executable, "-m", "ella.cli", "caption", data, "--captioner", "shapes",
+                                    "--out", out, "--chunk-size", "64", "-q"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while process.poll() is None and time.time() < deadline:
+            now = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out)} if os.path.isdir(out) else {}
+            if any(f.endswith(".jsonl") and before.get(f) != t for f, t in now.items()):
+                process.kill()  # mid-run: a sidecar was just written, more is in flight
+                break
+            time.sleep(0.01)
+        process.wait()
+    assert main(["caption", data, "--captioner", "shapes", "--out", out, "-q"]) == 0
+
+
+def _check_engine(specs: dict, unreadable: set, busy: set, root) -> None:
+    for i, (data, keys) in enumerate(specs.items()):
+        out = str(root / f"captions-{i}")
+        _run_killed(data, out, kills=2)
+        from ella.caption.sidecar import sidecar_names
+
+        assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # a kill's leftovers are cleared
+        records = [json.loads(line) for name in sidecar_names(out)
+                   for line in list(open(os.path.join(out, name), encoding="utf-8"))[1:]]
+        assert set(load_caption_set(out)) == keys - unreadable - busy
+        seen = [r["key"] for r in records]
+        assert len(seen) == len(set(seen)) and set(seen) == keys  # every file once, no key collision
+        for r in records:
+            if r["key"] in unreadable:
+                assert r["caption"] == "" and r["unreadable"]
+            elif r["key"] in busy:
+                assert r["caption"] == "" and "more than a ShapesWorld scene holds" in r["failure"]
+            else:
+                assert r["caption"] and r["file"] and r["stamp"]
+
+
+def test_the_data_engine_on_generated_data_with_two_kills(tmp_path):
+    _check_engine(*_engine_data(tmp_path, 1200), tmp_path)
+
+
+@pytest.mark.slow
+def test_the_data_engine_at_20000_images_with_two_kills(tmp_path):
+    _check_engine(*_engine_data(tmp_path, 20_000), tmp_path)

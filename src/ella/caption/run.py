@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from .sidecar import check_header, read_header, read_sidecar, sidecar_path, write_set_file, write_sidecar
+from .sidecar import (check_header, read_header, read_sidecar, remove_leftovers, sidecar_path, write_set_file,
+                      write_sidecar)
 from .sources import UnreadableImage, data_id, data_root, shards
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size
     A second run on the same `out` is refused while one holds it."""
     from ..fileio import folder_lock
 
+    started = time.time()
     check_out(data, out)
     agrees = load_check(check)
     all_shards = shards(data) if all_shards is None else all_shards
@@ -76,6 +78,8 @@ def caption_data(data: str, captioner, out: str, batch_size: int = 8, chunk_size
     with folder_lock(out, enabled=rank == 0):
         if rank == 0:
             write_set_file(out, {**described, "data": data_id(data)})
+            if remove_leftovers(out, started):
+                logger.info("removed the temporary files of an interrupted run in %s", out)
         stats, start = CaptionStats(), time.perf_counter()
         sizes = [shard.size for shard in mine]
         total = sum(sizes) if None not in sizes else None

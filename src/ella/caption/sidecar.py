@@ -94,6 +94,21 @@ def write_set_file(out: str, description: dict) -> None:
         json.dump(description, f, indent=2)
 
 
+def sidecar_names(folder: str) -> list[str]:
+    """The set's sidecars, in order: not the temporary files a killed write leaves (`.tmp-*`)."""
+    return sorted(n for n in os.listdir(folder) if n.endswith(".jsonl") and not n.startswith("."))
+
+
+def remove_leftovers(folder: str, older_than: float) -> int:
+    """Delete the temporary files of writes a kill interrupted (modified before `older_than`, a
+    time.time(): never those of a rank of this run); returns how many."""
+    names = [n for n in os.listdir(folder) if n.startswith(".tmp-")] if os.path.isdir(folder) else []
+    leftovers = [os.path.join(folder, n) for n in names if os.path.getmtime(os.path.join(folder, n)) < older_than]
+    for path in leftovers:
+        os.unlink(path)
+    return len(leftovers)
+
+
 def read_set_file(out: str) -> dict:
     """A set's set.json; a damaged one is a one-line error naming it."""
     path = os.path.join(out, SET_FILE)
@@ -113,17 +128,16 @@ def load_caption_set(folder: str) -> dict[str, str]:
     if not os.path.isfile(os.path.join(folder, SET_FILE)):
         raise FileNotFoundError(f"caption set not found: {folder} (no {SET_FILE}; `ella caption` writes one)")
     captions = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".jsonl"):
-            captions.update({r["key"]: r["caption"] for r in read_sidecar(os.path.join(folder, name))[1] if r["caption"]})
+    for name in sidecar_names(folder):
+        captions.update({r["key"]: r["caption"] for r in read_sidecar(os.path.join(folder, name))[1] if r["caption"]})
     return captions
 
 
 def set_digest(folder: str) -> str:
     """A digest of a caption set's contents (feature caches key on it)."""
     h = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".jsonl") or name == SET_FILE:
+    for name in [*sidecar_names(folder), SET_FILE]:
+        if os.path.isfile(os.path.join(folder, name)):
             with open(os.path.join(folder, name), "rb") as f:
                 h.update(name.encode() + f.read())
     return h.hexdigest()[:16]
