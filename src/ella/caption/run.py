@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from .sidecar import (check_header, read_header, read_sidecar, remove_leftovers, sidecar_path, write_set_file,
-                      write_sidecar)
+from .sidecar import (
+    check_header,
+    read_header,
+    read_sidecar,
+    remove_leftovers,
+    sidecar_path,
+    write_set_file,
+    write_sidecar,
+)
 from .sources import UnreadableImage, data_id, data_root, shards
 
 logger = logging.getLogger(__name__)
