@@ -556,3 +556,24 @@ def _check_engine(specs: dict, unreadable: set, busy: set, root) -> None:
 def test_the_data_engine_at_20000_images_with_two_kills(tmp_path):
     """About 25 s on the 2-core development CPU."""
     _check_engine(*_engine_data(tmp_path, 20_000), tmp_path)
+
+
+def test_training_reads_a_caption_set_by_key_from_an_index_rebuilt_when_it_changes(tmp_path):
+    import pickle
+
+    from ella.caption.sidecar import CaptionIndex
+
+    out = str(tmp_path / "caps")
+    caption_data("shapes:30", Counting(), out, progress=False, chunk_size=8)
+    index = CaptionIndex(out)
+    whole = load_caption_set(out)
+    assert len(index) == len(whole) == 30 and all(index[k] == v for k, v in whole.items())
+    assert index.get("no-such-key") is None
+    worker = pickle.loads(pickle.dumps(index))  # as a DataLoader worker gets it: it opens its own connection
+    assert worker.get(next(iter(whole))) == next(iter(whole.values()))
+    sidecar = os.path.join(out, "items-00000.jsonl")
+    lines = open(sidecar).read().splitlines(keepends=True)
+    record = json.loads(lines[1])
+    lines[1] = json.dumps({**record, "caption": "rewritten"}) + "\n"
+    open(sidecar, "w").write("".join(lines))
+    assert CaptionIndex(out)[record["key"]] == "rewritten"  # a changed sidecar: the index is built again

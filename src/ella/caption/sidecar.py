@@ -12,6 +12,7 @@ most the chunk in flight, and no reader ever sees a torn file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -141,3 +142,90 @@ def set_digest(folder: str) -> str:
             with open(os.path.join(folder, name), "rb") as f:
                 h.update(name.encode() + f.read())
     return h.hexdigest()[:16]
+
+
+INDEX_FILE = "captions.sqlite"
+
+
+class CaptionIndex:
+    """A caption set's {key: caption} on disk: an SQLite table built once from the sidecars (and
+    again when a sidecar changes), read one key at a time. What training reads: a million long
+    captions are a lookup each, not gigabytes in every process and minutes of JSON at start-up.
+    The index lives in the set's folder, or in the temp folder when the set is read-only; each
+    process (and DataLoader worker) opens its own connection on first use. Rejected and missing
+    captions are not in it."""
+
+    def __init__(self, folder: str):
+        import sqlite3
+
+        if not os.path.isfile(os.path.join(folder, SET_FILE)):
+            raise FileNotFoundError(f"caption set not found: {folder} (no {SET_FILE}; `ella caption` writes one)")
+        self.folder = folder
+        self.stamp = self._stamp()
+        self.path = os.path.join(folder, INDEX_FILE)
+        if not os.access(folder, os.W_OK):
+            import tempfile
+
+            name = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:16]
+            self.path = os.path.join(tempfile.gettempdir(), f"ella-captions-{name}.sqlite")
+        try:
+            current = self._read_stamp()
+        except sqlite3.DatabaseError:  # a damaged index: it is ours, built again
+            current = None
+        if current != self.stamp:
+            self._build()
+        self._db, self._pid = None, None
+
+    def _stamp(self) -> str:
+        """The sidecars' names, sizes and modification times: an index of other contents is rebuilt."""
+        parts = []
+        for name in sidecar_names(self.folder):
+            st = os.stat(os.path.join(self.folder, name))
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _read_stamp(self) -> str | None:
+        import sqlite3
+
+        if not os.path.isfile(self.path):
+            return None
+        with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'stamp'").fetchone()
+        return row[0] if row else None
+
+    def _build(self) -> None:
+        import sqlite3
+
+        with atomic_path(self.path, suffix=".sqlite") as tmp, contextlib.closing(sqlite3.connect(tmp)) as db:
+            db.execute("CREATE TABLE captions (key TEXT PRIMARY KEY, caption TEXT NOT NULL) WITHOUT ROWID")
+            db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+            for name in sidecar_names(self.folder):
+                records = read_sidecar(os.path.join(self.folder, name))[1]
+                db.executemany("INSERT OR REPLACE INTO captions VALUES (?, ?)",
+                               ((r["key"], r["caption"]) for r in records if r["caption"]))
+            db.execute("INSERT INTO meta VALUES ('stamp', ?)", (self.stamp,))
+            db.commit()
+
+    def _connection(self):
+        import sqlite3
+
+        if self._db is None or self._pid != os.getpid():  # a forked worker opens its own
+            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            self._pid = os.getpid()
+        return self._db
+
+    def get(self, key: str, default=None):
+        row = self._connection().execute("SELECT caption FROM captions WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def __getitem__(self, key: str) -> str:
+        caption = self.get(key)
+        if caption is None:
+            raise KeyError(key)
+        return caption
+
+    def __len__(self) -> int:
+        return self._connection().execute("SELECT COUNT(*) FROM captions").fetchone()[0]
+
+    def __getstate__(self):  # sent to DataLoader workers without the connection
+        return {**self.__dict__, "_db": None, "_pid": None}

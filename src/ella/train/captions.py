@@ -25,12 +25,12 @@ class CaptionMix:
     """{key: caption} choices over weighted caption sets; `choose(key, original)`."""
 
     def __init__(self, mix: dict, seed: int = 0):
-        from ..caption.sidecar import load_caption_set
+        from ..caption.sidecar import CaptionIndex
 
         check_mix(mix)
         self.names = list(mix)
         self.weights = [float(mix[n]) for n in self.names]
-        self.sets = {n: load_caption_set(n) for n in self.names if n != ORIGINAL}
+        self.sets = {n: CaptionIndex(n) for n in self.names if n != ORIGINAL}  # on disk, read by key
         self.seed = seed
 
     def choose(self, key: str, original: str | None) -> str | None:
