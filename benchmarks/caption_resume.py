@@ -51,8 +51,8 @@ def write_shard(path: str, n: int) -> None:
 
 
 def _save(image, target) -> None:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray((np.asarray(image) * 255).round().astype("uint8"))
