@@ -377,6 +377,15 @@ def test_serve_refuses_bad_input_in_one_line_leaving_nothing(runs, tmp_path, cap
     assert not (tmp_path / "study").exists()
 
 
+def test_a_database_that_cannot_be_opened_leaves_no_study_folder(runs, tmp_path, capsys):
+    pytest.importorskip("gradio")
+    folders, prompts = runs
+    code = main(["study", "serve", *folders, "--prompts", prompts, "--study", str(tmp_path / "new"),
+                 "--db", "postgresql+nosuchdriver://u:pw@127.0.0.1:1/x"])
+    assert code == 2 and "cannot open the vote database" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_damaged_or_foreign_study_file_is_one_line(runs, tmp_path, capsys):
     study = tmp_path / "study"
     study.mkdir()

@@ -62,9 +62,15 @@ def open_study(args, create: bool = False):
     if "***" in masked(url) and url == masked(url):
         raise ValueError(f"the study's database needs its password: set {DB_ENV} to its URL")
     study = load_study(definition["runs"], definition["csv"], definition["prompts"])  # checks before any write
+    made = create and not os.path.isdir(args.study)
     if create:
         os.makedirs(args.study, exist_ok=True)
-    store = VoteStore(url)
+    try:
+        store = VoteStore(url)
+    except ValueError:
+        if made and not os.listdir(args.study):  # a database that cannot be opened leaves no empty study behind
+            os.rmdir(args.study)
+        raise
     if create:
         from ..fileio import write_text_atomic
 
