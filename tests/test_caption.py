@@ -416,7 +416,8 @@ def test_a_damaged_sidecar_or_set_file_is_one_line_naming_it(tmp_path, capsys, d
     sidecar.write_text("".join(lines))
     (out / "set.json").write_text("{damaged")
     assert main(["caption", "shapes:4", "--captioner", "shapes", "--out", str(out)]) == 2
-    assert "set.json is damaged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "set.json is not valid JSON" in err and "damaged" in err
 
 
 def test_a_manifest_error_names_its_line(tmp_path):

@@ -391,7 +391,8 @@ def test_a_damaged_or_foreign_study_file_is_one_line(runs, tmp_path, capsys):
     study.mkdir()
     (study / "study.json").write_text("{damaged")
     assert main(["study", "report", "--study", str(study)]) == 2
-    assert "study.json is damaged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "study.json is not valid JSON" in err and "damaged" in err
     (study / "study.json").write_text(json.dumps({"csv": None}))
     assert main(["study", "report", "--study", str(study)]) == 2
     assert "is not a study definition (no runs" in capsys.readouterr().err

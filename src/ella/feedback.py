@@ -161,12 +161,10 @@ def open_run_folder(config: FeedbackConfig, fresh: bool = False) -> None:
     write_text_atomic(path, json.dumps(settings, indent=1))
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is damaged: {err}") from None
+def _read_json(path: str) -> dict:
+    from .fileio import read_json_object
+
+    return read_json_object(path, "feedback run file")
 
 
 def load_items(path: str) -> dict:

@@ -108,6 +108,18 @@ def named_errors(path: str, what: str = "file"):
         raise ValueError(f"{what} {path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
 
 
+def read_json_object(path: str, what: str = "file") -> dict:
+    """A JSON object from `path`; a ValueError naming the file (and `what` it is) when it is not
+    UTF-8, not JSON, or not an object."""
+    import json
+
+    with named_errors(path, what), open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} is not a JSON object")
+    return data
+
+
 def follow_umask(folder: str, suffix: str = ".safetensors") -> None:
     """Give the `suffix` files below `folder` the mode any new file gets (0666 minus the umask):
     safetensors writes its files 0600, unlike every other output."""

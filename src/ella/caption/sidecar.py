@@ -112,15 +112,12 @@ def remove_leftovers(folder: str, older_than: float) -> int:
 
 def read_set_file(out: str) -> dict:
     """A set's set.json; a damaged one is a one-line error naming it."""
-    path = os.path.join(out, SET_FILE)
+    from ..fileio import read_json_object
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SidecarError(f"{path} is damaged ({err}): delete the caption set, or restore the file") from None
-    if not isinstance(data, dict):
-        raise SidecarError(f"{path} is damaged (not a JSON object): delete the caption set, or restore the file")
-    return data
+        return read_json_object(os.path.join(out, SET_FILE), "the caption set's file")
+    except ValueError as err:
+        raise SidecarError(f"{err}: it is damaged; delete the caption set, or restore the file") from None
 
 
 def load_caption_set(folder: str) -> dict[str, str]:

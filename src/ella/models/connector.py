@@ -431,20 +431,16 @@ def check_folder_config(folder: str) -> None:
     """A `save_pretrained` folder's config.json holds what `save_pretrained` writes (missing fields
     would silently take the SD1.5 defaults, and the weights then fail with a shape error naming
     nothing), each of the right type; a CheckpointError naming the file otherwise."""
-    import json
-
+    from ..fileio import read_json_object
     from .checkpoint import CheckpointError
 
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         return  # diffusers names the missing file itself
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not JSON: {err}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} is not a config (a JSON object)")
+        config = read_json_object(path, "connector config")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     missing = [k for k in REQUIRED_CONFIG if k not in config and not (k != "width" and config.get("connector_type")
                                                                        == "mlp" and k in ("layers", "heads",
                                                                                           "num_latents"))]

@@ -80,12 +80,13 @@ def open_study(args, create: bool = False):
 
 def read_definition(path: str) -> dict:
     """study.json, checked: a damaged or foreign one is one line naming it."""
+    from ..fileio import read_json_object
+
     try:
-        with open(path, encoding="utf-8") as f:
-            definition = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is damaged ({err}): restore it, or use another --study") from None
-    missing = [k for k in ("runs", "csv", "prompts", "db") if not isinstance(definition, dict) or k not in definition]
+        definition = read_json_object(path, "study definition")
+    except ValueError as err:
+        raise ValueError(f"{err}: it is damaged; restore it, or use another --study") from None
+    missing = [k for k in ("runs", "csv", "prompts", "db") if k not in definition]
     if missing or not isinstance(definition.get("runs"), list):
         raise ValueError(f"{path} is not a study definition (no {', '.join(missing) or 'list of runs'}): restore it,"
                          " or use another --study")
