@@ -77,12 +77,14 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--ella", default=DEFAULT_CONNECTOR)
     parser.add_argument("--work", default="runs/regions-bench", help="images and scores (reused on a rerun)")
+    parser.add_argument("--base-ratio", type=float, default=None, help="override the planners' base ratio")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     pipe = load_shapes_pipeline(connector=args.ella)
     pipe.set_progress_bar_config(disable=True)
     planners = [p for p in args.planners.split(",") if p]
     result = {"command": "python scripts/shapes_regions_bench.py " + " ".join(sys.argv[1:]), "machine": "2-core CPU",
+              "base_ratio": args.base_ratio,
               "connector": args.ella, "prompts": args.prompts, "planners": {}, "styles": {}}
     loaded = {name: load_planner(name) for name in planners}
     settings = {"connector": args.ella}
@@ -94,10 +96,13 @@ def main() -> int:
         rows["none"] = {"overall": summary["overall"], **summary["l1"]}
         for name in planners:
             layouts, accuracy = plan_all(loaded[name], prompts, scenes)
+            if args.base_ratio is not None:
+                for layout in layouts.values():
+                    layout.base_ratio = args.base_ratio
             result["planners"].setdefault(name, {})[style] = accuracy
             # an unplanned prompt is drawn as one region over the whole image with its own prompt (no regions)
             planned = {i: layouts.get(i) or Layout([Region(prompts[i], (0.0, 0.0, 1.0, 1.0))]) for i in prompts}
-            tag = name.replace(":", "-").replace("/", "-")
+            tag = name.replace(":", "-").replace("/", "-") + ("" if args.base_ratio is None else f"-r{args.base_ratio:g}")
             summary = bench_prompts(pipe, prompts, questions, work, tag, {**settings, "planner": name},
                                     layouts=planned)
             rows[name] = {"overall": summary["overall"], **summary["l1"]}
@@ -109,6 +114,7 @@ def main() -> int:
     for name in planners:
         try:
             layout = plan_regions(MAIN_PROMPT, loaded[name])
+            layout.base_ratio = layout.base_ratio if args.base_ratio is None else args.base_ratio
         except LayoutError as err:
             result["main_prompt"][name] = {"planner failed": str(err)}
             continue
