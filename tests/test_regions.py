@@ -61,6 +61,15 @@ def test_a_regions_tokens_get_no_attention_from_pixels_outside_it():
     assert torch.equal(out[0, ~inside], changed[0, ~inside]) and not torch.allclose(out[0, inside], changed[0, inside])
     other_global = processor(attn, x, torch.cat([torch.randn(1, 4, 16), region], 1))
     assert not torch.allclose(out[0, ~inside], other_global[0, ~inside])
+    # the gathered path (each region over its own pixels) equals attending from every pixel
+    context = torch.cat([glob, region], 1)
+    assert torch.allclose(out, processor._dense(attn, x, context.unflatten(1, (2, 4)), None, None), atol=1e-5)
+    attn.group_norm = torch.nn.GroupNorm(1, attn.query_dim)  # a layer that normalises over its pixels:
+    try:  # every pixel, since a subset would change its statistics
+        assert torch.equal(processor(attn, x, context), processor._dense(attn, x, context.unflatten(1, (2, 4)), None,
+                                                                          None))
+    finally:
+        attn.group_norm = None
     # at the next level down (4x4), the region covers 4 pixels exactly
     small = processor._weights_for(16, 1)
     assert (small[0, 1] > 0).sum() == 4 and torch.allclose(small.sum(1), torch.ones(1, 4, 4))

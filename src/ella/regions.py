@@ -299,7 +299,9 @@ class RegionalAttnProcessor:
         context = encoder_hidden_states.unflatten(1, (segments, length))  # (rows, S, L, C)
         if attention_mask is not None:  # diffusers' bias (rows, 1, S * L) -> (rows, S, 1, L)
             attention_mask = attention_mask.unflatten(-1, (segments, length)).movedim(-2, 1)
-        if hidden_states.ndim != 3:  # (rows, C, h, w) inputs: every segment over every pixel
+        # (rows, C, h, w) inputs, or a layer that normalises over its pixels (a group or spatial
+        # norm: a subset of pixels would change its statistics): every segment over every pixel
+        if hidden_states.ndim != 3 or any(getattr(attn, n, None) is not None for n in ("group_norm", "spatial_norm")):
             return self._dense(attn, hidden_states, context, attention_mask, temb, *args, **kwargs)
         weights = self._weights_for(hidden_states.shape[1], rows).flatten(2).to(hidden_states.dtype)  # (rows, S, N)
         # The global prompt everywhere; each region only over the pixels it covers, gathered (the
@@ -332,8 +334,11 @@ class RegionalAttnProcessor:
 
         mask = None if attention_mask is None else attention_mask.flatten(0, 1)
         out = self.processor(attn, repeat(hidden_states), context.flatten(0, 1), mask, repeat(temb), *args, **kwargs)
-        out = out.unflatten(0, (rows, segments))  # (rows, S, C, h, w)
-        weights = self._weights_for(out.shape[-2] * out.shape[-1], rows)[:, :, None]  # (rows, S, 1, h, w)
+        out = out.unflatten(0, (rows, segments))  # (rows, S, N, C), or (rows, S, C, h, w) for 4-D inputs
+        if out.ndim == 4:
+            weights = self._weights_for(out.shape[2], rows).flatten(2)[..., None]  # (rows, S, N, 1)
+        else:
+            weights = self._weights_for(out.shape[-2] * out.shape[-1], rows)[:, :, None]  # (rows, S, 1, h, w)
         return (out * weights.to(out.dtype)).sum(1)
 
 
