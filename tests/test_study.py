@@ -472,3 +472,17 @@ def test_two_servers_forty_raters_on_postgresql_one_killed_mid_vote(runs, tmp_pa
     finally:
         for process, _ in servers:
             process.kill()
+
+
+def test_the_page_says_what_its_images_are_and_starts_without_warnings(runs, tmp_path):
+    gr = pytest.importorskip("gradio")
+    import warnings
+
+    from ella.study.app import build_study_app
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app = build_study_app(_server(runs, tmp_path), secret="k" * 64, note="Each image is a grid of 4 samples.")
+    assert not [w for w in caught if "css" in str(w.message).lower()]  # Gradio 6 takes css at launch
+    texts = [b.value for b in app.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("grid of 4 samples" in t for t in texts)
