@@ -66,8 +66,12 @@ def read_header(path: str) -> dict:
 def check_header(path: str, header: dict, expected: dict) -> None:
     for field in ("captioner", "revision", "prompt", "settings", "check", "shard_digest"):
         if header.get(field) != expected.get(field):
-            what = "the shard changed since it was captioned" if field == "shard_digest" else \
-                f"it was written with {field} {header.get(field)!r}, this run has {expected.get(field)!r}"
+            if field == "shard_digest":
+                old = header.get(field)
+                what = ("it was written by an older ella, which fingerprinted shards whole" if old and ":" not in old
+                        else "the shard changed since it was captioned")
+            else:
+                what = f"it was written with {field} {header.get(field)!r}, this run has {expected.get(field)!r}"
             raise SidecarError(f"{path}: {what}; use another --out (one caption set per captioner), or delete it")
 
 
