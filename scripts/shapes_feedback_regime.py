@@ -69,6 +69,7 @@ def main() -> int:
     parser.add_argument("--methods", default="dpo,sft")
     parser.add_argument("--scenes", type=int, default=20, help="held-out scenes per style (4 images each)")
     parser.add_argument("--prompts", type=int, default=None, help="feedback prompts (default: the config's)")
+    parser.add_argument("--set", default="{}", help='more config overrides, as JSON: \'{"steps_per_round": 30}\'')
     parser.add_argument("--work", default="runs/feedback-regime")
     parser.add_argument("--out", default="docs/results/shapesworld-feedback-regime.json")
     args = parser.parse_args()
@@ -77,7 +78,8 @@ def main() -> int:
               "config": args.config, "machine": "2-core development CPU, beside other runs",
               "bench": f"{args.scenes} held-out scenes x {len(STYLES)} styles x 4 images, seed 0", "methods": {}}
     for method in args.methods.split(","):
-        overrides = {"method": method, "bench_csv": bench_csv, "output_dir": os.path.join(args.work, method)}
+        overrides = {**json.loads(args.set), "method": method, "bench_csv": bench_csv,
+                     "output_dir": os.path.join(args.work, method)}
         if args.prompts:
             overrides["prompts"] = f"shapes:{args.prompts}:lexicon+relative"
         config = load_feedback_config(args.config, overrides)
