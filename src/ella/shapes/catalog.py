@@ -38,7 +38,8 @@ CONNECTORS = {
     "mlp": ShippedConnector(MINILM, "ablation: an MLP"),
     "tsc-noise": ShippedConnector(MINILM, "the default fine-tuned with strong text-feature noise: more held-out words,"
                                           " worse on every other style (docs/shapesworld.md)"),
-    "tsc-feedback": ShippedConnector(MINILM, "the default after one round of `ella feedback` (worse: docs/shapesworld.md)"),
+    "tsc-feedback": ShippedConnector(MINILM, "the default after one round of `ella feedback` with DPO on feedback-lexicon"
+                                     " prompts (better on those words, not on every style: docs/shapesworld.md)"),
     "tsc-smollm2": ShippedConnector(SMOLLM2, "the TSC on SmolLM2-135M (optional package)"),
     "tsc-smollm2-echo": ShippedConnector(SMOLLM2, "the same LLM reading each prompt twice", echo=True),
 }
