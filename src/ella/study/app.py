@@ -1,8 +1,10 @@
 """The blind pairwise page: a prompt, two images of two models in random order and without names,
 two questions (which follows the prompt better: left, right, tie, both bad; which looks better:
 left, right, tie). Each browser keeps an anonymous random rater id. Same Gradio and queue
-discipline as `ella demo`: public API only, one job at a time."""
+discipline as `ella demo`: public API only, one job at a time.
 
+No `from __future__ import annotations` here: Gradio reads the handlers' `request: gr.Request`
+annotations at runtime to pass the request (and its session) in."""
 
 import hashlib
 import logging
