@@ -341,3 +341,11 @@ def test_kill_9_inside_a_dpo_round_and_rerun_gives_the_same_connector(setup):
     assert main(args) == 0
     a, b = _weights(straight[0]["connector"]), _weights(tmp / "killed" / "round-01" / "train" / "export")
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0
+
+
+def test_a_hub_connector_is_not_taken_for_a_missing_path(setup):
+    path, tmp = setup
+    config = load_feedback_config(path, {"init_connector": "QQGYLab/ELLA"}).validate()  # loads later, from the hub
+    assert config.record("QQGYLab/ELLA") == "QQGYLab/ELLA" and config.settings()["init_connector"] == "QQGYLab/ELLA"
+    with pytest.raises(FileNotFoundError, match="init_connector not found"):
+        load_feedback_config(path, {"init_connector": str(tmp / "no-such" / "export")}).validate()
