@@ -252,7 +252,7 @@ def cmd_feedback(args) -> int:
         if summary["round"] == 0:
             print(f"round 0 (the starting connector): held-out score {bench:.2f}")
             continue
-        kept = "pairs" if config.method == "dpo" else "of"
+        kept = "pairs from" if config.method == "dpo" else "of"
         print(f"round {summary['round']}: kept {summary['kept']} {kept} {summary['candidates']} candidates"
               + (f"; held-out score {bench:.2f}" if bench is not None else "")
               + (f"; connector {summary['connector']}" if "connector" in summary else ""))
