@@ -35,6 +35,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from .hub import names_hub_connector
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo")
@@ -93,7 +95,7 @@ class FeedbackConfig:
             if not getattr(self, name):
                 raise ValueError(f"set {name} in the feedback config")
         require_path(self.train_config, "training config")
-        if not os.path.exists(self.init_connector) and _local(self.init_connector):  # hub ids load later
+        if not os.path.exists(self.init_connector) and not names_hub_connector(self.init_connector):
             raise FileNotFoundError(f"init_connector not found: {self.init_connector}")
         if self.replay_data and not _is_scheme(self.replay_data, "dataset_schemes", ("synthetic",)):
             if not os.path.exists(self.replay_data.split("*")[0].rstrip("/") or "."):
@@ -112,7 +114,7 @@ class FeedbackConfig:
     def record(self, path: str) -> str:
         """A path as the run records it: relative to the run folder when inside it (a copied run
         folder then points at its own rounds), absolute otherwise."""
-        if not _local(path):  # a hub id
+        if names_hub_connector(path):
             return path
         full, run = os.path.abspath(path), os.path.abspath(self.output_dir)
         return os.path.relpath(full, run) if full.startswith(run + os.sep) else full
@@ -122,15 +124,8 @@ class FeedbackConfig:
         continue a run) and `output_dir`, paths resolved."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("rounds", "output_dir")}
         for name in PATH_FIELDS:
-            out[name] = os.path.abspath(out[name]) if out[name] and _local(out[name]) else out[name]
+            out[name] = os.path.abspath(out[name]) if out[name] and not names_hub_connector(out[name]) else out[name]
         return out
-
-
-def _local(path: str) -> bool:
-    """Whether a connector name is meant as a local path (absolute, relative, or under a folder
-    that exists here) rather than a hub id (`ORG/NAME`, `ORG/NAME/FILE.safetensors`)."""
-    head = path.split("/", 1)[0]
-    return "/" not in path or path.startswith((".", os.sep)) or os.path.isdir(head)
 
 
 def _is_scheme(spec: str, table: str, builtin: tuple[str, ...] = ()) -> bool:

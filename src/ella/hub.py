@@ -31,6 +31,14 @@ def split_hub_file(name: str) -> tuple[str, str, str | None] | None:
     return None
 
 
+def names_hub_connector(name: str) -> bool:
+    """Whether `name`, not a local path, names a connector on the hub (`ORG/NAME`,
+    `ORG/NAME/FILE.safetensors`, a hub URL): the rule `resolve_connector` follows."""
+    if os.path.exists(name):
+        return False
+    return bool(HUB_ID.fullmatch(name)) and "/" in name or split_hub_file(name) is not None
+
+
 def download(repo_id: str, filename: str, what: str, revision: str | None = None, subfolder: str | None = None) -> str:
     """The local path of `filename` in hub repository `repo_id` (downloaded once, then from the cache)."""
     from huggingface_hub import hf_hub_download

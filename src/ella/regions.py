@@ -272,6 +272,7 @@ class RegionalAttnProcessor:
         self.processor = processor
         self.weights = weights
         self._by_size: dict[tuple[int, int], object] = {}
+        self._plans: dict[tuple, tuple] = {}  # (pixels, rows, dtype) -> the gather plan (`_plan`)
 
     def _weights_for(self, tokens: int, rows: int):
         """(rows, S, h, w) for a layer of `tokens` pixels: the latent size halved (rounding up, as
@@ -290,7 +291,6 @@ class RegionalAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
-        import torch
 
         if encoder_hidden_states is None:  # not cross-attention: nothing regional
             return self.processor(attn, hidden_states, None, attention_mask, temb, *args, **kwargs)
@@ -303,27 +303,43 @@ class RegionalAttnProcessor:
         # norm: a subset of pixels would change its statistics): every segment over every pixel
         if hidden_states.ndim != 3 or any(getattr(attn, n, None) is not None for n in ("group_norm", "spatial_norm")):
             return self._dense(attn, hidden_states, context, attention_mask, temb, *args, **kwargs)
-        weights = self._weights_for(hidden_states.shape[1], rows).flatten(2).to(hidden_states.dtype)  # (rows, S, N)
         # The global prompt everywhere; each region only over the pixels it covers, gathered (the
         # rest have weight 0): cross-attention is per pixel, so the gathered pixels' outputs are
         # theirs, and K regions of 1/9 of the image cost 4/9 of one more call, not K calls.
+        glob, where, share = self._plan(hidden_states.shape[1], rows, hidden_states.dtype)
         out = self.processor(attn, hidden_states, context[:, 0], _segment(attention_mask, 0), temb, *args, **kwargs)
-        out = out * weights[:, 0, :, None]
-        inside = weights[:, 1:] > 0  # (rows, K, N)
-        counts = inside.sum(-1)
-        n = int(counts.max())
-        if n == 0:
+        out = out * glob
+        if where is None:  # no region covers any pixel at this resolution
             return out
         regions = segments - 1
-        where = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[..., :n]  # (rows, K, n): inside first
         gathered = hidden_states[:, None].expand(-1, regions, -1, -1).gather(
             2, where[..., None].expand(-1, -1, -1, hidden_states.shape[-1])).flatten(0, 1)  # (rows * K, n, C)
         mask = None if attention_mask is None else attention_mask[:, 1:].flatten(0, 1)
         temb = temb.repeat_interleave(regions, dim=0) if temb is not None else None
         seen = self.processor(attn, gathered, context[:, 1:].flatten(0, 1), mask, temb, *args, **kwargs)
-        share = weights[:, 1:].gather(2, where) * (torch.arange(n, device=counts.device) < counts[..., None])
-        seen = (seen.unflatten(0, (rows, regions)) * share[..., None].to(seen.dtype)).flatten(1, 2)  # (rows, K * n, C)
+        seen = (seen.unflatten(0, (rows, regions)) * share).flatten(1, 2)  # (rows, K * n, C)
         return out.scatter_add(1, where.flatten(1)[..., None].expand(-1, -1, seen.shape[-1]), seen)
+
+    def _plan(self, tokens: int, rows: int, dtype):
+        """For a layer of `tokens` pixels: the global prompt's weights (rows, N, 1); the pixels each
+        region covers, first in its row of `where` (rows, K, n), and their weights (rows, K, n, 1),
+        0 past a region's own count. Made once per resolution and row count: the weights are fixed
+        for the call, and working them out at every layer and step synced the device each time."""
+        import torch
+
+        key = (tokens, rows, dtype)
+        if key not in self._plans:
+            weights = self._weights_for(tokens, rows).flatten(2).to(dtype)  # (rows, S, N)
+            inside = weights[:, 1:] > 0  # (rows, K, N)
+            counts = inside.sum(-1)
+            n = int(counts.max())
+            where = share = None
+            if n:
+                where = torch.argsort((~inside).to(torch.uint8), dim=-1, stable=True)[..., :n]  # inside first
+                share = weights[:, 1:].gather(2, where) * (torch.arange(n, device=counts.device) < counts[..., None])
+                share = share[..., None]
+            self._plans[key] = (weights[:, 0, :, None], where, share)
+        return self._plans[key]
 
     def _dense(self, attn, hidden_states, context, attention_mask, temb, *args, **kwargs):
         """Every segment attended from every pixel (one batched call), then blended."""
