@@ -401,3 +401,13 @@ def test_a_training_resolution_the_model_cannot_take_is_refused(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resolution 5 is not a multiple of" in err[0]
     assert not (tmp_path / "run" / "export").exists()
+
+
+def test_an_init_image_over_the_decompression_bomb_limit_is_one_line(tmp_path, capsys):
+    from test_caption import _huge_png
+
+    (tmp_path / "huge.png").write_bytes(_huge_png())  # a header claiming 20,000 x 20,000 pixels
+    assert main(["generate", "a red circle", "--init-image", str(tmp_path / "huge.png"), "--steps", "1",
+                 "--out", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too large to decode" in err[0]

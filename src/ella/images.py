@@ -65,14 +65,31 @@ def check_image_path(path: str) -> str:
 def open_image(path: str, what: str = "image") -> Image.Image:
     """An image file read whole, or a one-line ValueError saying why not (missing, unreadable, corrupt)."""
     require_path(path, what)
+    return read_image(path, path, what)
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be read; `reason` says why in a few words."""
+
+    def __init__(self, what: str, name: str, reason: str):
+        super().__init__(f"{what} {name!r}: {reason}")
+        self.reason = reason
+
+
+def read_image(source, name: str, what: str = "image") -> Image.Image:
+    """An image read whole from a path or a file object, or an ImageReadError naming `name`:
+    unreadable, corrupt, or over PIL's decompression-bomb limit (a header claiming 20,000 x 20,000
+    pixels is refused, never decoded)."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image.copy()
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(what, name, f"too large to decode ({err})") from None
     except PermissionError:
-        raise ValueError(f"{what} {path!r} cannot be read: permission denied") from None
+        raise ImageReadError(what, name, "cannot be read: permission denied") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated files
-        raise ValueError(f"{what} {path!r} is not a readable image ({type(err).__name__})") from None
+        raise ImageReadError(what, name, f"not a readable image ({type(err).__name__}: {err})") from None
 
 
 def save_atomic(image: Image.Image, path: str) -> None:

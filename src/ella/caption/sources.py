@@ -22,7 +22,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..train.records import IMAGE_EXTS, scan_records
 
@@ -71,16 +71,14 @@ class Shard:
 
 
 def decode(source, name: str) -> Image.Image:
-    """An image as RGB, or UnreadableImage naming why not (corrupt, not an image, or over PIL's
-    decompression-bomb limit: a 20,000 x 20,000 "image" is treated as unreadable, not fatal)."""
+    """An image as RGB, or UnreadableImage naming why not (`images.read_image`: corrupt, not an
+    image, or over PIL's decompression-bomb limit), to be counted, never fatal."""
+    from ..images import ImageReadError, read_image
+
     try:
-        with Image.open(source) as image:
-            image.load()
-            return image.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise UnreadableImage(f"{name}: too large to decode ({err})") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:  # PIL: corrupt or truncated files
-        raise UnreadableImage(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+        return read_image(source, name).convert("RGB")
+    except ImageReadError as err:
+        raise UnreadableImage(f"{name}: {err.reason}") from None
 
 
 def stamp(path: str) -> str | None:

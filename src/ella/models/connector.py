@@ -425,6 +425,7 @@ PRESETS: dict[str, dict] = {
 
 
 REQUIRED_CONFIG = ("width", "layers", "heads", "num_latents", "input_dim", "connector_type")
+MLP_CONFIG = ("width", "input_dim", "connector_type")
 
 
 def check_folder_config(folder: str) -> None:
@@ -441,9 +442,8 @@ def check_folder_config(folder: str) -> None:
         config = read_json_object(path, "connector config")
     except ValueError as err:
         raise CheckpointError(str(err)) from None
-    missing = [k for k in REQUIRED_CONFIG if k not in config and not (k != "width" and config.get("connector_type")
-                                                                       == "mlp" and k in ("layers", "heads",
-                                                                                          "num_latents"))]
+    needed = MLP_CONFIG if config.get("connector_type") == "mlp" else REQUIRED_CONFIG  # an MLP has no latents
+    missing = [k for k in needed if k not in config]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}: not an ELLA connector's config (save_pretrained"
                               " writes every field)")
