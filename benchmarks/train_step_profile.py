@@ -105,7 +105,7 @@ def main() -> None:
         compiled["compile seconds"] = time.perf_counter() - start
         compiled["speed-up after compiling"] = 1 / (_median(plain, args.pairs) / step_s)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s), beside other runs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s)",
         "step (batch 32)": {"seconds": step_s, "samples per second": len(latents) / step_s,
                             **{f"{k} share": statistics.median(v) / step_s for k, v in phases.items()}},
         "forward split (no grad), seconds": {"connector": connector_s, "frozen UNet": unet_s},
