@@ -27,6 +27,22 @@ def test_flexible_mode_masks_and_batch_equals_single():
     torch.testing.assert_close(f.hidden_states[0, :4], alone.hidden_states[0], atol=1e-5, rtol=1e-5)
 
 
+def test_flexible_padded_features_skip_the_llm_at_padding_with_the_same_real_tokens():
+    """What training and the cache store: in flexible mode the LLM reads only the batch's longest
+    prompt and what lies past it is masked zeros; the real tokens' features are those of reading all
+    max_length positions (the fixed-mode path), to floating-point tolerance."""
+    model, tok = tiny_t5()
+    prompts = ["a red circle", "a big blue square to the left of a tree", ""]
+    fast = LLMEncoder(model, tok, max_length=24, mode="flexible").encode_padded(prompts)
+    full = LLMEncoder(model, tok, max_length=24, mode="fixed").encode_padded(prompts)
+    assert fast.hidden_states.shape == full.hidden_states.shape == (3, 24, 32)
+    assert torch.equal(fast.attention_mask, full.attention_mask)
+    real = fast.attention_mask.bool()
+    torch.testing.assert_close(fast.hidden_states[real], full.hidden_states[real], atol=1e-5, rtol=1e-5)
+    longest = int(real.sum(1).max())
+    assert not fast.hidden_states[:, longest:].any() and full.hidden_states[:, longest:].abs().sum() > 0
+
+
 @pytest.mark.parametrize("prompts", [["a red circle and a blue square and a tree"], "a red circle and a blue square and a tree"])
 def test_truncation_warning_names_the_cut(caplog, prompts):
     model, tok = tiny_t5()

@@ -57,6 +57,29 @@ def test_frozen_models_stay_bit_identical_and_only_the_connector_learns(tmp_path
         assert all(p.grad is None and not p.requires_grad for p in m.parameters())
 
 
+def test_the_fast_path_is_the_default_and_trains_as_the_plain_path(tmp_path, monkeypatch):
+    """mixed_precision "auto", the default, is bf16 autocast on a CPU that computes bf16 natively
+    (benchmarks/train_step_profile.py: the step's one lever that pays there) and fp32 on one that
+    does not; a bf16 run's losses are the fp32 run's to bf16's precision."""
+    from ella import devices
+    from ella.train import loop
+    from ella.train.config import TrainConfig
+
+    assert TrainConfig().mixed_precision == "auto"
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    assert [devices.resolve_mixed_precision(p, "cpu") for p in ("auto", "no", "bf16")] == ["no", "no", "bf16"]
+    assert devices.resolve_mixed_precision("auto", "cuda") == "fp16"
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
+    assert devices.resolve_mixed_precision("auto", "cpu") == "bf16"
+    run = loop.build(tiny_config(tmp_path / "auto"), None)
+    assert run.cpu_bf16 or run.accelerator.mixed_precision == "bf16"
+    plain = train(tiny_config(tmp_path / "plain", max_steps=3, mixed_precision="no"))
+    fast = train(tiny_config(tmp_path / "fast", max_steps=3, mixed_precision="bf16"))
+    assert plain.losses != fast.losses  # autocast ran
+    for (_, a), (_, b) in zip(plain.losses, fast.losses):
+        assert abs(a - b) <= 0.02 * a
+
+
 def test_resume_equals_a_straight_run(tmp_path):
     straight = train(tiny_config(tmp_path / "a", max_steps=6, checkpoint_every=3))
     train(tiny_config(tmp_path / "b", max_steps=3, checkpoint_every=3))  # "killed" after step 3

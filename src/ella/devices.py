@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 # Every spelling the CLI, configs and the API accept -> torch dtype attribute name.
 DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -45,6 +47,34 @@ def torch_dtype(name: str):
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
     return getattr(torch, DTYPE_NAMES[name])
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (read from Linux's /proc/cpuinfo; elsewhere unknown, so False: on a CPU
+    without them bf16 is emulated and slower than fp32)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not os.path.isfile("/proc/cpuinfo"):
+        return False
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_mixed_precision(name: str, device) -> str:
+    """A training `mixed_precision` for `device`: "auto" is bf16 where the device computes it
+    natively (`native_bf16`), else fp16 on a GPU and "no" (fp32) on a CPU; others pass through."""
+    import torch
+
+    if name != "auto":
+        return name
+    if native_bf16(device):
+        return "bf16"
+    return "no" if torch.device(device).type == "cpu" else "fp16"
 
 
 def resolve_dtype(dtype, device):

@@ -261,8 +261,16 @@ class LLMEncoder:
 
     def encode_padded(self, prompts: list[str]) -> TextFeatures:
         """Features padded to `max_length` with their mask, whatever the mode: what training and
-        the feature cache store (the mask is then used or not according to the mode)."""
-        return TextFeatures(*self._encode(prompts, "max_length"))
+        the feature cache store (the mask is then used or not according to the mode). In flexible
+        mode the LLM reads only up to the batch's longest prompt and the rest is zero padding,
+        which the mask hides from the connector: the LLM's work at padding positions (most of it,
+        for short captions) is skipped. Fixed mode feeds the padding positions' features to the
+        connector, so there the LLM reads all `max_length` positions."""
+        if self.mode == "fixed":
+            return TextFeatures(*self._encode(prompts, "max_length"))
+        hidden, mask = self._encode(prompts, "longest")
+        pad = self.max_length - hidden.shape[1]
+        return TextFeatures(torch.nn.functional.pad(hidden, (0, 0, 0, pad)), torch.nn.functional.pad(mask, (0, pad)))
 
 
 @torch.no_grad()

@@ -63,7 +63,10 @@ class TrainConfig:
     lr_final_fraction: float = 1.0  # < 1: cosine decay to this fraction of lr at max_steps
     max_grad_norm: float = 1.0
     ema_decay: float = 0.9999  # 0 disables EMA
-    mixed_precision: str = "no"  # no | fp16 | bf16 (frozen models in this dtype, connector in fp32)
+    # auto | no | fp16 | bf16: frozen models' compute in this dtype (autocast on a CPU), connector
+    # weights in fp32. auto: bf16 where the device computes it natively (a CPU with AVX512-BF16 or
+    # AMX: about 1.25x on ShapesWorld, benchmarks/train_throughput.py), else fp16 on a GPU, fp32 on a CPU.
+    mixed_precision: str = "auto"
     seed: int = 0
     # --- outputs
     output_dir: str = "runs/ella"
@@ -81,8 +84,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.text_mode not in ("fixed", "flexible"):
             raise ValueError(f"text_mode must be fixed or flexible, got {self.text_mode!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.captions is not None:
             from .captions import check_mix
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..devices import accelerator_available, torch_dtype
+from ..devices import accelerator_available, resolve_mixed_precision, torch_dtype
 from ..errors import TrainingInterrupted
 from ..fileio import folder_lock
 from ..models import ELLA
@@ -306,6 +306,7 @@ class Run:
     lr_scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: ELLA | None
     reference: torch.nn.Module | None = None  # DPO: the frozen init_connector around the same UNet
+    cpu_bf16: bool = False  # the step under a CPU bf16 autocast (mixed_precision resolved to bf16 on a CPU)
     result: TrainResult = field(default_factory=lambda: TrainResult(step=0))
     position: DataPosition = field(default_factory=DataPosition)
     seen: int = 0  # samples trained on in this process's session (for samples/s)
@@ -317,8 +318,11 @@ class Run:
 
 
 def frozen_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """The frozen parts' compute dtype: `mixed_precision` on an accelerator, fp32 on the CPU."""
-    return torch_dtype(config.mixed_precision) if device.type != "cpu" and config.mixed_precision != "no" else torch.float32
+    """The frozen parts' weights dtype: `mixed_precision` (resolved for `device`) on an accelerator;
+    fp32 on the CPU, where bf16 runs as autocast (faster there than bf16 weights, measured in
+    benchmarks/train_throughput.py)."""
+    precision = resolve_mixed_precision(config.mixed_precision, device)
+    return torch_dtype(precision) if device.type != "cpu" and precision != "no" else torch.float32
 
 
 def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
@@ -328,8 +332,13 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
 
     # cpu=True without a GPU: then a multi-process launch (accelerate launch --multi_gpu, torchrun)
     # runs as MULTI_CPU over gloo instead of silently running N independent copies.
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not accelerator_available())
+    cpu = not accelerator_available()
+    precision = resolve_mixed_precision(config.mixed_precision, "cpu" if cpu else "cuda")
+    # On a CPU, bf16 is an autocast that train_step opens itself: accelerate holds one precision
+    # per process, and one process may train several runs (feedback rounds, a notebook).
+    accelerator = Accelerator(mixed_precision="no" if cpu else precision, cpu=cpu)
     device = accelerator.device
+    logger.info("mixed precision: %s (mixed_precision: %s)", precision, config.mixed_precision)
     parts = parts or load_frozen_parts(config, device, frozen_dtype(config, device))
     if config.resolution % parts.downsampling:
         step = parts.downsampling
@@ -351,7 +360,8 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
         frozen = build_connector(config, parts).to(device)
         load_init_connector(frozen, config)
         reference = ConnectorTrainingModel(parts.unet, frozen.requires_grad_(False).eval(), config.resolution)
-    return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema, reference)
+    return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema, reference,
+               cpu_bf16=cpu and precision == "bf16")
 
 
 def resume(run: Run) -> None:
@@ -396,7 +406,8 @@ def train_step(run: Run, batches, encoder: LLMEncoder, empty: _EmptyPrompt, orde
         g = step_generator(config.seed, accelerator.process_index, result.step, micro)
         latents, text, mask, pooled = make_batch_tensors(batch, config, run.parts, encoder, empty, g, accelerator.device)
         sync = contextlib.nullcontext() if micro == config.grad_accum - 1 else accelerator.no_sync(run.model)
-        with sync, accelerator.autocast():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if run.cpu_bf16 else accelerator.autocast()
+        with sync, autocast:
             if run.reference is not None:
                 if "loser_pixel_values" not in batch:
                     raise ValueError(f"objective dpo: {config.train_data}'s records need a 'loser' image")

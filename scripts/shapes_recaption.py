@@ -1,0 +1,156 @@
+"""Recaptioning on ShapesWorld (docs/shapesworld.md, "Recaptioning"): what dense recaptions buy
+over alt-text, and what a captioner's mistakes cost.
+
+A training set whose own captions are alt-text-like (`shapes:10000:alt`: one or two objects,
+attributes missing) is recaptioned by `ella caption --captioner shapes:P` (the exact parser writes a
+dense caption of what is there; with error rate P each object is left out or mislabelled). The
+same connector (`configs/shapes/recaption.yaml`) is trained from scratch on each arm's caption mix,
+every arm with every seed, then `ella bench shapes` scores each export on held-out prompts in each
+style. One thread per process, `--jobs` processes side by side; an arm's feature cache is built
+once, by the first of its runs. Finished captions, caches, runs and bench rows are not redone, so
+an interrupted invocation picks up where it stopped.
+
+    python scripts/shapes_recaption.py runs/recaption --steps 1000 --seeds 0,1 --prompts 50 \\
+        --out docs/results/shapesworld-recaption.json
+    python scripts/shapes_recaption_report.py docs/results/shapesworld-recaption.json    # table + figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "shapes", "recaption.yaml")
+DATA = "shapes:10000:alt"
+ERROR_RATES = ("0", "0.1", "0.3")
+
+
+def arms(captions: str) -> dict[str, str]:
+    """Each arm's caption mix (`ella train --captions`), the recaptioned sets under `captions`."""
+    p = {rate: os.path.join(captions, f"shapes-p{rate}") for rate in ERROR_RATES}
+    return {
+        "alt": "{original: 1.0}",
+        "recap": f"{{{p['0']}: 1.0}}",
+        "mix": f"{{{p['0']}: 0.95, original: 0.05}}",  # DALL-E 3's mix
+        "recap-p0.1": f"{{{p['0.1']}: 1.0}}",
+        "recap-p0.3": f"{{{p['0.3']}: 1.0}}",
+    }
+
+
+def run(cmd: list[str], log: str) -> str:
+    """`cmd` on one thread, stderr to `log`; its stdout, or a RuntimeError naming the log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "a") as f:
+        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=f, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {out.returncode}); see {log}")
+    return out.stdout
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def train(arm: str, seed: int, args, mix: str, cache_locks: dict) -> str:
+    """The arm's cache (built under its lock, once), then the run; the run's folder."""
+    cache = os.path.join(args.root, arm, "cache")
+    common = ["--model", os.path.join(REPO, "src", "ella", "assets", "shapes"), "--train-data", DATA,
+              "--captions", mix, "--cache-dir", cache]
+    with cache_locks[arm]:
+        if not os.path.isfile(os.path.join(cache, "index.json")):
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            run(["ella", "cache", CONFIG, *common], os.path.join(args.root, arm, "cache.log"))
+    out = os.path.join(args.root, arm, f"seed{seed}")
+    if not os.path.isfile(os.path.join(out, "export", "config.json")):
+        os.makedirs(out, exist_ok=True)
+        run(["ella", "train", CONFIG, *common, "--output-dir", out, "--seed", str(seed), "--max-steps", str(args.steps),
+             "--checkpoint-every", str(args.steps), "--resume", "true"], os.path.join(out, "train.log"))
+    say(f"trained {arm} seed {seed}: {last_log_line(out)}")
+    return out
+
+
+def last_log_line(run_dir: str) -> str:
+    with open(os.path.join(run_dir, "train.log")) as f:
+        lines = [line.strip() for line in f if " loss " in line]
+    return lines[-1].split("] ")[-1] if lines else ""
+
+
+def bench(style: str, seed: int, exports: list[str], args) -> dict:
+    """{export: summary} of `ella bench shapes` in `style` for one seed's runs (kept beside the
+    runs, read back if there)."""
+    name = f"bench-{style}-seed{seed}"
+    path = os.path.join(args.root, f"{name}.json")
+    if not os.path.isfile(path):
+        out = run(["ella", "bench", "shapes", "--prompts", str(args.prompts), "--models", ",".join(exports),
+                   "--captions", style, "--out", os.path.join(args.root, name), "--json"],
+                  os.path.join(args.root, f"{name}.log"))
+        with open(path + ".tmp", "w") as f:
+            f.write(out)
+        os.replace(path + ".tmp", path)
+    say(f"benched {style}, seed {seed}'s runs")
+    with open(path) as f:
+        return json.load(f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="where captions, caches, runs and bench outputs go")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", default="0,1", help="comma-separated")
+    parser.add_argument("--prompts", type=int, default=50, help="held-out scenes per bench style (x 4 images)")
+    parser.add_argument("--styles", default="dense,brief,relative", help="bench prompt styles, comma-separated")
+    parser.add_argument("--arms", default=None, help="comma-separated subset of: alt, recap, mix, recap-p0.1, recap-p0.3")
+    parser.add_argument("--jobs", type=int, default=2, help="processes side by side, one thread each")
+    parser.add_argument("--out", required=True, help="the results JSON")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    mixes = arms(os.path.join(args.root, "captions"))
+    names = args.arms.split(",") if args.arms else list(mixes)
+    unknown = sorted(set(names) - set(mixes))
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(mixes)}")
+    os.makedirs(args.root, exist_ok=True)
+
+    started = time.time()
+    for rate in ERROR_RATES:
+        run(["ella", "caption", DATA, "--captioner", f"shapes:{rate}", "--out",
+             os.path.join(args.root, "captions", f"shapes-p{rate}"), "-q"], os.path.join(args.root, "caption.log"))
+    say("captions written")
+    locks = {arm: threading.Lock() for arm in names}
+    jobs = [(arm, seed) for seed in seeds for arm in names]  # every arm's first seed first: it builds the cache
+    with ThreadPoolExecutor(args.jobs) as pool:
+        dirs = dict(zip(jobs, pool.map(lambda job: train(*job, args, mixes[job[0]], locks), jobs)))
+    trained = time.time()
+    exports = [os.path.join(dirs[job], "export") for job in jobs]
+    # One bench process per style and seed: balanced work for the pool, each loading its models once.
+    benches = [(style, s, [e for (arm, seed), e in zip(jobs, exports) if seed == s])
+               for style in args.styles.split(",") for s in seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        scores = list(pool.map(lambda b: (b[0], bench(*b, args)), benches))
+
+    result = {"data": DATA, "config": os.path.relpath(CONFIG, REPO), "steps": args.steps, "prompts": args.prompts,
+              "machine": f"{os.cpu_count()}-core development CPU, one thread per process, {args.jobs} side by side",
+              "command": "python " + " ".join(["scripts/shapes_recaption.py", *sys.argv[1:]]),
+              "minutes": {"training": round((trained - started) / 60, 1), "bench": round((time.time() - trained) / 60, 1)},
+              "arms": {arm: {"captions": mixes[arm].replace(args.root, "ROOT"), "seeds": {}} for arm in names}}
+    for (arm, seed), run_dir in dirs.items():
+        result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}
+    for style, summaries in scores:
+        for (arm, seed), export in zip(jobs, exports):
+            if export in summaries:
+                summary = summaries[export]
+                result["arms"][arm]["seeds"][str(seed)][style] = {"overall": summary["overall"], **summary["l1"]}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
