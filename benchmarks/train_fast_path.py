@@ -1,0 +1,149 @@
+"""Training's fast path (what `ella train` does by default) against the plain path, side by side.
+
+Two parts, both on this machine in one invocation:
+
+- throughput (always): the ShapesWorld recipe's step (`configs/shapes/ella-tsc.yaml`: batch 32
+  from the feature cache, one thread as the recipe's CPU-minutes are counted) through
+  `loop.train_step`, plain (`mixed_precision: no`, fp32) and fast (`auto`: bf16 autocast where the
+  CPU computes bf16 natively), in alternation (median of per-pair ratios); and the feature cache's
+  text encoding, the LLM reading every caption to max_length (before) or to the batch's longest
+  (now, in flexible mode).
+- equal results (`--twin RUN`): a finished fast run trained again on the plain path from the same
+  config and seed, then both loss curves (means over `--window` steps) and both exports' bench
+  scores (`ella bench shapes`, dense) side by side.
+
+    ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes \\
+        --train_data shapes:2048:dense+brief+relative+varied+varied --cache_dir /tmp/shapes-cache
+    python benchmarks/train_fast_path.py --cache /tmp/shapes-cache \\
+        [--twin runs/recaption/recap/seed0] [--out benchmarks/results/train_fast_path_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def step_throughput(cache: str, pairs: int) -> dict:
+    """samples/s of the recipe's step on the plain and the fast path, in alternation."""
+    from train_step_profile import _median, _ratio
+
+    from ella.train import loop
+    from ella.train.config import load_config
+
+    def path(precision: str):
+        config = load_config(os.path.join(REPO, "configs/shapes/ella-tsc.yaml"), dict(
+            model=os.path.join(REPO, "src/ella/assets/shapes"), cache_dir=cache, mixed_precision=precision,
+            init_connector=os.path.join(REPO, "src/ella/assets/shapes/ella-tsc"), validate_every=0,
+            train_data="shapes:2048:dense+brief+relative+varied+varied", output_dir=f"/tmp/ella-fast-path-{precision}"))
+        run = loop.build(config, None)
+        loop.resume(run)
+        batches = loop.open_data(config, run.parts, 0, 1, run.position)
+        encoder = run.parts.encoder(config)
+        empty = loop._EmptyPrompt(config, encoder)
+        return run, lambda: loop.train_step(run, batches, encoder, empty, None)
+
+    (plain_run, plain), (fast_run, fast) = path("no"), path("auto")
+    plain_s = _median(plain, pairs)
+    speedup = _ratio(plain, fast, pairs)
+    return {"batch": plain_run.config.batch_size, "fast path precision": "bf16" if fast_run.cpu_bf16 else "fp32",
+            "plain samples/s": plain_run.config.batch_size / plain_s,
+            "fast samples/s": plain_run.config.batch_size / plain_s * speedup, "speed-up": speedup}
+
+
+def encode_throughput(n: int, pairs: int) -> dict:
+    """captions/s of the cache's text encoding (MiniLM, max_length 96) of short and dense
+    ShapesWorld captions: every caption read to max_length (before) or to the batch's longest."""
+    from train_step_profile import _median, _ratio
+
+    from ella.shapes.data import ShapesSceneDataset
+    from ella.text_encoders import LLMEncoder, load_text_encoder
+
+    model, tokenizer = load_text_encoder("minilm")
+    before, now = (LLMEncoder(model, tokenizer, max_length=96, mode=m) for m in ("fixed", "flexible"))
+    result = {}
+    for style in ("alt", "dense"):
+        dataset = ShapesSceneDataset.from_spec(f"shapes:{n}:{style}")
+        captions = [dataset.item(i)[1] for i in range(n)]
+        batches = [captions[i:i + 32] for i in range(0, n, 32)]
+        old, new = (functools.partial(_encode_all, encoder, batches) for encoder in (before, now))
+        first = _median(old, pairs)
+        speedup = _ratio(old, new, pairs)
+        result[style] = {"before captions/s": n / first, "now captions/s": n / first * speedup, "speed-up": speedup}
+    return result
+
+
+def twin(run_dir: str, window: int, prompts: int) -> dict:
+    """The finished fast run at `run_dir` trained again on the plain path; loss windows and dense
+    bench scores side by side."""
+    from ella.train.checkpoint import latest_checkpoint, load_training_state
+
+    plain_dir = run_dir.rstrip("/") + "-plain"
+    config = os.path.join(run_dir, "export", "training_config.yaml")
+    if not os.path.isfile(os.path.join(plain_dir, "export", "config.json")):
+        _run(["ella", "train", config, "--mixed-precision", "no", "--output-dir", plain_dir, "--resume", "true"],
+             os.path.join(os.path.dirname(plain_dir), os.path.basename(plain_dir) + ".log"))
+    curves = {}
+    for name, d in (("plain", plain_dir), ("fast", run_dir)):
+        losses = [loss for _, loss in load_training_state(latest_checkpoint(d))["losses"].tolist()]
+        curves[name] = [round(statistics.fmean(losses[i:i + window]), 5) for i in range(0, len(losses), window)]
+    exports = [os.path.join(d, "export") for d in (plain_dir, run_dir)]
+    out = _run(["ella", "bench", "shapes", "--prompts", str(prompts), "--models", ",".join(exports), "--captions",
+                "dense", "--out", plain_dir + "-bench", "--json"], plain_dir + "-bench.log")
+    scores = json.loads(out)
+    return {"run": run_dir, "plain twin": plain_dir, f"loss, means over {window} steps": curves,
+            f"dense bench, {prompts} prompts x 4": {name: {"overall": scores[e]["overall"], **scores[e]["l1"]}
+                                                     for name, e in zip(("plain", "fast"), exports)}}
+
+
+def _encode_all(encoder, batches: list[list[str]]) -> None:
+    for batch in batches:
+        encoder.encode_padded(batch)
+
+
+def _run(cmd: list[str], log: str) -> str:
+    with open(log, "a") as f:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {out.returncode}); see {log}")
+    return out.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", required=True, help="a feature cache of the recipe (`ella cache`)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--captions", type=int, default=512, help="captions per style for the encoding timing")
+    parser.add_argument("--twin", default=None, help="a finished fast run to train again on the plain path")
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from startup import report
+
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); {args.load}",
+              "command": "python " + " ".join(["benchmarks/train_fast_path.py", *sys.argv[1:]]),
+              "recipe step (ella-tsc.yaml, from the cache)": step_throughput(args.cache, args.pairs),
+              "cache text encoding (MiniLM, max_length 96, batches of 32)": encode_throughput(args.captions, args.pairs)}
+    if args.twin:
+        result["equal results"] = twin(args.twin, args.window, args.prompts)
+    report(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
