@@ -1,21 +1,21 @@
 """Training's fast path (what `ella train` does by default) against the plain path, side by side.
 
-Two parts, both on this machine in one invocation:
+Two parts, each side by side in one invocation:
 
-- throughput (always): the ShapesWorld recipe's step (`configs/shapes/ella-tsc.yaml`: batch 32
+- throughput: the ShapesWorld recipe's step (`configs/shapes/ella-tsc.yaml`: batch 32
   from the feature cache, one thread as the recipe's CPU-minutes are counted) through
   `loop.train_step`, plain (`mixed_precision: no`, fp32) and fast (`auto`: bf16 autocast where the
   CPU computes bf16 natively), in alternation (median of per-pair ratios); and the feature cache's
   text encoding, the LLM reading every caption to max_length (before) or to the batch's longest
   (now, in flexible mode).
-- equal results (`--twin RUN`): a finished fast run trained again on the plain path from the same
+- equal results (`--twin RUN`, instead): a finished fast run trained again on the plain path from the same
   config and seed, then both loss curves (means over `--window` steps) and both exports' bench
   scores (`ella bench shapes`, dense) side by side.
 
     ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes \\
         --train_data shapes:2048:dense+brief+relative+varied+varied --cache_dir /tmp/shapes-cache
-    python benchmarks/train_fast_path.py --cache /tmp/shapes-cache \\
-        [--twin runs/recaption/recap/seed0] [--out benchmarks/results/train_fast_path_cpu.json]
+    python benchmarks/train_fast_path.py --cache /tmp/shapes-cache [--out benchmarks/results/train_fast_path_cpu.json]
+    python benchmarks/train_fast_path.py --twin runs/recaption/recap/seed0 [--out ...]
 """
 
 from __future__ import annotations
@@ -122,26 +122,29 @@ def _run(cmd: list[str], log: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", required=True, help="a feature cache of the recipe (`ella cache`)")
+    parser.add_argument("--cache", help="a feature cache of the recipe (`ella cache`), for the throughput part")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--captions", type=int, default=512, help="captions per style for the encoding timing")
-    parser.add_argument("--twin", default=None, help="a finished fast run to train again on the plain path")
+    parser.add_argument("--twin", default=None, help="instead: a finished fast run to train again on the plain path")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if not (args.twin or args.cache):
+        parser.error("give --cache (throughput) or --twin RUN (equal results)")
     torch.set_num_threads(args.threads)
 
     from startup import report
 
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); {args.load}",
-              "command": "python " + " ".join(["benchmarks/train_fast_path.py", *sys.argv[1:]]),
-              "recipe step (ella-tsc.yaml, from the cache)": step_throughput(args.cache, args.pairs),
-              "cache text encoding (MiniLM, max_length 96, batches of 32)": encode_throughput(args.captions, args.pairs)}
+              "command": "python " + " ".join(["benchmarks/train_fast_path.py", *sys.argv[1:]])}
     if args.twin:
         result["equal results"] = twin(args.twin, args.window, args.prompts)
+    else:
+        result["recipe step (ella-tsc.yaml, from the cache)"] = step_throughput(args.cache, args.pairs)
+        result["cache text encoding (MiniLM, max_length 96, batches of 32)"] = encode_throughput(args.captions, args.pairs)
     report(result, args.out)
 
 

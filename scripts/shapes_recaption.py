@@ -77,9 +77,9 @@ def train(arm: str, seed: int, args, mix: str, cache_locks: dict) -> str:
 
 
 def last_log_line(run_dir: str) -> str:
-    with open(os.path.join(run_dir, "train.log")) as f:
-        lines = [line.strip() for line in f if " loss " in line]
-    return lines[-1].split("] ")[-1] if lines else ""
+    with open(os.path.join(run_dir, "train.log")) as f:  # the log lines, not the progress bar's
+        lines = [line for line in f.read().replace("\r", "\n").splitlines() if line.startswith("step ")]
+    return lines[-1] if lines else ""
 
 
 def bench(style: str, seed: int, exports: list[str], args) -> dict:
