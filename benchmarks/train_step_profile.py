@@ -28,13 +28,18 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def step_arguments(parser: argparse.ArgumentParser, cache_required: bool = True) -> None:
+    """What every benchmark of the recipe's step takes: its cache, threads, pairs, the output."""
+    parser.add_argument("--cache", required=cache_required, help="a feature cache of the recipe (`ella cache`)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=6, help="alternating plain / lever timings")
+    parser.add_argument("--out", default=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cache", required=True, help="a feature cache of the recipe (`ella cache`)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pairs", type=int, default=6)
+    step_arguments(parser)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from shapes_recipe_ablation import run  # `cmd` on one thread, stderr to a log; its stdout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "shapes", "recaption.yaml")
@@ -42,16 +43,6 @@ def arms(captions: str) -> dict[str, str]:
         "recap-p0.1": f"{{{p['0.1']}: 1.0}}",
         "recap-p0.3": f"{{{p['0.3']}: 1.0}}",
     }
-
-
-def run(cmd: list[str], log: str) -> str:
-    """`cmd` on one thread, stderr to `log`; its stdout, or a RuntimeError naming the log."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(log, "a") as f:
-        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=f, text=True, cwd=REPO)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {out.returncode}); see {log}")
-    return out.stdout
 
 
 def say(message: str) -> None:
