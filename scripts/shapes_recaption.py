@@ -53,7 +53,7 @@ def train(arm: str, seed: int, args, mix: str, cache_locks: dict) -> str:
     """The arm's cache (built under its lock, once), then the run; the run's folder."""
     cache = os.path.join(args.root, arm, "cache")
     common = ["--model", os.path.join(REPO, "src", "ella", "assets", "shapes"), "--train-data", DATA,
-              "--captions", mix, "--cache-dir", cache]
+              "--captions", mix, "--captions-seed", "0", "--cache-dir", cache]  # every seed: the same captions, one cache
     with cache_locks[arm]:
         if not os.path.isfile(os.path.join(cache, "index.json")):
             os.makedirs(os.path.dirname(cache), exist_ok=True)

@@ -192,6 +192,17 @@ def test_training_reads_the_caption_set(tmp_path):
     from ella.train.cache import fingerprint
 
     assert fingerprint(mixed, parts) != fingerprint(config, parts)  # the cache key names the captions used
+    # a mix's draw follows the run's seed unless captions_seed fixes it: then runs of any seed
+    # share the captions, and so the cache
+    reseeded = TrainConfig(**{**mixed.__dict__, "seed": 1})
+    assert fingerprint(reseeded, parts) != fingerprint(mixed, parts)
+    fixed = [TrainConfig(**{**mixed.__dict__, "seed": s, "captions_seed": 0}) for s in (0, 1)]
+    assert fingerprint(fixed[0], parts) == fingerprint(fixed[1], parts) == fingerprint(mixed, parts)
+    from ella.train.data import make_dataset
+
+    draws = [[make_dataset(c.train_data, 16, c.seed, c.captions, captions_seed=c.captions_seed)[i]["caption"]
+              for i in range(6)] for c in (*fixed, reseeded)]
+    assert draws[0] == draws[1] != draws[2]
 
 
 def tiny_rewriter(folder) -> str:

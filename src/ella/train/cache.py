@@ -33,7 +33,7 @@ def fingerprint(config: TrainConfig, parts: FrozenParts) -> dict:
     if config.captions:  # the captions actually used: which sets, by weight and content
         from .captions import mix_fingerprint
 
-        values.update(mix_fingerprint(config.captions, config.seed))
+        values.update(mix_fingerprint(config.captions, config.caption_draw_seed))
     return values
 
 
@@ -65,7 +65,8 @@ def require_cache_dir(config: TrainConfig) -> str:
 def build_cache(config: TrainConfig, parts: FrozenParts, shard_size: int = 1024, batch_size: int = 32) -> dict:
     cache_dir = require_cache_dir(config)
     os.makedirs(cache_dir, exist_ok=True)
-    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions)
+    dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions,
+                           captions_seed=config.caption_draw_seed)
     encoder = parts.encoder(config)
     device = parts.text_encoder.device
     store_dtype = getattr(torch, config.cache_dtype) if config.cache_dtype else None

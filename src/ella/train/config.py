@@ -35,6 +35,9 @@ class TrainConfig:
     # Caption sets (`ella caption`) to train on, and how to mix them: {set folder: weight, "original": weight},
     # e.g. {runs/captions/dense: 0.95, original: 0.05} as DALL-E 3 mixed; each sample's choice is seeded by its key.
     captions: dict | None = None
+    # The seed of each sample's draw from a `captions` mix (default: `seed`): fix it to give runs
+    # of different seeds the same captions, and so one feature cache.
+    captions_seed: int | None = None
     replay_data: str | None = None  # original data mixed into train_data (`ella feedback`'s fine-tuning rounds)
     replay_fraction: float = 0.5  # its share of each epoch
     resolution: int = 512  # resize shorter side, then center-crop
@@ -80,6 +83,11 @@ class TrainConfig:
     tensorboard: bool = False
     log_data_order: bool = False  # per process: the sample ids trained on and the final weights' digest
     resume: bool = False  # continue from the latest checkpoint in output_dir
+
+    @property
+    def caption_draw_seed(self) -> int:
+        """What draws each sample's caption from the `captions` mix: `captions_seed`, else `seed`."""
+        return self.seed if self.captions_seed is None else self.captions_seed
 
     def validate(self) -> "TrainConfig":
         if self.text_mode not in ("fixed", "flexible"):
@@ -150,8 +158,10 @@ def _convert(name: str, value: str, annotation) -> object:
     """Turn a command-line string into the field's type (YAML syntax for lists and dicts)."""
     text = str(annotation)
     parsed = yaml.safe_load(value)
-    if text in ("int",) and isinstance(parsed, (int, float)):
+    if text.split(" |")[0] == "int" and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
         return int(parsed)
+    if text == "int | None" and parsed is None:
+        return None
     if text == "float":
         try:  # YAML reads "5e-4" (no decimal point) as a string; Python's float does not
             return float(value)

@@ -97,20 +97,21 @@ class ReplayMix(torch.utils.data.Dataset):
 
 
 def make_dataset(train_data: str, resolution: int, seed: int = 0, captions: dict | None = None,
-                 replay: tuple[str, float] | None = None) -> torch.utils.data.Dataset:
+                 replay: tuple[str, float] | None = None, captions_seed: int | None = None) -> torch.utils.data.Dataset:
     """A map-style dataset for `train_data`: an image folder, a .jsonl/.csv manifest,
     `synthetic:N` (procedural squares) or `SCHEME:...` for a scheme a plugin registered
     (ShapesWorld: `shapes:N[:seed][:captions]`), built by `from_spec(train_data, resolution)`.
     `captions`: the config's caption sets (`ella.train.captions`), which then give the captions;
     `replay`: (the config's replay_data, replay_fraction), original data mixed in."""
     if replay and replay[0]:  # `replay_data` mixed in (`ella feedback`)
-        return ReplayMix(make_dataset(train_data, resolution, seed, captions), make_dataset(replay[0], resolution, seed),
+        return ReplayMix(make_dataset(train_data, resolution, seed, captions, captions_seed=captions_seed),
+                         make_dataset(replay[0], resolution, seed),
                          replay[1], seed)
     if captions:
         from .captions import CaptionMix, MixedCaptions
 
         return MixedCaptions(_source_dataset(train_data, resolution, seed, require_caption=False),
-                             CaptionMix(captions, seed))
+                             CaptionMix(captions, seed if captions_seed is None else captions_seed))
     return _source_dataset(train_data, resolution, seed)
 
 

@@ -239,11 +239,11 @@ def open_data(config: TrainConfig, parts: FrozenParts, rank: int, world: int, po
         if config.captions:
             from .captions import CaptionMix
 
-            mix = CaptionMix(config.captions, config.seed)
+            mix = CaptionMix(config.captions, config.caption_draw_seed)
         return TarShardStream(config.train_data, config.resolution, mix).batches(config.batch_size, position, rank,
                                                                                  world)
     dataset = make_dataset(config.train_data, config.resolution, config.seed, config.captions,
-                           (config.replay_data, config.replay_fraction))
+                           (config.replay_data, config.replay_fraction), config.caption_draw_seed)
     return iterate_batches(dataset, config.batch_size, config.seed, position, rank, world, config.num_workers)
 
 
