@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -68,8 +69,8 @@ def train(arm: str, seed: int, args, mix: str, cache_locks: dict) -> str:
 
 
 def last_log_line(run_dir: str) -> str:
-    with open(os.path.join(run_dir, "train.log")) as f:  # the log lines, not the progress bar's
-        lines = [line for line in f.read().replace("\r", "\n").splitlines() if line.startswith("step ")]
+    with open(os.path.join(run_dir, "train.log")) as f:  # the log lines, wherever the progress bar left them
+        lines = re.findall(r"step \d+ loss [^\r\n]*", f.read())
     return lines[-1] if lines else ""
 
 
