@@ -110,7 +110,6 @@ def main() -> None:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(mixes)}")
     os.makedirs(args.root, exist_ok=True)
 
-    started = time.time()
     for rate in ERROR_RATES:
         run(["ella", "caption", DATA, "--captioner", f"shapes:{rate}", "--out",
              os.path.join(args.root, "captions", f"shapes-p{rate}"), "-q"], os.path.join(args.root, "caption.log"))
@@ -119,7 +118,6 @@ def main() -> None:
     jobs = [(arm, seed) for seed in seeds for arm in names]  # every arm's first seed first: it builds the cache
     with ThreadPoolExecutor(args.jobs) as pool:
         dirs = dict(zip(jobs, pool.map(lambda job: train(*job, args, mixes[job[0]], locks), jobs)))
-    trained = time.time()
     exports = [os.path.join(dirs[job], "export") for job in jobs]
     # One bench process per style and seed: balanced work for the pool, each loading its models once.
     benches = [(style, s, [e for (arm, seed), e in zip(jobs, exports) if seed == s])
@@ -130,10 +128,9 @@ def main() -> None:
     result = {"data": DATA, "config": os.path.relpath(CONFIG, REPO), "steps": args.steps, "prompts": args.prompts,
               "machine": f"{os.cpu_count()}-core development CPU, one thread per process, {args.jobs} side by side",
               "command": "python " + " ".join(["scripts/shapes_recaption.py", *sys.argv[1:]]),
-              "minutes": {"training": round((trained - started) / 60, 1), "bench": round((time.time() - trained) / 60, 1)},
               "arms": {arm: {"captions": mixes[arm].replace(args.root, "ROOT"), "seeds": {}} for arm in names}}
     for (arm, seed), run_dir in dirs.items():
-        result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}
+        result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}  # its cpu_min: what it cost
     for style, summaries in scores:
         for (arm, seed), export in zip(jobs, exports):
             if export in summaries:
