@@ -37,21 +37,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def step_throughput(cache: str, pairs: int) -> dict:
     """samples/s of the recipe's step on the plain and the fast path, in alternation."""
-    from train_step_profile import _median, _ratio
+    from train_step_profile import _median, _ratio, recipe_run
 
     from ella.train import loop
-    from ella.train.config import load_config
 
     def path(precision: str):
-        config = load_config(os.path.join(REPO, "configs/shapes/ella-tsc.yaml"), dict(
-            model=os.path.join(REPO, "src/ella/assets/shapes"), cache_dir=cache, mixed_precision=precision,
-            init_connector=os.path.join(REPO, "src/ella/assets/shapes/ella-tsc"), validate_every=0,
-            train_data="shapes:2048:dense+brief+relative+varied+varied", output_dir=f"/tmp/ella-fast-path-{precision}"))
-        run = loop.build(config, None)
-        loop.resume(run)
-        batches = loop.open_data(config, run.parts, 0, 1, run.position)
-        encoder = run.parts.encoder(config)
-        empty = loop._EmptyPrompt(config, encoder)
+        _, run, batches, encoder, empty = recipe_run(cache, f"/tmp/ella-fast-path-{precision}", mixed_precision=precision)
         return run, lambda: loop.train_step(run, batches, encoder, empty, None)
 
     (plain_run, plain), (fast_run, fast) = path("no"), path("auto")

@@ -36,6 +36,24 @@ def step_arguments(parser: argparse.ArgumentParser, cache_required: bool = True)
     parser.add_argument("--out", default=None)
 
 
+def recipe_run(cache: str, output_dir: str, **overrides):
+    """The shipped recipe's run (`configs/shapes/ella-tsc.yaml`, from the shipped TSC, on the
+    feature cache `cache`), built and resumed: (config, run, batches, encoder, empty prompt)."""
+    from ella.train import loop
+    from ella.train.config import load_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(os.path.join(repo, "configs/shapes/ella-tsc.yaml"), dict(
+        model=os.path.join(repo, "src/ella/assets/shapes"), init_connector=os.path.join(repo, "src/ella/assets/shapes/ella-tsc"),
+        cache_dir=cache, train_data="shapes:2048:dense+brief+relative+varied+varied", output_dir=output_dir,
+        validate_every=0, **overrides))
+    run = loop.build(config, None)
+    loop.resume(run)
+    batches = loop.open_data(config, run.parts, 0, 1, run.position)
+    encoder = run.parts.encoder(config)
+    return config, run, batches, encoder, loop._EmptyPrompt(config, encoder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     step_arguments(parser)
@@ -46,17 +64,8 @@ def main() -> None:
     from startup import report
 
     from ella.train import loop
-    from ella.train.config import load_config
 
-    config = load_config("configs/shapes/ella-tsc.yaml", dict(
-        model="src/ella/assets/shapes", init_connector="src/ella/assets/shapes/ella-tsc", cache_dir=args.cache,
-        train_data="shapes:2048:dense+brief+relative+varied+varied", output_dir="/tmp/ella-step-profile",
-        validate_every=0))
-    run = loop.build(config, None)
-    loop.resume(run)
-    batches = loop.open_data(config, run.parts, 0, 1, run.position)
-    encoder = run.parts.encoder(config)
-    empty = loop._EmptyPrompt(config, encoder)
+    config, run, batches, encoder, empty = recipe_run(args.cache, "/tmp/ella-step-profile")
 
     phases = {k: [] for k in ("data", "batch tensors", "forward", "backward", "optimizer")}
     for step in range(args.pairs + 2):

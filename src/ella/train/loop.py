@@ -319,8 +319,7 @@ class Run:
 
 def frozen_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
     """The frozen parts' weights dtype: `mixed_precision` (resolved for `device`) on an accelerator;
-    fp32 on the CPU, where bf16 runs as autocast (faster there than bf16 weights, measured in
-    benchmarks/train_throughput.py)."""
+    fp32 on the CPU, where bf16 runs as an autocast that `train_step` opens."""
     precision = resolve_mixed_precision(config.mixed_precision, device)
     return torch_dtype(precision) if device.type != "cpu" and precision != "no" else torch.float32
 
