@@ -10,8 +10,14 @@ style. One thread per process, `--jobs` processes side by side; an arm's feature
 once, by the first of its runs. Finished captions, caches, runs and bench rows are not redone, so
 an interrupted invocation picks up where it stopped.
 
+A longer experiment continues a shorter one (`--continue-from ROOT`): its runs start from the
+shorter runs' last resume state, and its captions and caches are the shorter one's, so the extra
+steps are all it costs. The lr restarts on the longer cosine, as between the recipe's stages.
+
     python scripts/shapes_recaption.py runs/recaption --steps 1000 --seeds 0,1 --prompts 50 \\
         --out docs/results/shapesworld-recaption.json
+    python scripts/shapes_recaption.py runs/recaption-3000 --steps 3000 --continue-from runs/recaption \\
+        --arms alt,recap --out docs/results/shapesworld-recaption-3000.json
     python scripts/shapes_recaption_report.py docs/results/shapesworld-recaption.json    # table + figure
 """
 
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -60,7 +67,10 @@ def train(arm: str, seed: int, args, mix: str, cache_locks: dict) -> str:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
             run(["ella", "cache", CONFIG, *common], os.path.join(args.root, arm, "cache.log"))
     out = os.path.join(args.root, arm, f"seed{seed}")
-    if not os.path.isfile(os.path.join(out, "export", "config.json")):
+    if not os.path.isdir(os.path.join(out, "checkpoints", f"step-{args.steps:08d}")):
+        if args.continue_from and not os.path.isdir(out):
+            shutil.copytree(os.path.join(args.continue_from, arm, f"seed{seed}", "checkpoints"),
+                            os.path.join(out, "checkpoints"))
         os.makedirs(out, exist_ok=True)
         run(["ella", "train", CONFIG, *common, "--output-dir", out, "--seed", str(seed), "--max-steps", str(args.steps),
              "--checkpoint-every", str(args.steps), "--resume", "true"], os.path.join(out, "train.log"))
@@ -74,21 +84,21 @@ def last_log_line(run_dir: str) -> str:
     return lines[-1] if lines else ""
 
 
-def bench(style: str, seed: int, exports: list[str], args) -> dict:
-    """{export: summary} of `ella bench shapes` in `style` for one seed's runs (kept beside the
-    runs, read back if there)."""
-    name = f"bench-{style}-seed{seed}"
+def bench(style: str, arm: str, seed: int, export: str, args) -> dict:
+    """The summary of `ella bench shapes` in `style` for one run (kept beside the runs, read back
+    if there, so each run's rows are independent of which others finished)."""
+    name = f"bench-{style}-{arm}-seed{seed}"
     path = os.path.join(args.root, f"{name}.json")
     if not os.path.isfile(path):
-        out = run(["ella", "bench", "shapes", "--prompts", str(args.prompts), "--models", ",".join(exports),
+        out = run(["ella", "bench", "shapes", "--prompts", str(args.prompts), "--models", export,
                    "--captions", style, "--out", os.path.join(args.root, name), "--json"],
                   os.path.join(args.root, f"{name}.log"))
         with open(path + ".tmp", "w") as f:
             f.write(out)
         os.replace(path + ".tmp", path)
-    say(f"benched {style}, seed {seed}'s runs")
+    say(f"benched {style}: {arm} seed {seed}")
     with open(path) as f:
-        return json.load(f)
+        return json.load(f)[export]
 
 
 def main() -> None:
@@ -100,6 +110,7 @@ def main() -> None:
     parser.add_argument("--styles", default="dense,brief,relative", help="bench prompt styles, comma-separated")
     parser.add_argument("--arms", default=None, help="comma-separated subset of: alt, recap, mix, recap-p0.1, recap-p0.3")
     parser.add_argument("--jobs", type=int, default=2, help="processes side by side, one thread each")
+    parser.add_argument("--continue-from", default=None, help="a shorter experiment's root whose runs this one continues")
     parser.add_argument("--out", required=True, help="the results JSON")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -109,6 +120,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(mixes)}")
     os.makedirs(args.root, exist_ok=True)
+    if args.continue_from:  # the shorter experiment's captions and caches, not redone
+        for name in ["captions", *(os.path.join(arm, "cache") for arm in names)]:
+            source, target = os.path.join(args.continue_from, name), os.path.join(args.root, name)
+            if not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.symlink(os.path.abspath(source), target)
 
     for rate in ERROR_RATES:
         run(["ella", "caption", DATA, "--captioner", f"shapes:{rate}", "--out",
@@ -118,24 +135,19 @@ def main() -> None:
     jobs = [(arm, seed) for seed in seeds for arm in names]  # every arm's first seed first: it builds the cache
     with ThreadPoolExecutor(args.jobs) as pool:
         dirs = dict(zip(jobs, pool.map(lambda job: train(*job, args, mixes[job[0]], locks), jobs)))
-    exports = [os.path.join(dirs[job], "export") for job in jobs]
-    # One bench process per style and seed: balanced work for the pool, each loading its models once.
-    benches = [(style, s, [e for (arm, seed), e in zip(jobs, exports) if seed == s])
-               for style in args.styles.split(",") for s in seeds]
+    benches = [(style, arm, seed) for style in args.styles.split(",") for arm, seed in jobs]
     with ThreadPoolExecutor(args.jobs) as pool:
-        scores = list(pool.map(lambda b: (b[0], bench(*b, args)), benches))
+        scores = list(pool.map(lambda b: (b, bench(*b, os.path.join(dirs[b[1:]], "export"), args)), benches))
 
     result = {"data": DATA, "config": os.path.relpath(CONFIG, REPO), "steps": args.steps, "prompts": args.prompts,
               "machine": f"{os.cpu_count()}-core development CPU, one thread per process, {args.jobs} side by side",
               "command": "python " + " ".join(["scripts/shapes_recaption.py", *sys.argv[1:]]),
+              "continued_from": args.continue_from,
               "arms": {arm: {"captions": mixes[arm].replace(args.root, "ROOT"), "seeds": {}} for arm in names}}
     for (arm, seed), run_dir in dirs.items():
         result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}  # its cpu_min: what it cost
-    for style, summaries in scores:
-        for (arm, seed), export in zip(jobs, exports):
-            if export in summaries:
-                summary = summaries[export]
-                result["arms"][arm]["seeds"][str(seed)][style] = {"overall": summary["overall"], **summary["l1"]}
+    for (style, arm, seed), summary in scores:
+        result["arms"][arm]["seeds"][str(seed)][style] = {"overall": summary["overall"], **summary["l1"]}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     say(f"wrote {args.out}")
