@@ -73,11 +73,44 @@ def test_the_fast_path_is_the_default_and_trains_as_the_plain_path(tmp_path, mon
     assert devices.resolve_mixed_precision("auto", "cpu") == "bf16"
     run = loop.build(tiny_config(tmp_path / "auto"), None)
     assert run.cpu_bf16 or run.accelerator.mixed_precision == "bf16"
+    wrapped = [type(p).__name__ == "Float32AttnProcessor" for p in run.parts.unet.attn_processors.values()]
+    assert wrapped and all(wrapped) == run.cpu_bf16  # on a CPU the attention stays in fp32
     plain = train(tiny_config(tmp_path / "plain", max_steps=3, mixed_precision="no"))
     fast = train(tiny_config(tmp_path / "fast", max_steps=3, mixed_precision="bf16"))
     assert plain.losses != fast.losses  # autocast ran
     for (_, a), (_, b) in zip(plain.losses, fast.losses):
         assert abs(a - b) <= 0.02 * a
+
+
+def test_attention_in_float32_equals_diffusers_attention_and_keeps_bf16_out_of_it():
+    """Float32AttnProcessor (the CPU bf16 step's attention) computes what diffusers' processors do,
+    with a padding mask and on layers outside its plain case (a group-normed 4-D attention); under a
+    bf16 autocast the attention itself receives fp32."""
+    from diffusers.models.attention_processor import Attention
+
+    from ella.testing import tiny_unet
+    from ella.train import attention
+
+    unet = tiny_unet(cross_attention_dim=16, sample_size=8)
+    x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 7, 16)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        expected = unet(x, t, context, encoder_attention_mask=mask).sample
+        attention.attention_in_float32(unet)
+        attention.attention_in_float32(unet)  # once, however often it is called
+        assert all(type(p.processor).__name__ == "AttnProcessor2_0" for p in unet.attn_processors.values())
+        torch.testing.assert_close(unet(x, t, context, encoder_attention_mask=mask).sample, expected, atol=1e-5, rtol=1e-5)
+        layer = Attention(8, heads=2, dim_head=4, norm_num_groups=4, residual_connection=True)
+        h = torch.randn(2, 8, 3, 3)
+        reference = layer(h)
+        layer.set_processor(attention.Float32AttnProcessor(layer.processor))
+        torch.testing.assert_close(layer(h), reference)
+        seen = []
+        real = attention.F.scaled_dot_product_attention
+        with pytest.MonkeyPatch.context() as patch, torch.autocast("cpu", dtype=torch.bfloat16):
+            patch.setattr(attention.F, "scaled_dot_product_attention", lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+            unet(x, t, context, encoder_attention_mask=mask)
+        assert seen and set(seen) == {torch.float32}
 
 
 def test_resume_equals_a_straight_run(tmp_path):

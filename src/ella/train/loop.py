@@ -25,6 +25,7 @@ from ..errors import TrainingInterrupted
 from ..fileio import folder_lock
 from ..models import ELLA
 from ..text_encoders import LLMEncoder
+from .attention import attention_in_float32
 from .cache import CachedFeatureDataset, encode_images, fingerprint, read_index
 from .checkpoint import checkpoint_dir, load_latest_state, save_training_state
 from .components import FrozenParts, build_connector, load_frozen_parts, load_init_connector
@@ -353,6 +354,8 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     if ema is not None and init_share > 0.05:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
                        " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
+    if cpu and precision == "bf16":  # the attention stays in fp32 (ella.train.attention: why)
+        attention_in_float32(parts.unet)
     model = ConnectorTrainingModel(parts.unet, ella, config.resolution)
     reference = None
     if config.objective == "dpo":  # init_connector's weights, whatever step a resumed run is at
