@@ -115,12 +115,11 @@ def main() -> None:
     from train_step_profile import step_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    step_arguments(parser, cache_required=False)  # --cache (the throughput part), --threads, --pairs, --out
+    step_arguments(parser, cache_required=False)  # --cache (the throughput part), --threads, --pairs, --out, --load
     parser.add_argument("--captions", type=int, default=512, help="captions per style for the encoding timing")
     parser.add_argument("--twin", default=None, help="instead: a finished fast run to train again on the plain path")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=50)
-    parser.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
     args = parser.parse_args()
     if not (args.twin or args.cache):
         parser.error("give --cache (throughput) or --twin RUN (equal results)")

@@ -5,8 +5,8 @@ from the feature cache), on one thread as the recipe's CPU-minutes are counted. 
 (data, batch tensors, forward, backward, optimizer), the forward split into the connector and the
 frozen UNet, then levers, each timed against the plain step in alternation (median of the
 per-pair ratios): channels_last, padding trimmed to the batch's longest caption, batch 64,
-bf16 autocast (only on a CPU with native bf16), `torch.compile` of the UNet (its compile time
-reported apart).
+bf16 autocast with diffusers' attention and with the attention kept in fp32 (only on a CPU with
+native bf16), `torch.compile` of the UNet (its compile time reported apart).
 
     ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes \\
         --train_data shapes:2048:dense+brief+relative+varied+varied --cache_dir /tmp/shapes-cache
@@ -34,6 +34,7 @@ def step_arguments(parser: argparse.ArgumentParser, cache_required: bool = True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=6, help="alternating plain / lever timings")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
 
 
 def recipe_run(cache: str, output_dir: str, **overrides):
@@ -105,7 +106,20 @@ def main() -> None:
         "batch 64 (per sample)": lambda: plain(torch.cat([latents] * 2), torch.cat([text] * 2), torch.cat([mask] * 2)),
     }
     if _native_bf16():
-        levers["bf16 autocast"] = lambda: plain(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        from ella.train.attention import attention_in_float32
+
+        unet = run.parts.unet
+        processors = {"diffusers'": dict(unet.attn_processors)}
+        attention_in_float32(unet)
+        processors["fp32"] = dict(unet.attn_processors)
+
+        def bf16(attention: str):  # set_attn_processor consumes the dict it is given: a copy each time
+            unet.set_attn_processor(dict(processors[attention]))
+            plain(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+            unet.set_attn_processor(dict(processors["diffusers'"]))
+
+        levers["bf16 autocast"] = lambda: bf16("diffusers'")
+        levers["bf16 autocast, attention in fp32 (the fast path)"] = lambda: bf16("fp32")
     ratios = {name: _ratio(plain, lever, args.pairs, 2.0 if "64" in name else 1.0) for name, lever in levers.items()}
     run.parts.unet.to(memory_format=torch.channels_last)
     ratios["channels_last"] = _ratio(plain, lambda: plain(latents.contiguous(memory_format=torch.channels_last)),
@@ -119,7 +133,8 @@ def main() -> None:
         compiled["compile seconds"] = time.perf_counter() - start
         compiled["speed-up after compiling"] = 1 / (_median(plain, args.pairs) / step_s)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); {args.load}",
+        "command": "python " + " ".join(["benchmarks/train_step_profile.py", *sys.argv[1:]]),
         "step (batch 32)": {"seconds": step_s, "samples per second": len(latents) / step_s,
                             **{f"{k} share": statistics.median(v) / step_s for k, v in phases.items()}},
         "forward split (no grad), seconds": {"connector": connector_s, "frozen UNet": unet_s},
