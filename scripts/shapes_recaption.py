@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the results JSON")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    mixes = arms(os.path.join(args.root, "captions"))
+    # A continued experiment's captions are named as the shorter one named them: its caches are keyed by that.
+    home = args.continue_from or args.root
+    mixes = arms(os.path.join(home, "captions"))
     names = args.arms.split(",") if args.arms else list(mixes)
     unknown = sorted(set(names) - set(mixes))
     if unknown:
@@ -143,7 +145,7 @@ def main() -> None:
               "machine": f"{os.cpu_count()}-core development CPU, one thread per process, {args.jobs} side by side",
               "command": "python " + " ".join(["scripts/shapes_recaption.py", *sys.argv[1:]]),
               "continued_from": args.continue_from,
-              "arms": {arm: {"captions": mixes[arm].replace(args.root, "ROOT"), "seeds": {}} for arm in names}}
+              "arms": {arm: {"captions": mixes[arm].replace(home, "ROOT"), "seeds": {}} for arm in names}}
     for (arm, seed), run_dir in dirs.items():
         result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}  # its cpu_min: what it cost
     for (style, arm, seed), summary in scores:
