@@ -1,13 +1,15 @@
-"""The table and the figure of docs/shapesworld.md "Recaptioning", redrawn from the results file
-that scripts/shapes_recaption.py writes.
+"""The tables and the figure of docs/shapesworld.md "Recaptioning", redrawn from the results files
+that scripts/shapes_recaption.py writes (one per training length).
 
     python scripts/shapes_recaption_report.py docs/results/shapesworld-recaption.json \\
-        [--figure docs/shapes_recaption.png]
+        docs/results/shapesworld-recaption-3000.json [--figure docs/shapes_recaption.png]
 
-Prints the markdown table (per arm: each seed's overall score per bench style, their mean, and
-dense prompts' entity / attribute / relation means), then the verdict: the recaptioned
-connector's gain over alt-text on dense prompts against the seed-to-seed spread (the largest
-difference between two seeds of one arm, over all arms).
+For each file: the markdown table (per arm: each seed's overall score per bench style, their
+mean, and dense prompts' entity / attribute / relation means), then the verdict: the recaptioned
+connector's gain over alt-text against the seed-to-seed spread (the largest difference between
+two seeds of one arm, over all arms), overall in each style and per category on dense prompts.
+The figure: each arm's score against training steps, one panel per style (points: the mean of the
+seeds, bars: their range).
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import argparse
 import json
 import statistics
 
-NOISE = {"recap": 0.0, "recap-p0.1": 0.1, "recap-p0.3": 0.3}  # the captioner's error rate P of each arm
+LABELS = {"alt": "alt-text", "recap": "recaptioned (P = 0)", "mix": "95 % recap / 5 % alt",
+          "recap-p0.1": "recaptioned, P = 0.1", "recap-p0.3": "recaptioned, P = 0.3"}
+COLORS = {"alt": "tab:red", "recap": "tab:blue", "mix": "tab:green", "recap-p0.1": "tab:purple",
+          "recap-p0.3": "tab:gray"}
 
 
 def scores(result: dict, arm: str, style: str, key: str = "overall") -> list[float]:
-    return [seed[style][key] for seed in result["arms"][arm]["seeds"].values() if style in seed]
+    return [seed[style][key] for seed in result["arms"].get(arm, {}).get("seeds", {}).values() if style in seed]
 
 
-def spread(result: dict, style: str) -> float:
-    """The largest difference between two seeds of one arm, over all arms."""
-    return max((max(v) - min(v) for arm in result["arms"] if len(v := scores(result, arm, style)) > 1), default=0.0)
+def spread(result: dict, style: str, key: str = "overall", arms=None) -> float:
+    """The largest difference between two seeds of one arm, over `arms` (all by default)."""
+    return max((max(v) - min(v) for arm in arms or result["arms"] if len(v := scores(result, arm, style, key)) > 1),
+               default=0.0)
 
 
 def table(result: dict, styles: list[str]) -> str:
@@ -36,64 +42,75 @@ def table(result: dict, styles: list[str]) -> str:
         for style in styles:
             v = scores(result, arm, style)
             cells.append(" / ".join(f"{x:.2f}" for x in v) + (f": **{statistics.fmean(v):.2f}**" if v else "-"))
-        cells.append(" / ".join(f"{statistics.fmean(scores(result, arm, 'dense', k)):.1f}"
+        cells.append(" / ".join(f"{statistics.fmean(v):.1f}" if (v := scores(result, arm, "dense", k)) else "-"
                                 for k in ("entity", "attribute", "relation")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def gain(result: dict, style: str, key: str = "overall") -> str:
+    """recap - alt on the seeds' means, against the spread (over all arms for the overall score;
+    over alt's and recap's seeds for a category, where the other arms' are not the question)."""
+    recap, alt = scores(result, "recap", style, key), scores(result, "alt", style, key)
+    if not (recap and alt):
+        return f"{style} {key}: recap or alt not benched"
+    g = statistics.fmean(recap) - statistics.fmean(alt)
+    s = spread(result, style, key, None if key == "overall" else ("alt", "recap"))
+    ratio = f"{g / s:.1f}x the spread" if s else "no spread measured (one seed)"
+    return f"{style} {key}: recap - alt = {g:+.2f} points; seed-to-seed spread {s:.2f}; {ratio}"
+
+
 def verdict(result: dict, styles: list[str]) -> str:
-    lines = []
-    for style in styles:
-        gain = statistics.fmean(scores(result, "recap", style)) - statistics.fmean(scores(result, "alt", style))
-        s = spread(result, style)
-        ratio = f"{gain / s:.1f}x the spread" if s else "no spread measured (one seed)"
-        lines.append(f"{style}: recap - alt = {gain:+.2f} points; seed-to-seed spread {s:.2f}; {ratio}")
-    return "\n".join(lines)
+    return "\n".join([gain(result, style) for style in styles]
+                     + [gain(result, "dense", key) for key in ("entity", "attribute", "relation")])
 
 
-def figure(result: dict, styles: list[str], path: str) -> None:
+def figure(results: list[dict], styles: list[str], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(styles), figsize=(4 * len(styles), 3.6), sharey=True)
-    for ax, style in zip([axes] if len(styles) == 1 else axes, styles):
-        arms = [a for a in NOISE if a in result["arms"]]
-        xs = [NOISE[a] for a in arms]
-        ys = [scores(result, a, style) for a in arms]
-        ax.errorbar(xs, [statistics.fmean(v) for v in ys], marker="o", capsize=4, label="recaptioned, error rate P",
-                    yerr=[[statistics.fmean(v) - min(v) for v in ys], [max(v) - statistics.fmean(v) for v in ys]])
-        for a, color in (("alt", "tab:red"), ("mix", "tab:green")):
-            if a in result["arms"]:
-                v = scores(result, a, style)
-                ax.axhspan(min(v), max(v), color=color, alpha=0.2)
-                ax.axhline(statistics.fmean(v), color=color, label={"alt": "alt-text", "mix": "95 % recap / 5 % alt"}[a])
+    results = sorted(results, key=lambda r: r["steps"])
+    fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 3.8), sharey=True, squeeze=False)
+    arms = [a for a in LABELS if any(a in r["arms"] for r in results)]
+    for ax, style in zip(axes[0], styles):
+        for i, arm in enumerate(arms):
+            points = [(r["steps"], v) for r in results if (v := scores(r, arm, style))]
+            xs = [s * (1 + 0.025 * (i - len(arms) / 2)) for s, _ in points]  # side by side, not on top
+            means = [statistics.fmean(v) for _, v in points]
+            ax.errorbar(xs, means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
+                                         [max(v) - m for m, (_, v) in zip(means, points)]],
+                        marker="o", capsize=3, color=COLORS[arm], label=LABELS[arm])
         ax.set_title(f"{style} prompts")
-        ax.set_xlabel("captioner error rate P")
+        ax.set_xlabel("training steps (x 32)")
+        ax.set_xticks([r["steps"] for r in results])
         ax.grid(alpha=0.3)
-    (axes if len(styles) == 1 else axes[0]).set_ylabel("ella bench shapes, overall (seeds: bar / band)")
-    (axes if len(styles) == 1 else axes[0]).legend(fontsize=8)
-    fig.suptitle(f"Recaptioning on ShapesWorld: {result['steps']} steps x 32, {result['prompts']} held-out prompts x 4",
-                 fontsize=10)
+    axes[0][0].set_ylabel("ella bench shapes, overall\n(mean of the seeds, bars: their range)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Recaptioning on ShapesWorld: {results[-1]['prompts']} held-out prompts x 4 per style", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="the JSON scripts/shapes_recaption.py wrote")
+    parser.add_argument("results", nargs="+", help="the JSON files scripts/shapes_recaption.py wrote")
     parser.add_argument("--figure", default=None, help="write the figure to this PNG")
     args = parser.parse_args()
-    with open(args.results) as f:
-        result = json.load(f)
-    styles = [s for s in ("dense", "brief", "relative") if any(scores(result, a, s) for a in result["arms"])]
-    print(table(result, styles))
-    print()
-    print(verdict(result, styles))
+    results = []
+    for path in args.results:
+        with open(path) as f:
+            results.append(json.load(f))
+    styles = [s for s in ("dense", "brief", "relative") if any(scores(r, a, s) for r in results for a in r["arms"])]
+    for path, result in zip(args.results, results):
+        print(f"## {path}: {result['steps']} steps\n")
+        print(table(result, styles))
+        print()
+        print(verdict(result, styles))
+        print()
     if args.figure:
-        figure(result, styles, args.figure)
+        figure(results, styles, args.figure)
 
 
 if __name__ == "__main__":
