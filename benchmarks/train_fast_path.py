@@ -10,12 +10,13 @@ Two parts, each side by side in one invocation:
   (now, in flexible mode).
 - equal results (`--twin RUN`, instead): a finished fast run trained again on the plain path from the same
   config and seed, then both loss curves (means over `--window` steps) and both exports' bench
-  scores (`ella bench shapes`, dense) side by side.
+  scores (`ella bench shapes`, dense) side by side; with `--seed-twin`, another seed's loss
+  curve as the measure of seed noise.
 
     ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes \\
         --train_data shapes:2048:dense+brief+relative+varied+varied --cache_dir /tmp/shapes-cache
     python benchmarks/train_fast_path.py --cache /tmp/shapes-cache [--out benchmarks/results/train_fast_path_cpu.json]
-    python benchmarks/train_fast_path.py --twin runs/recaption/recap/seed0 [--out ...]
+    python benchmarks/train_fast_path.py --twin runs/recaption/recap/seed0 --seed-twin runs/recaption/recap/seed1 [--out ...]
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def encode_throughput(n: int, pairs: int) -> dict:
     return result
 
 
-def twin(run_dir: str, window: int, prompts: int) -> dict:
+def twin(run_dir: str, window: int, prompts: int, seed_twin: str | None) -> dict:
     """The finished fast run at `run_dir` trained again on the plain path; loss windows and dense
-    bench scores side by side."""
+    bench scores side by side, and the largest relative difference of two loss windows, against
+    that of the run and `seed_twin` (the same config, another seed: the seed noise)."""
     from ella.train.checkpoint import latest_checkpoint, load_training_state
 
     plain_dir = run_dir.rstrip("/") + "-plain"
@@ -86,14 +88,23 @@ def twin(run_dir: str, window: int, prompts: int) -> dict:
         _run(["ella", "train", config, "--mixed-precision", "no", "--output-dir", plain_dir, "--resume", "true"],
              os.path.join(os.path.dirname(plain_dir), os.path.basename(plain_dir) + ".log"))
     curves = {}
-    for name, d in (("plain", plain_dir), ("fast", run_dir)):
-        losses = [loss for _, loss in load_training_state(latest_checkpoint(d))["losses"].tolist()]
-        curves[name] = [round(statistics.fmean(losses[i:i + window]), 5) for i in range(0, len(losses), window)]
+    for name, d in (("plain", plain_dir), ("fast", run_dir), ("another seed", seed_twin)):
+        if d:
+            losses = [loss for _, loss in load_training_state(latest_checkpoint(d))["losses"].tolist()]
+            curves[name] = [round(statistics.fmean(losses[i:i + window]), 5) for i in range(0, len(losses), window)]
+
+    def apart(a: str, b: str) -> float:
+        return round(max(abs(x - y) / y for x, y in zip(curves[a], curves[b])), 4)
+
+    differences = {"plain vs fast": apart("plain", "fast")}
+    if seed_twin:
+        differences["another seed vs fast (the seed noise)"] = apart("another seed", "fast")
     exports = [os.path.join(d, "export") for d in (plain_dir, run_dir)]
     out = _run(["ella", "bench", "shapes", "--prompts", str(prompts), "--models", ",".join(exports), "--captions",
                 "dense", "--out", plain_dir + "-bench", "--json"], plain_dir + "-bench.log")
     scores = json.loads(out)
-    return {"run": run_dir, "plain twin": plain_dir, f"loss, means over {window} steps": curves,
+    return {"run": run_dir, "plain twin": plain_dir, "seed twin": seed_twin, f"loss, means over {window} steps": curves,
+            "largest relative difference of two loss windows": differences,
             f"dense bench, {prompts} prompts x 4": {name: {"overall": scores[e]["overall"], **scores[e]["l1"]}
                                                      for name, e in zip(("plain", "fast"), exports)}}
 
@@ -118,6 +129,7 @@ def main() -> None:
     step_arguments(parser, cache_required=False)  # --cache (the throughput part), --threads, --pairs, --out, --load
     parser.add_argument("--captions", type=int, default=512, help="captions per style for the encoding timing")
     parser.add_argument("--twin", default=None, help="instead: a finished fast run to train again on the plain path")
+    parser.add_argument("--seed-twin", default=None, help="with --twin: the same run with another seed (seed noise)")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=50)
     args = parser.parse_args()
@@ -130,7 +142,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); {args.load}",
               "command": "python " + " ".join(["benchmarks/train_fast_path.py", *sys.argv[1:]])}
     if args.twin:
-        result["equal results"] = twin(args.twin, args.window, args.prompts)
+        result["equal results"] = twin(args.twin, args.window, args.prompts, args.seed_twin)
     else:
         result["recipe step (ella-tsc.yaml, from the cache)"] = step_throughput(args.cache, args.pairs)
         result["cache text encoding (MiniLM, max_length 96, batches of 32)"] = encode_throughput(args.captions, args.pairs)
