@@ -66,7 +66,8 @@ def main() -> None:
 
     from ella.train import loop
 
-    config, run, batches, encoder, empty = recipe_run(args.cache, "/tmp/ella-step-profile")
+    # The plain path (fp32, diffusers' attention processors): each lever is timed against it.
+    config, run, batches, encoder, empty = recipe_run(args.cache, "/tmp/ella-step-profile", mixed_precision="no")
 
     phases = {k: [] for k in ("data", "batch tensors", "forward", "backward", "optimizer")}
     for step in range(args.pairs + 2):
