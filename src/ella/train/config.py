@@ -68,7 +68,7 @@ class TrainConfig:
     ema_decay: float = 0.9999  # 0 disables EMA
     # auto | no | fp16 | bf16: frozen models' compute in this dtype (autocast on a CPU), connector
     # weights in fp32. auto: bf16 where the device computes it natively (a CPU with AVX512-BF16 or
-    # AMX, with the UNet's attention kept in fp32: 1.67x on ShapesWorld's step, benchmarks/train_fast_path.py),
+    # AMX, with the UNet's attention kept in fp32: 1.68x on ShapesWorld's step, benchmarks/train_fast_path.py),
     # else fp16 on a GPU, fp32 on a CPU.
     mixed_precision: str = "auto"
     seed: int = 0
