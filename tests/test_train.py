@@ -105,6 +105,19 @@ def test_attention_in_float32_equals_diffusers_attention_and_keeps_bf16_out_of_i
         reference = layer(h)
         layer.set_processor(attention.Float32AttnProcessor(layer.processor))
         torch.testing.assert_close(layer(h), reference)
+        calls = []  # another processor (IP-Adapter's, a user's) is called itself, with fp32 inputs
+
+        class Probe:
+            def __call__(self, attn, hidden_states, *args, **kwargs):
+                calls.append((hidden_states.dtype, torch.is_autocast_enabled("cpu")))
+                return plain(attn, hidden_states, *args, **kwargs)
+
+        layer = Attention(8, heads=2, dim_head=4)
+        plain = layer.processor
+        layer.set_processor(attention.Float32AttnProcessor(Probe()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(torch.randn(2, 5, 8))
+        assert calls == [(torch.float32, False)]
         seen = []
         real = attention.F.scaled_dot_product_attention
         with pytest.MonkeyPatch.context() as patch, torch.autocast("cpu", dtype=torch.bfloat16):

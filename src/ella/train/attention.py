@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 
 class Float32AttnProcessor:
     """A diffusers attention processor: the layer's projections in the ambient dtype (bf16 under
-    autocast), softmax(QK^T / sqrt(d)) V in fp32 with autocast off. Layers outside the transformer
-    blocks' plain case (a group or spatial norm, q/k norms, 4-D inputs, extra arguments) run their
-    original `processor` wholly in fp32 instead."""
+    autocast), softmax(QK^T / sqrt(d)) V in fp32 with autocast off: what diffusers' plain
+    processors (`AttnProcessor2_0`, `AttnProcessor`) compute. Any other wrapped `processor`
+    (IP-Adapter's, a user's), and layers outside the transformer blocks' plain case (a group or
+    spatial norm, q/k norms, 4-D inputs, extra arguments), run the original wholly in fp32."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -27,7 +29,8 @@ class Float32AttnProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
         device = hidden_states.device.type
-        plain = (hidden_states.ndim == 3 and attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross
+        plain = (isinstance(self.processor, (AttnProcessor2_0, AttnProcessor)) and hidden_states.ndim == 3
+                 and attn.spatial_norm is None and attn.group_norm is None and attn.norm_cross is None
                  and attn.norm_q is None and attn.norm_k is None and not args and not kwargs)
         if not plain:
             def up(x):
