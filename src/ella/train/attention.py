@@ -33,12 +33,9 @@ class Float32AttnProcessor:
                  and attn.spatial_norm is None and attn.group_norm is None and attn.norm_cross is None
                  and attn.norm_q is None and attn.norm_k is None and not args and not kwargs)
         if not plain:
-            def up(x):
-                return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
-
             with torch.autocast(device, enabled=False):
-                return self.processor(attn, up(hidden_states), up(encoder_hidden_states), up(attention_mask), up(temb),
-                                      *args, **kwargs)
+                return self.processor(attn, _fp32(hidden_states), _fp32(encoder_hidden_states), _fp32(attention_mask),
+                                      _fp32(temb), *args, **kwargs)
         batch = hidden_states.shape[0]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
 
@@ -55,6 +52,10 @@ class Float32AttnProcessor:
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+def _fp32(x):
+    return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
 
 
 def attention_in_float32(unet: torch.nn.Module) -> None:

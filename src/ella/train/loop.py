@@ -354,7 +354,8 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
     if ema is not None and init_share > 0.05:
         logger.warning("ema_decay %g over %d steps: the exported EMA still holds %.0f%% of the initial weights;"
                        " lower ema_decay or set it to 0", config.ema_decay, config.max_steps, 100 * init_share)
-    if cpu and precision == "bf16":  # the attention stays in fp32 (ella.train.attention: why)
+    cpu_bf16 = cpu and precision == "bf16"
+    if cpu_bf16:  # the attention stays in fp32 (ella.train.attention: why)
         attention_in_float32(parts.unet)
     model = ConnectorTrainingModel(parts.unet, ella, config.resolution)
     reference = None
@@ -363,7 +364,7 @@ def build(config: TrainConfig, parts: FrozenParts | None) -> Run:
         load_init_connector(frozen, config)
         reference = ConnectorTrainingModel(parts.unet, frozen.requires_grad_(False).eval(), config.resolution)
     return Run(config, accelerator, parts, ella, model, optimizer, lr_scheduler, ema, reference,
-               cpu_bf16=cpu and precision == "bf16")
+               cpu_bf16=cpu_bf16)
 
 
 def resume(run: Run) -> None:
