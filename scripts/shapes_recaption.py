@@ -114,9 +114,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the results JSON")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    # A continued experiment's captions are named as the shorter one named them: its caches are keyed by that.
-    home = args.continue_from or args.root
-    mixes = arms(os.path.join(home, "captions"))
+    # A continued experiment's captions are named as the first experiment of the chain named them (the
+    # shorter one's captions may be a link to its own predecessor's): the caches are keyed by that name.
+    mixes = arms(os.path.realpath(os.path.join(args.continue_from or args.root, "captions")))
     names = args.arms.split(",") if args.arms else list(mixes)
     unknown = sorted(set(names) - set(mixes))
     if unknown:
