@@ -116,7 +116,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     # A continued experiment's captions are named as the first experiment of the chain named them (the
     # shorter one's captions may be a link to its own predecessor's): the caches are keyed by that name.
-    mixes = arms(os.path.realpath(os.path.join(args.continue_from or args.root, "captions")))
+    captions = os.path.realpath(os.path.join(args.continue_from or args.root, "captions"))
+    home = os.path.dirname(captions)  # "ROOT" in the results file
+    mixes = arms(captions)
     names = args.arms.split(",") if args.arms else list(mixes)
     unknown = sorted(set(names) - set(mixes))
     if unknown:
