@@ -13,6 +13,8 @@ an interrupted invocation picks up where it stopped.
 A longer experiment continues a shorter one (`--continue-from ROOT`): its runs start from the
 shorter runs' last resume state, and its captions and caches are the shorter one's, so the extra
 steps are all it costs. The lr restarts on the longer cosine, as between the recipe's stages.
+Invocations of one experiment that train some arms or seeds at a time merge their rows into one
+results file (`--out`).
 
     python scripts/shapes_recaption.py runs/recaption --steps 1000 --seeds 0,1 --prompts 50 \\
         --out docs/results/shapesworld-recaption.json
@@ -101,6 +103,26 @@ def bench(style: str, arm: str, seed: int, export: str, args) -> dict:
         return json.load(f)[export]
 
 
+def merged(path: str, result: dict) -> dict:
+    """`result` merged into the results file at `path` when that holds the same experiment (data,
+    config, steps, prompts, continuation): its other arms, seeds and styles kept, every invocation's
+    command listed. So the invocations of one experiment (some seeds or arms at a time) write one file."""
+    if not os.path.isfile(path):
+        return result
+    with open(path) as f:
+        earlier = json.load(f)
+    keys = ("data", "config", "steps", "prompts", "continued_from")
+    if any(earlier.get(k) != result[k] for k in keys):
+        raise SystemExit(f"{path} holds another experiment ({', '.join(f'{k} {earlier.get(k)}' for k in keys)}); "
+                         "give another --out")
+    commands = earlier["command"] if isinstance(earlier["command"], list) else [earlier["command"]]
+    for arm, info in result["arms"].items():
+        seeds = earlier["arms"].setdefault(arm, {"captions": info["captions"], "seeds": {}})["seeds"]
+        for seed, row in info["seeds"].items():
+            seeds.setdefault(seed, {}).update(row)
+    return {**earlier, "machine": result["machine"], "command": commands + [result["command"]] * (result["command"] not in commands)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="where captions, caches, runs and bench outputs go")
@@ -152,9 +174,12 @@ def main() -> None:
         result["arms"][arm]["seeds"][str(seed)] = {"train": last_log_line(run_dir)}  # its cpu_min: what it cost
     for (style, arm, seed), summary in scores:
         result["arms"][arm]["seeds"][str(seed)][style] = {"overall": summary["overall"], **summary["l1"]}
-    with open(args.out, "w") as f:
+    result = merged(args.out, result)
+    with open(args.out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
     say(f"wrote {args.out}")
+
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 import dataclasses
+import json
+import os
 import random
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -424,3 +427,28 @@ def test_bench_takes_an_own_connectors_folder_and_scores_it_as_the_same_shipped_
     with pytest.raises(ValueError, match="unknown ShapesWorld model nope"):
         run_shapes_bench(1, ["tsc", "nope"], str(tmp_path / "x"), steps=2)
     assert not (tmp_path / "x" / "images").exists()  # refused before any work
+
+
+def test_the_recaption_script_merges_invocations_of_one_experiment_into_one_results_file(tmp_path):
+    """Seeds or arms trained a few at a time (scripts/shapes_recaption.py) write one results file;
+    a file of another experiment is never overwritten."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    from shapes_recaption import merged
+
+    def result(steps, arm, seed, style, score, command):
+        return {"data": "shapes:10:alt", "config": "c.yaml", "steps": steps, "prompts": 5, "continued_from": None,
+                "machine": "m", "command": command,
+                "arms": {arm: {"captions": "{original: 1.0}", "seeds": {seed: {"train": "t", style: {"overall": score}}}}}}
+
+    path = tmp_path / "result.json"
+    first = merged(str(path), result(100, "alt", "0", "dense", 1.0, "one"))
+    assert first["command"] == "one"
+    path.write_text(json.dumps(first))
+    both = merged(str(path), result(100, "alt", "1", "dense", 2.0, "two"))
+    path.write_text(json.dumps(both))
+    both = merged(str(path), result(100, "alt", "0", "brief", 3.0, "three"))
+    seeds = both["arms"]["alt"]["seeds"]
+    assert (seeds["0"]["dense"], seeds["0"]["brief"], seeds["1"]["dense"]) == ({"overall": 1.0}, {"overall": 3.0}, {"overall": 2.0})
+    assert both["command"] == ["one", "two", "three"]
+    with pytest.raises(SystemExit, match="another experiment"):
+        merged(str(path), result(200, "alt", "0", "dense", 1.0, "four"))
