@@ -11,12 +11,15 @@ Two parts, each side by side in one invocation:
 - equal results (`--twin RUN`, instead): a finished fast run trained again on the plain path from the same
   config and seed, then both loss curves (means over `--window` steps) and both exports' bench
   scores (`ella bench shapes`, dense) side by side; with `--seed-twin`, another seed's loss
-  curve as the measure of seed noise.
+  curve as the measure of seed noise; with `--steps N`, copies of both runs continued to N
+  steps first (a longer run is where the bench can tell: two seeds' scores differ less).
 
     ella cache configs/shapes/ella-tsc.yaml --model src/ella/assets/shapes \\
         --train_data shapes:2048:dense+brief+relative+varied+varied --cache_dir /tmp/shapes-cache
     python benchmarks/train_fast_path.py --cache /tmp/shapes-cache [--out benchmarks/results/train_fast_path_cpu.json]
     python benchmarks/train_fast_path.py --twin runs/recaption/recap/seed0 --seed-twin runs/recaption/recap/seed1 [--out ...]
+    python benchmarks/train_fast_path.py --twin runs/recaption/recap/seed0 --steps 3000 \\
+        --seed-twin runs/recaption-3000/recap/seed1 [--out ...]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,17 +80,20 @@ def encode_throughput(n: int, pairs: int) -> dict:
     return result
 
 
-def twin(run_dir: str, window: int, prompts: int, seed_twin: str | None) -> dict:
+def twin(run_dir: str, window: int, prompts: int, seed_twin: str | None, steps: int | None = None) -> dict:
     """The finished fast run at `run_dir` trained again on the plain path; loss windows and dense
     bench scores side by side, and the largest relative difference of two loss windows, against
-    that of the run and `seed_twin` (the same config, another seed: the seed noise)."""
+    that of the run and `seed_twin` (the same config, another seed: the seed noise). With `steps`,
+    copies of both runs are first continued to that length, each on its own path."""
     from ella.train.checkpoint import latest_checkpoint, load_training_state
 
-    plain_dir = run_dir.rstrip("/") + "-plain"
+    run_dir = run_dir.rstrip("/")
     config = os.path.join(run_dir, "export", "training_config.yaml")
-    if not os.path.isfile(os.path.join(plain_dir, "export", "config.json")):
-        _run(["ella", "train", config, "--mixed-precision", "no", "--output-dir", plain_dir, "--resume", "true"],
-             os.path.join(os.path.dirname(plain_dir), os.path.basename(plain_dir) + ".log"))
+    plain_dir = _trained(run_dir + "-plain", ["ella", "train", config, "--mixed-precision", "no"])
+    if steps:
+        run_dir, plain_dir = (_trained(f"{d}-{steps}", ["ella", "train", config, "--mixed-precision", precision,
+                                                       "--max-steps", str(steps), "--checkpoint-every", str(steps)], d)
+                              for d, precision in ((run_dir, "auto"), (plain_dir, "no")))
     curves = {}
     for name, d in (("plain", plain_dir), ("fast", run_dir), ("another seed", seed_twin)):
         if d:
@@ -107,6 +114,17 @@ def twin(run_dir: str, window: int, prompts: int, seed_twin: str | None) -> dict
             "largest relative difference of two loss windows": differences,
             f"dense bench, {prompts} prompts x 4": {name: {"overall": scores[e]["overall"], **scores[e]["l1"]}
                                                      for name, e in zip(("plain", "fast"), exports)}}
+
+
+def _trained(out: str, train: list[str], continues: str | None = None) -> str:
+    """`out` after `train` ran into it, resumed, unless its export is there; a continuation starts
+    from a copy of the resume states of the run `continues` (the lr restarts on the longer cosine,
+    as the recaptioning experiment continues its runs)."""
+    if not os.path.isfile(os.path.join(out, "export", "config.json")):
+        if continues and not os.path.isdir(out):
+            shutil.copytree(os.path.join(continues, "checkpoints"), os.path.join(out, "checkpoints"))
+        _run([*train, "--output-dir", out, "--resume", "true"], out + ".log")
+    return out
 
 
 def _encode_all(encoder, batches: list[list[str]]) -> None:
@@ -130,6 +148,8 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=512, help="captions per style for the encoding timing")
     parser.add_argument("--twin", default=None, help="instead: a finished fast run to train again on the plain path")
     parser.add_argument("--seed-twin", default=None, help="with --twin: the same run with another seed (seed noise)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="with --twin: continue copies of the run and its plain twin to this many steps first")
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=50)
     args = parser.parse_args()
@@ -142,7 +162,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch thread(s); {args.load}",
               "command": "python " + " ".join(["benchmarks/train_fast_path.py", *sys.argv[1:]])}
     if args.twin:
-        result["equal results"] = twin(args.twin, args.window, args.prompts, args.seed_twin)
+        result["equal results"] = twin(args.twin, args.window, args.prompts, args.seed_twin, args.steps)
     else:
         result["recipe step (ella-tsc.yaml, from the cache)"] = step_throughput(args.cache, args.pairs)
         result["cache text encoding (MiniLM, max_length 96, batches of 32)"] = encode_throughput(args.captions, args.pairs)
