@@ -2,14 +2,15 @@
 that scripts/shapes_recaption.py writes (one per training length).
 
     python scripts/shapes_recaption_report.py docs/results/shapesworld-recaption.json \\
-        docs/results/shapesworld-recaption-3000.json [--figure docs/shapes_recaption.png]
+        docs/results/shapesworld-recaption-3000.json [--figure docs/shapes_recaption.png] \\
+        [--reference docs/results/shapesworld-bench50-dense.json:base]
 
 For each file: the markdown table (per arm: each seed's overall score per bench style, their
 mean, and dense prompts' entity / attribute / relation means), then the verdict: the recaptioned
 connector's gain over alt-text against the seed-to-seed spread (the largest difference between
 two seeds of one arm, over all arms), overall in each style and per category on dense prompts.
 The figure: each arm's score against training steps, one panel per style (points: the mean of the
-seeds, bars: their range).
+seeds, bars: their range), with `--reference` models' scores on the same dense prompts as lines.
 """
 
 from __future__ import annotations
@@ -65,14 +66,26 @@ def verdict(result: dict, styles: list[str]) -> str:
                      + [gain(result, "dense", key) for key in ("entity", "attribute", "relation")])
 
 
-def figure(results: list[dict], styles: list[str], path: str) -> None:
+def reference(spec: str) -> tuple[str, float]:
+    """`FILE:MODEL`: that model's overall score in an `ella bench shapes --json` output (or a file
+    that keeps such outputs under "summaries")."""
+    path, _, model = spec.rpartition(":")
+    with open(path) as f:
+        summaries = json.load(f)
+    summaries = summaries.get("summaries", summaries)
+    if model not in summaries:
+        raise SystemExit(f"{path} has no model {model!r}; it has {', '.join(summaries)}")
+    return model, summaries[model]["overall"]
+
+
+def figure(results: list[dict], styles: list[str], path: str, references: list[tuple[str, float]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results = sorted(results, key=lambda r: r["steps"])
-    fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 4.4), sharey=True, squeeze=False)
     arms = [a for a in LABELS if any(a in r["arms"] for r in results)]
     for ax, style in zip(axes[0], styles):
         for i, arm in enumerate(arms):
@@ -82,14 +95,17 @@ def figure(results: list[dict], styles: list[str], path: str) -> None:
             ax.errorbar(xs, means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
                                          [max(v) - m for m, (_, v) in zip(means, points)]],
                         marker="o", capsize=3, color=COLORS[arm], label=LABELS[arm])
+        for j, (model, score) in enumerate(references if style == "dense" else ()):
+            ax.axhline(score, color="black", alpha=0.6, linestyle=("--", ":", "-.")[j % 3], linewidth=1,
+                       label=f"{model} (reference)")
         ax.set_title(f"{style} prompts")
         ax.set_xlabel("training steps (x 32)")
         ax.set_xticks([r["steps"] for r in results])
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("ella bench shapes, overall\n(mean of the seeds, bars: their range)")
-    axes[0][0].legend(fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"Recaptioning on ShapesWorld: {results[-1]['prompts']} held-out prompts x 4 per style", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # the legend below the panels, off the curves
     fig.savefig(path, dpi=110)
 
 
@@ -97,7 +113,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", help="the JSON files scripts/shapes_recaption.py wrote")
     parser.add_argument("--figure", default=None, help="write the figure to this PNG")
+    parser.add_argument("--reference", action="append", default=[], metavar="FILE:MODEL",
+                        help="a model's dense score from a bench output, a line on the dense panel (repeatable)")
     args = parser.parse_args()
+    references = [reference(spec) for spec in args.reference]
     results = []
     for path in args.results:
         with open(path) as f:
@@ -110,7 +129,7 @@ def main() -> None:
         print(verdict(result, styles))
         print()
     if args.figure:
-        figure(results, styles, args.figure)
+        figure(results, styles, args.figure, references)
 
 
 if __name__ == "__main__":
