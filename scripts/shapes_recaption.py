@@ -181,6 +181,5 @@ def main() -> None:
     say(f"wrote {args.out}")
 
 
-
 if __name__ == "__main__":
     main()
