@@ -8,9 +8,11 @@ that scripts/shapes_recaption.py writes (one per training length).
 For each file: the markdown table (per arm: each seed's overall score per bench style, their
 mean, and dense prompts' entity / attribute / relation means), then the verdict: the recaptioned
 connector's gain over alt-text against the seed-to-seed spread (the largest difference between
-two seeds of one arm, over all arms), overall in each style and per category on dense prompts.
+two seeds of one arm, over all arms), overall in each style and per category on dense prompts;
+then each other recaptioned arm (the mix, the noisy captioners) against the exact recaptions.
 The figure: each arm's score against training steps, one panel per style (points: the mean of the
-seeds, bars: their range), with `--reference` models' scores on the same dense prompts as lines.
+seeds, bars: their range), with `--reference` models' scores on the same dense prompts as lines;
+and the noise curve, dense score against the captioner's error rate P at each training length.
 """
 
 from __future__ import annotations
@@ -49,21 +51,26 @@ def table(result: dict, styles: list[str]) -> str:
     return "\n".join(lines)
 
 
-def gain(result: dict, style: str, key: str = "overall") -> str:
-    """recap - alt on the seeds' means, against the spread (over all arms for the overall score;
-    over alt's and recap's seeds for a category, where the other arms' are not the question)."""
-    recap, alt = scores(result, "recap", style, key), scores(result, "alt", style, key)
-    if not (recap and alt):
-        return f"{style} {key}: recap or alt not benched"
-    g = statistics.fmean(recap) - statistics.fmean(alt)
-    s = spread(result, style, key, None if key == "overall" else ("alt", "recap"))
-    ratio = f"{g / s:.1f}x the spread" if s else "no spread measured (one seed)"
-    return f"{style} {key}: recap - alt = {g:+.2f} points; seed-to-seed spread {s:.2f}; {ratio}"
+def versus(result: dict, style: str, arm: str, base: str, key: str = "overall") -> str:
+    """`arm` - `base` on the seeds' means, against the spread (over all arms for the overall score;
+    over the two arms' seeds for a category, where the other arms' are not the question)."""
+    a, b = scores(result, arm, style, key), scores(result, base, style, key)
+    if not (a and b):
+        return f"{style} {key}: {arm} or {base} not benched"
+    g = statistics.fmean(a) - statistics.fmean(b)
+    s = spread(result, style, key, None if key == "overall" else (arm, base))
+    ratio = f"{abs(g) / s:.1f}x the spread" if s else "no spread measured (one seed)"
+    return f"{style} {key}: {arm} - {base} = {g:+.2f} points; seed-to-seed spread {s:.2f}; {ratio}"
 
 
 def verdict(result: dict, styles: list[str]) -> str:
-    return "\n".join([gain(result, style) for style in styles]
-                     + [gain(result, "dense", key) for key in ("entity", "attribute", "relation")])
+    """What recaptioning buys (recap against alt, per style and per dense category), then what the
+    alt-text share and the captioner's mistakes cost (each other recaptioned arm against recap)."""
+    lines = [versus(result, style, "recap", "alt") for style in styles]
+    lines += [versus(result, "dense", "recap", "alt", key) for key in ("entity", "attribute", "relation")]
+    lines += [versus(result, style, arm, "recap") for arm in ("mix", "recap-p0.1", "recap-p0.3")
+              for style in styles if scores(result, arm, style)]
+    return "\n".join(lines)
 
 
 def reference(spec: str) -> tuple[str, float]:
@@ -85,12 +92,12 @@ def figure(results: list[dict], styles: list[str], path: str, references: list[t
     import matplotlib.pyplot as plt
 
     results = sorted(results, key=lambda r: r["steps"])
-    fig, axes = plt.subplots(1, len(styles), figsize=(4.2 * len(styles), 4.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(styles) + 1, figsize=(4.2 * (len(styles) + 1), 4.4), sharey=True, squeeze=False)
     arms = [a for a in LABELS if any(a in r["arms"] for r in results)]
     for ax, style in zip(axes[0], styles):
         for i, arm in enumerate(arms):
             points = [(r["steps"], v) for r in results if (v := scores(r, arm, style))]
-            xs = [s * (1 + 0.025 * (i - len(arms) / 2)) for s, _ in points]  # side by side, not on top
+            xs = [s + 0.012 * results[-1]["steps"] * (i - len(arms) / 2) for s, _ in points]  # side by side, not on top
             means = [statistics.fmean(v) for _, v in points]
             ax.errorbar(xs, means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
                                          [max(v) - m for m, (_, v) in zip(means, points)]],
@@ -102,11 +109,36 @@ def figure(results: list[dict], styles: list[str], path: str, references: list[t
         ax.set_xlabel("training steps (x 32)")
         ax.set_xticks([r["steps"] for r in results])
         ax.grid(alpha=0.3)
+    noise_curve(axes[0][-1], results)
     axes[0][0].set_ylabel("ella bench shapes, overall\n(mean of the seeds, bars: their range)")
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(f"Recaptioning on ShapesWorld: {results[-1]['prompts']} held-out prompts x 4 per style", fontsize=10)
     fig.tight_layout(rect=(0, 0.14, 1, 1))  # the legend below the panels, off the curves
     fig.savefig(path, dpi=110)
+
+
+NOISE = {"recap": 0.0, "recap-p0.1": 0.1, "recap-p0.3": 0.3}  # the captioner's per-object error rate P
+
+
+def noise_curve(ax, results: list[dict]) -> None:
+    """Dense score against the captioner's error rate P, one line per training length (points: the
+    mean of the seeds, bars: their range), alt-text's mean as that length's dashed line."""
+    for i, result in enumerate(results):
+        color = str(0.7 * (1 - i / max(len(results) - 1, 1)))  # grey to black as training goes on: not an arm's colour
+        points = [(p, v) for arm, p in NOISE.items() if (v := scores(result, arm, "dense"))]
+        if not points:
+            continue
+        means = [statistics.fmean(v) for _, v in points]
+        ax.errorbar([p for p, _ in points], means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
+                                                         [max(v) - m for m, (_, v) in zip(means, points)]],
+                    marker="s", capsize=3, color=color, label=f"{result['steps']} steps")
+        if alt := scores(result, "alt", "dense"):
+            ax.axhline(statistics.fmean(alt), color=color, linestyle="--", linewidth=1, alpha=0.7)
+    ax.set_title("dense prompts: captioner errors\n(dashed: alt-text at that length)", fontsize=9)
+    ax.set_xlabel("captioner's per-object error rate P")
+    ax.set_xticks(list(NOISE.values()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def main() -> None:

@@ -452,3 +452,35 @@ def test_the_recaption_script_merges_invocations_of_one_experiment_into_one_resu
     assert both["command"] == ["one", "two", "three"]
     with pytest.raises(SystemExit, match="another experiment"):
         merged(str(path), result(200, "alt", "0", "dense", 1.0, "four"))
+
+
+def test_the_recaption_report_redraws_the_tables_verdict_and_figure_from_results_files(tmp_path):
+    """scripts/shapes_recaption_report.py on two synthetic lengths: each arm's row, the gains against
+    the seed spread (recap over alt; the mix and the noisy captioners against recap), the figure."""
+    import subprocess
+
+    def seeds(*overall):
+        return {str(i): {"dense": {"overall": v, "entity": v, "attribute": v / 2, "relation": 0.0},
+                         "brief": {"overall": v - 1}} for i, v in enumerate(overall)}
+
+    arms = {"alt": (40.0, 44.0), "recap": (70.0, 74.0), "mix": (66.0, 70.0), "recap-p0.3": (60.0, 62.0)}
+    files = []
+    for steps, shift in ((1000, -20.0), (3000, 0.0)):
+        files.append(tmp_path / f"r{steps}.json")
+        files[-1].write_text(json.dumps({"steps": steps, "prompts": 5, "arms": {
+            arm: {"captions": "{x: 1.0}", "seeds": seeds(*(v + shift for v in values))} for arm, values in arms.items()}}))
+    reference = tmp_path / "ref.json"
+    reference.write_text(json.dumps({"base": {"overall": 20.0}}))
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "shapes_recaption_report.py")
+    out = subprocess.run([sys.executable, script, *map(str, files), "--figure", str(tmp_path / "f.png"),
+                          "--reference", f"{reference}:base"], capture_output=True, text=True, timeout=300, check=True).stdout
+    section = out[out.index("r3000.json"):]
+    assert "| `mix` ({x: 1.0}) | 66.00 / 70.00: **68.00** | 65.00 / 69.00: **67.00** |" in section
+    assert "dense overall: recap - alt = +30.00 points; seed-to-seed spread 4.00; 7.5x the spread" in section
+    assert "dense overall: mix - recap = -4.00 points; seed-to-seed spread 4.00; 1.0x the spread" in section
+    assert "dense overall: recap-p0.3 - recap = -11.00 points" in section
+    assert "dense attribute: recap - alt = +15.00 points; seed-to-seed spread 2.00" in section
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, script, str(files[0]), "--reference", f"{reference}:nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "has no model 'nope'" in bad.stderr
