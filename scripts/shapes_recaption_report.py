@@ -40,7 +40,7 @@ def spread(result: dict, style: str, key: str = "overall", arms=None) -> float:
 def table(result: dict, styles: list[str]) -> str:
     head = ["trained on"] + [f"{s} (per seed: mean)" for s in styles] + ["dense: entity / attribute / relation"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm, info in result["arms"].items():
+    for arm, info in sorted(result["arms"].items(), key=lambda item: list(LABELS).index(item[0])):
         cells = [f"`{arm}` ({info['captions']})"]
         for style in styles:
             v = scores(result, arm, style)
