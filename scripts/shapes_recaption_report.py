@@ -73,12 +73,22 @@ def verdict(result: dict, styles: list[str]) -> str:
     return "\n".join(lines)
 
 
+def read(path: str) -> dict:
+    """A JSON file, or the one-line reason it cannot be read (a missing or damaged file)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"cannot read {path}: {e}") from None
+
+
 def reference(spec: str) -> tuple[str, float]:
     """`FILE:MODEL`: that model's overall score in an `ella bench shapes --json` output (or a file
     that keeps such outputs under "summaries")."""
     path, _, model = spec.rpartition(":")
-    with open(path) as f:
-        summaries = json.load(f)
+    if not (path and model):
+        raise SystemExit(f"--reference {spec}: give FILE:MODEL")
+    summaries = read(path)
     summaries = summaries.get("summaries", summaries)
     if model not in summaries:
         raise SystemExit(f"{path} has no model {model!r}; it has {', '.join(summaries)}")
@@ -149,10 +159,9 @@ def main() -> None:
                         help="a model's dense score from a bench output, a line on the dense panel (repeatable)")
     args = parser.parse_args()
     references = [reference(spec) for spec in args.reference]
-    results = []
-    for path in args.results:
-        with open(path) as f:
-            results.append(json.load(f))
+    results = [read(path) for path in args.results]
+    if bad := [path for path, r in zip(args.results, results) if not {"steps", "arms"} <= set(r)]:
+        raise SystemExit(f"{', '.join(bad)}: not a results file of scripts/shapes_recaption.py (no steps or arms)")
     styles = [s for s in ("dense", "brief", "relative") if any(scores(r, a, s) for r in results for a in r["arms"])]
     for path, result in zip(args.results, results):
         print(f"## {path}: {result['steps']} steps\n")

@@ -484,3 +484,6 @@ def test_the_recaption_report_redraws_the_tables_verdict_and_figure_from_results
     bad = subprocess.run([sys.executable, script, str(files[0]), "--reference", f"{reference}:nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "has no model 'nope'" in bad.stderr
+    missing = subprocess.run([sys.executable, script, str(tmp_path / "none.json")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and missing.stderr.strip().startswith("cannot read") and "Traceback" not in missing.stderr
