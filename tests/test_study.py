@@ -196,11 +196,17 @@ def _wait_for(process, port: int) -> tuple[subprocess.Popen, int]:
     raise AssertionError("the study server did not start")
 
 
-def _rater(url: str, name: str, votes: int, stored: list, errors: list, shown: list | None = None) -> None:
+def _client(url: str):
+    """A loopback client whose requests wait as long as a busy machine needs (gradio_client's own
+    limit is 20 s: fifty raters beside two training processes on 2 cores have taken longer)."""
     from gradio_client import Client
 
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 240})
+
+
+def _rater(url: str, name: str, votes: int, stored: list, errors: list, shown: list | None = None) -> None:
     try:
-        client = Client(url, verbose=False)
+        client = _client(url)
         for _ in range(votes):
             pair = client.predict(name, api_name="/next_pair")
             if shown is not None:
@@ -228,14 +234,12 @@ def test_fifty_raters_at_once_then_a_server_killed_mid_vote(runs, tmp_path):
         db = tmp_path / "study" / "votes.db"
         rows = sqlite3.connect(db).execute("SELECT shown_id FROM votes").fetchall()
         assert sorted(r[0] for r in rows) == sorted(stored)  # every vote stored, once
-        from gradio_client import Client
-
-        client = Client(url, verbose=False)
+        client = _client(url)
         pair = client.predict("spy", api_name="/next_pair")
         assert not any(m in json.dumps(pair) for m in MODELS)  # blind through the API too
         with pytest.raises(Exception, match="was shown to this rater"):  # the reason reaches the client
             client.predict(pair["shown_id"], "rater0", "left", "tie", api_name="/vote")
-        other = Client(url, verbose=False)  # another session, with the shown id and the rater's name
+        other = _client(url)  # another session, with the shown id and the rater's name
         with pytest.raises(Exception, match="shown in another session"):
             other.predict(pair["shown_id"], "spy", "left", "tie", api_name="/vote")
         more, errors = [], []
