@@ -95,6 +95,12 @@ def reference(spec: str) -> tuple[str, float]:
     return model, summaries[model]["overall"]
 
 
+def seed_range(means: list[float], points: list[tuple]) -> list[list[float]]:
+    """matplotlib's asymmetric error bars from each point's seeds (`points`: (x, the seeds' scores)):
+    below and above the mean to the lowest and the highest seed."""
+    return [[m - min(v) for m, (_, v) in zip(means, points)], [max(v) - m for m, (_, v) in zip(means, points)]]
+
+
 def figure(results: list[dict], styles: list[str], path: str, references: list[tuple[str, float]] = ()) -> None:
     import matplotlib
 
@@ -109,8 +115,7 @@ def figure(results: list[dict], styles: list[str], path: str, references: list[t
             points = [(r["steps"], v) for r in results if (v := scores(r, arm, style))]
             xs = [s + 0.012 * results[-1]["steps"] * (i - len(arms) / 2) for s, _ in points]  # side by side, not on top
             means = [statistics.fmean(v) for _, v in points]
-            ax.errorbar(xs, means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
-                                         [max(v) - m for m, (_, v) in zip(means, points)]],
+            ax.errorbar(xs, means, yerr=seed_range(means, points),
                         marker="o", capsize=3, color=COLORS[arm], label=LABELS[arm])
         for j, (model, score) in enumerate(references if style == "dense" else ()):
             ax.axhline(score, color="black", alpha=0.6, linestyle=("--", ":", "-.")[j % 3], linewidth=1,
@@ -139,9 +144,8 @@ def noise_curve(ax, results: list[dict]) -> None:
         if not points:
             continue
         means = [statistics.fmean(v) for _, v in points]
-        ax.errorbar([p for p, _ in points], means, yerr=[[m - min(v) for m, (_, v) in zip(means, points)],
-                                                         [max(v) - m for m, (_, v) in zip(means, points)]],
-                    marker="s", capsize=3, color=color, label=f"{result['steps']} steps")
+        ax.errorbar([p for p, _ in points], means, yerr=seed_range(means, points), marker="s", capsize=3, color=color,
+                    label=f"{result['steps']} steps")
         if alt := scores(result, "alt", "dense"):
             ax.axhline(statistics.fmean(alt), color=color, linestyle="--", linewidth=1, alpha=0.7)
     ax.set_title("dense prompts: captioner errors\n(dashed: alt-text at that length)", fontsize=9)
