@@ -68,7 +68,7 @@ def verdict(result: dict, styles: list[str]) -> str:
     alt-text share and the captioner's mistakes cost (each other recaptioned arm against recap)."""
     lines = [versus(result, style, "recap", "alt") for style in styles]
     lines += [versus(result, "dense", "recap", "alt", key) for key in ("entity", "attribute", "relation")]
-    lines += [versus(result, style, arm, "recap") for arm in ("mix", "recap-p0.1", "recap-p0.3")
+    lines += [versus(result, style, arm, "recap") for arm in LABELS if arm not in ("alt", "recap")
               for style in styles if scores(result, arm, style)]
     return "\n".join(lines)
 
